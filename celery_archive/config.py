@@ -1,0 +1,78 @@
+"""Run configuration and the parsing of human-friendly durations and sizes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery_archive.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZES = {"b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> timedelta."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w")
+    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_duration(td: dt.timedelta) -> str:
+    secs = int(td.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if secs and secs % _UNITS[unit] == 0:
+            return f"{secs // _UNITS[unit]}{unit}"
+    return f"{secs}s"
+
+
+def parse_size(text: str) -> int:
+    """``128MiB``, ``64m``, ``500kb``, ``1048576`` -> bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"invalid size {text!r}: use e.g. 128MiB, 64MB, 500KiB")
+    return int(float(m.group(1)) * _SIZES[(m.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One archive run: where from, where to, what to take and how to write it."""
+
+    source: str
+    sink: str
+    older_than: dt.timedelta
+    format: str = "parquet"
+    compression: str | None = None  # default: zstd for Parquet, none for JSONL
+    serializer: str = "json"  # the app's result_serializer
+    task_table: str = "celery_taskmeta"
+    group_table: str = "celery_tasksetmeta"
+    task_schema: str | None = None
+    group_schema: str | None = None
+    batch_size: int = 10_000
+    max_file_bytes: int = 128 * 1024**2
+    purge_batch: int = 50_000
+    delete: bool = True
+    dry_run: bool = False
+    spool_dir: Path | None = None
+
+    def check(self) -> None:
+        from celery_archive.pipeline.decode import SERIALIZERS
+        from celery_archive.pipeline.serialize import COMPRESSIONS
+
+        if self.format not in COMPRESSIONS:
+            raise ConfigError(f"unknown --format {self.format!r}: use parquet or jsonl")
+        if self.compression is not None and self.compression not in COMPRESSIONS[self.format]:
+            raise ConfigError(f"--compression {self.compression!r} does not go with {self.format}: use one of {', '.join(COMPRESSIONS[self.format])}")
+        if self.serializer not in SERIALIZERS:
+            raise ConfigError(f"unknown --serializer {self.serializer!r}: use one of {', '.join(SERIALIZERS)}")
+        if self.older_than < dt.timedelta(0):
+            raise ConfigError("--older-than must not be negative")
+        for name in ("batch_size", "max_file_bytes", "purge_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

@@ -1,0 +1,48 @@
+"""One exception tree: every error the library raises is an :class:`ArchiveError`.
+
+Each class carries the process exit code the CLI uses for it, so the library and the
+CLI agree on what a failure means. Messages name what was wrong and what to do next,
+and never contain a password or secret key.
+"""
+
+from __future__ import annotations
+
+
+class ArchiveError(Exception):
+    """Root of every error raised by celery-archive."""
+
+    exit_code = 1
+
+
+class ConfigError(ArchiveError):
+    """A bad URL, option or argument: nothing was touched."""
+
+    exit_code = 2
+
+
+class SourceError(ArchiveError):
+    """The result backend could not be read or changed (unreachable, not Celery's tables)."""
+
+
+class SinkError(ArchiveError):
+    """The archive storage failed (full disk, permission, missing object)."""
+
+
+class ObjectExistsError(SinkError):
+    """A write-once object already exists; it was not overwritten."""
+
+
+class ObjectNotFoundError(SinkError):
+    """The object asked for is not in the sink."""
+
+
+class VerifyError(ArchiveError):
+    """The archive read back does not match what was extracted; nothing was deleted."""
+
+    exit_code = 3
+
+
+class LockError(ArchiveError):
+    """Another run holds the archive's lock."""
+
+    exit_code = 4

@@ -1,0 +1,1 @@
+"""The archive's stages: extract (sql), serialize, manifest, verify, purge, and the run."""

@@ -1,0 +1,173 @@
+"""Safe decoding of stored Celery payloads into a queryable JSON text copy.
+
+Nothing here runs code from the backend: pickles go through :class:`RestrictedUnpickler`,
+which admits plain data types only (and builtin exception classes, whose constructors have
+no side effects). Anything else leaves the JSON copy null with a reason; the exact stored
+bytes are archived either way, so decoding never loses data.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import bz2
+import datetime as dt
+import decimal
+import io
+import json
+import lzma
+import pickle
+import uuid
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+SERIALIZERS: dict[str, tuple[str, str]] = {
+    "json": ("application/json", "utf-8"),
+    "pickle": ("application/x-python-serialize", "binary"),
+    "msgpack": ("application/x-msgpack", "binary"),
+    "yaml": ("application/x-yaml", "utf-8"),
+}
+PICKLE_CONTENT_TYPE = SERIALIZERS["pickle"][0]
+COMPRESSED_MAGIC = b"\x00celery-compressed\x00"  # Celery 5.7 result_compression header
+_KOMBU_TYPES = frozenset({"datetime", "date", "time", "uuid", "decimal", "bytes"})
+_SAFE_GLOBALS = frozenset(
+    {("builtins", n) for n in ("set", "frozenset", "bytearray", "complex", "slice", "range")}
+    | {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")}
+    | {("decimal", "Decimal"), ("uuid", "UUID"), ("uuid", "SafeUUID")}
+    | {("collections", "OrderedDict"), ("_codecs", "encode")}
+)
+
+
+class UnsafePayload(Exception):
+    """A payload that would need more than plain data to load."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Loads plain data only: containers, numbers, text, bytes, dates, UUIDs, decimals.
+
+    Any other global (a function, a class from an application or a library) is refused
+    before it is looked up, so a hostile pickle's ``__reduce__`` never runs.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        if module == "builtins":
+            obj = getattr(builtins, name, None)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                return obj
+        raise UnsafePayload(f"refused to load {module}.{name}: only plain data types are admitted")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePayload("refused a persistent id: only plain data types are admitted")
+
+
+def restricted_loads(data: bytes) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseException):
+        return {"exc_type": type(obj).__qualname__, "exc_message": list(obj.args), "exc_module": type(obj).__module__}
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, range)):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            return bytes(obj).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, (dt.timedelta,)):
+        return obj.total_seconds()
+    if isinstance(obj, (complex, slice)):
+        return str(obj)
+    raise TypeError(f"cannot represent {type(obj).__name__} as JSON")
+
+
+def to_json_text(obj: Any) -> str:
+    """JSON text for a decoded value (datetimes ISO 8601, decimals and UUIDs as strings)."""
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+
+
+def _kombu_hook(obj: dict[str, Any]) -> Any:
+    # kombu's JSON encoder writes {"__type__": "datetime", "__value__": "..."}; the value is
+    # already the queryable text form (ISO 8601, UUID or decimal string, utf-8 bytes).
+    if len(obj) == 2 and obj.get("__type__") in _KOMBU_TYPES and "__value__" in obj:
+        return obj["__value__"]
+    return obj
+
+
+def decompress(data: bytes) -> tuple[str, bytes]:
+    """Split a Celery 5.7 compressed payload into (compression content type, plain bytes)."""
+    header_end = data.index(b"\x00", len(COMPRESSED_MAGIC))
+    ctype = data[len(COMPRESSED_MAGIC) : header_end].decode("ascii")
+    body = data[header_end + 1 :]
+    if ctype in ("application/x-gzip", "zlib"):
+        return ctype, zlib.decompress(body)
+    if ctype == "application/x-bz2":
+        return ctype, bz2.decompress(body)
+    if ctype == "application/x-lzma":
+        return ctype, lzma.decompress(body)
+    if ctype == "application/zstd":
+        import zstandard
+
+        return ctype, zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 31)
+    raise UnsafePayload(f"unsupported result_compression {ctype!r}")
+
+
+def decode_one(raw: bytes, serializer: str) -> str:
+    """Decode one stored payload to JSON text; raises on anything unsafe or corrupt."""
+    if raw[:1] == b"\x80":  # a pickle, whatever the configured serializer (Celery <= 5.6)
+        return to_json_text(restricted_loads(raw))
+    if serializer == "json":
+        if b'"__type__"' in raw:
+            return to_json_text(json.loads(raw, object_hook=_kombu_hook))
+        orjson.loads(raw)  # validate; the stored text is already the JSON copy
+        return raw.decode("utf-8")
+    if serializer == "msgpack":
+        import msgpack
+
+        return to_json_text(msgpack.unpackb(raw, raw=False, strict_map_key=False))
+    if serializer == "yaml":
+        import yaml
+
+        return to_json_text(yaml.safe_load(raw))
+    if serializer == "pickle":
+        raise UnsafePayload("not a pickle (no protocol header)")
+    raise UnsafePayload(f"unknown serializer {serializer!r}")
+
+
+def decode_column(
+    values: Sequence[bytes | None], serializer: str, field: str
+) -> tuple[list[str | None], list[str | None], list[str | None]]:
+    """Decode a column of stored payloads: (json texts, errors, compression types).
+
+    A value that cannot be decoded safely gives a null text and an error naming the field.
+    """
+    texts: list[str | None] = []
+    errors: list[str | None] = []
+    compressions: list[str | None] = []
+    for raw in values:
+        compression = None
+        if raw is None:
+            texts.append(None)
+            errors.append(None)
+            compressions.append(None)
+            continue
+        try:
+            if raw[: len(COMPRESSED_MAGIC)] == COMPRESSED_MAGIC:
+                compression, raw = decompress(raw)
+            texts.append(decode_one(raw, serializer))
+            errors.append(None)
+        except (UnsafePayload, pickle.UnpicklingError) as exc:
+            texts.append(None)
+            errors.append(f"{field}: {exc}")
+        except Exception as exc:  # corrupt payloads raise anything; the bytes are kept
+            texts.append(None)
+            errors.append(f"{field}: cannot decode as {serializer}: {type(exc).__name__}: {exc}"[:500])
+        compressions.append(compression)
+    return texts, errors, compressions

@@ -1,0 +1,177 @@
+"""A run: extract -> serialize -> sink -> manifest -> verify -> purge, under the sink's lock.
+
+Before taking anything new, a run tidies up after any earlier run that died: data files
+with no manifest are removed (their results are still in the source), and committed runs
+whose purge did not finish are verified and purged again. That makes a re-run after a
+crash safe: nothing is lost, and nothing is archived twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery_archive import __version__
+from celery_archive.config import RunConfig, format_duration
+from celery_archive.errors import ConfigError, VerifyError
+from celery_archive.pipeline import manifest as mf
+from celery_archive.pipeline.purge import purge_verified
+from celery_archive.pipeline.records import row_count
+from celery_archive.pipeline.serialize import ArchiveWriter, iso
+from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
+from celery_archive.pipeline.verify import discard, verify_run
+from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
+from celery_archive.sinks import Sink, open_sink
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    source: str
+    sink: str
+    cutoff: str
+    selected: int
+    archived: int
+    verified: int
+    deleted: int
+    skipped_changed: int
+    files: int
+    bytes: int
+    delete: bool
+    resumed: list[str] = field(default_factory=list)
+    orphans_removed: int = 0
+    seconds: float = 0.0
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "run", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class DryRunReport:
+    source: str
+    cutoff: str
+    selected: int
+    bytes: int
+    by_kind: dict[str, int]
+    by_status: dict[str, int]
+    by_name: dict[str, int]
+    by_day: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "run", "dry_run": True, **asdict(self)}
+
+
+def open_source(cfg: RunConfig) -> SqlSource:
+    source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table,
+                                       cfg.task_schema, cfg.group_schema, cfg.serializer))
+    source.open()
+    return source
+
+
+def dry_run(source: SqlSource, cutoff: dt.datetime) -> DryRunReport:
+    kinds, statuses, names, days = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
+    total_bytes = 0
+    for kind, status, name, day, n, nbytes in source.stats(cutoff):
+        kinds[kind] += n
+        statuses[status or "(group)"] += n
+        names[name or "(unnamed)"] += n
+        days[day] += n
+        total_bytes += nbytes
+    return DryRunReport(source.display_url, iso(cutoff), sum(kinds.values()), total_bytes, dict(kinds),
+                        dict(statuses.most_common()), dict(names.most_common()), dict(sorted(days.items())))
+
+
+def _finish(sink: Sink, source: SqlSource, manifest: dict[str, Any], spool: Path, cfg: RunConfig) -> tuple[int, int, int]:
+    """Verify a committed run and, if asked, purge it; writes its report. (verified, deleted, skipped)."""
+    report = verify_run(sink, manifest, spool, keep=cfg.delete)
+    if not report.ok:
+        exc = VerifyError(f"run {manifest['run_id']} failed verification, nothing was deleted: " + "; ".join(report.problems[:5]))
+        exc.problems = report.problems  # type: ignore[attr-defined]
+        raise exc
+    deleted = skipped = 0
+    try:
+        if cfg.delete:
+            pr = purge_verified(source.purge, report.verified, cfg.purge_batch)
+            deleted, skipped = pr.deleted, pr.skipped_changed
+    finally:
+        discard(report)
+    mf.write_json(sink, mf.report_key(manifest["run_id"]), {
+        "run_id": manifest["run_id"], "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "verified": report.rows, "deleted": deleted, "skipped_changed": skipped, "purged": cfg.delete,
+    })
+    return report.rows, deleted, skipped
+
+
+def _recover(sink: Sink, source: SqlSource, spool: Path, cfg: RunConfig) -> tuple[list[str], int]:
+    """Remove uncommitted data files; finish committed runs whose purge never completed."""
+    committed = set(mf.committed_runs(sink))
+    orphans = list(mf.orphan_files(sink, committed))
+    for key in orphans:
+        sink.delete(key)
+    done = mf.reports(sink)
+    pending = sorted(r for r in committed if r not in done or not done[r].get("purged"))
+    if pending and not cfg.delete:
+        raise ConfigError(
+            f"{len(pending)} earlier run(s) ({', '.join(pending[:3])}) archived results that are still in the source; "
+            "run once without --no-delete to purge them, or a --no-delete run would archive them twice"
+        )
+    for run_id in pending:
+        manifest = mf.load_manifest(sink, run_id)
+        if manifest["source"] != source.display_url or manifest.get("source_tables") != source.describe():
+            raise ConfigError(f"run {run_id} was archived from {manifest['source']} and its purge did not finish: "
+                              f"run again with --source for that backend to finish it")
+        _finish(sink, source, manifest, spool, cfg)
+    return pending, len(orphans)
+
+
+def run(cfg: RunConfig) -> RunReport | DryRunReport:
+    """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted."""
+    cfg.check()
+    started = time.perf_counter()
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    cutoff = now - cfg.older_than
+    sink = open_sink(cfg.sink)
+    source = open_source(cfg)
+    try:
+        if cfg.dry_run:
+            return dry_run(source, cutoff)
+        run_id = mf.new_run_id(now)
+        lock = mf.Lock(sink, run_id)
+        lock.acquire()
+        try:
+            with tempfile.TemporaryDirectory(prefix="celery-archive-", dir=cfg.spool_dir) as tmp:
+                spool = Path(tmp)
+                resumed, orphans = _recover(sink, source, spool, cfg)
+                writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool)
+                selected = 0
+                try:
+                    for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
+                        selected += row_count(cols)
+                        writer.write(cols)
+                    entries = writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                manifest = {
+                    "manifest_version": MANIFEST_VERSION, "schema_version": RECORD_VERSION, "run_id": run_id,
+                    "created_at": iso(now), "source": source.display_url, "source_tables": source.describe(),
+                    "cutoff": iso(cutoff), "older_than": format_duration(cfg.older_than), "serializer": cfg.serializer,
+                    "delete": cfg.delete, "tool_version": __version__, "files": [e.to_json() for e in entries],
+                    "totals": {"files": len(entries), "rows": selected, "bytes": sum(e.bytes for e in entries)},
+                }
+                mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
+                verified, deleted, skipped = _finish(sink, source, manifest, spool, cfg)
+        finally:
+            lock.release()
+        return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
+                         verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
+                         resumed, orphans, round(time.perf_counter() - started, 3))
+    finally:
+        source.close()

@@ -1,0 +1,249 @@
+"""Celery's database result backend (SQLAlchemy Core) as a source.
+
+Statements are built with SQLAlchemy Core for every dialect; on PostgreSQL they run on the
+psycopg cursor in binary mode, which reads rows about 3x faster than materialising
+SQLAlchemy rows (see ``../shared/notes/limits.md`` and ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from celery_archive.errors import ConfigError, SourceError
+from celery_archive.pipeline.records import Columns, PurgeRow, build_records
+
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+_TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
+                 "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
+_REQUIRED = {"task": {"id", "task_id", "status", "result", "date_done"},
+             "group": {"id", "taskset_id", "result", "date_done"}}
+_EXACT_CHUNK = 1000  # rows per exact DELETE ... WHERE (id, status, date_done) IN (...)
+
+
+@dataclass(frozen=True)
+class SqlSourceConfig:
+    """Where Celery's database backend keeps results (mirrors Celery's settings)."""
+
+    url: str
+    task_table: str = "celery_taskmeta"
+    group_table: str = "celery_tasksetmeta"
+    task_schema: str | None = None  # database_table_schemas["task"]
+    group_schema: str | None = None  # database_table_schemas["group"]
+    serializer: str = "json"  # result_serializer
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def parse_source_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL inside a Celery ``db+...`` result_backend URL."""
+    if not url.startswith("db+"):
+        raise ConfigError(f"not a Celery database backend URL: {redact(url)!r} (expected db+postgresql://, db+mysql://, db+sqlite:///...)")
+    try:
+        u = sa.make_url(url[3:])
+    except Exception:
+        raise ConfigError("cannot parse the --source URL; expected e.g. db+postgresql+psycopg://user@host/db") from None
+    if u.drivername == "postgresql" and not _module_available("psycopg2"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.drivername == "mysql" and not _module_available("MySQLdb"):
+        u = u.set(drivername="mysql+pymysql")
+    try:
+        u.get_dialect()
+    except Exception:
+        raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
+    return u
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    prefix = "db+" if url.startswith("db+") else ""
+    try:
+        return prefix + sa.make_url(url[len(prefix):]).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def _utc_naive(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+class SqlSource:
+    def __init__(self, config: SqlSourceConfig) -> None:
+        self.config = config
+        self._url = parse_source_url(config.url)
+        self.display_url = "db+" + self._url.render_as_string(hide_password=True)
+        self._secret = self._url.password
+        self.engine = sa.create_engine(self._url, pool_pre_ping=True)
+        self._raw_pg = self.engine.dialect.name == "postgresql" and self.engine.driver == "psycopg"
+        self.tables: dict[str, sa.Table] = {}
+        self.storage_format = "celery-db-5.7"
+
+    # -- errors -------------------------------------------------------------------------
+    def _error(self, action: str, exc: Exception) -> SourceError:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if self._secret:
+            detail = detail.replace(str(self._secret), "***")
+        return SourceError(f"{action} {self.display_url} failed: {detail}")
+
+    # -- setup ----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect and find Celery's tables; raises SourceError with what to fix."""
+        cfg = self.config
+        try:
+            with self.engine.connect() as conn:
+                for kind, name, schema in (("task", cfg.task_table, cfg.task_schema), ("group", cfg.group_table, cfg.group_schema)):
+                    try:
+                        table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+                    except sa.exc.NoSuchTableError:
+                        if kind == "group":
+                            continue  # groups are optional: only apps that save GroupResults have them
+                        where = f"{schema}.{name}" if schema else name
+                        raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? If you renamed it (database_table_names), pass --task-table") from None
+                    missing = _REQUIRED[kind] - set(table.c.keys())
+                    if missing:
+                        raise SourceError(f"table {table.fullname} is not a Celery result table: it has no column(s) {', '.join(sorted(missing))}")
+                    self.tables[kind] = table
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("connecting to", exc) from exc
+        cols = set(self.tables["task"].c.keys())
+        self.storage_format = "celery-db-5.7" if {"children", "stamps"} & cols else "celery-db-5.6"
+
+    def describe(self) -> dict[str, str]:
+        return {kind: t.fullname for kind, t in self.tables.items()}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- helpers --------------------------------------------------------------------------
+    def _run(self, conn: Connection, stmt: sa.Executable) -> list[tuple[Any, ...]]:
+        if self._raw_pg:
+            compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+            cur = conn.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
+            cur.execute(str(compiled), compiled.params)
+            return cur.fetchall() if cur.description else []
+        return [tuple(r) for r in conn.execute(stmt)]
+
+    def _after(self, table: sa.Table, last: tuple[Any, Any]) -> sa.ColumnElement[bool]:
+        dd, pk = table.c.date_done, table.c.id
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            return sa.or_(dd > last[0], sa.and_(dd == last[0], pk > last[1]))
+        return sa.tuple_(dd, pk) > sa.tuple_(*last)
+
+    def _selected(self, kind: str, table: sa.Table, cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
+        conds = [table.c.date_done.is_not(None), table.c.date_done < cutoff]
+        if kind == "task":
+            conds.append(table.c.status.in_(FINISHED))
+        return conds
+
+    # -- extract --------------------------------------------------------------------------
+    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[Columns]:
+        """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, in batches."""
+        for kind, table in self.tables.items():
+            names = [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
+            base = sa.select(*[table.c[n] for n in names]).where(*self._selected(kind, table, cutoff))
+            base = base.order_by(table.c.date_done, table.c.id).limit(batch_size)
+            i_dd, i_id = names.index("date_done"), names.index("id")
+            last: tuple[Any, Any] | None = None
+            while True:
+                stmt = base if last is None else base.where(self._after(table, last))
+                try:
+                    with self.engine.connect() as conn:
+                        rows = self._run(conn, stmt)
+                except sa.exc.SQLAlchemyError as exc:
+                    raise self._error("reading results from", exc) from exc
+                if not rows:
+                    break
+                last = (rows[-1][i_dd], rows[-1][i_id])
+                raw = dict(zip(names, zip(*rows)))
+                if kind == "group":
+                    raw["task_id"] = raw.pop("taskset_id")
+                raw["date_done"] = tuple(_utc_naive(v) for v in raw["date_done"])
+                yield build_records(kind, raw, len(rows), serializer=self.config.serializer,
+                                    storage_format=self.storage_format, source=self.display_url,
+                                    source_table=table.fullname, run_id=run_id, archived_at=archived_at)
+                if len(rows) < batch_size:
+                    break
+
+    # -- dry run ----------------------------------------------------------------------------
+    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
+        """(kind, status, name, day, count, bytes) for what a run would take."""
+        out: list[tuple[str, str | None, str | None, str, int, int]] = []
+        try:
+            with self.engine.connect() as conn:
+                for kind, t in self.tables.items():
+                    sized = [c for c in ("result", "args", "kwargs", "traceback", "children", "stamps") if c in t.c]
+                    nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
+                    day = sa.func.date(t.c.date_done)
+                    status = t.c.status if kind == "task" else sa.null()
+                    name = t.c.name if "name" in t.c else sa.null()
+                    stmt = (sa.select(status, name, day, sa.func.count(), sa.func.sum(nbytes))
+                            .where(*self._selected(kind, t, cutoff)).group_by(status, name, day))
+                    for st, nm, d, n, b in conn.execute(stmt):
+                        out.append((kind, st, nm, str(d)[:10], int(n), int(b or 0)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("counting results in", exc) from exc
+        return out
+
+    # -- purge ----------------------------------------------------------------------------
+    def purge(self, kind: str, rows: Sequence[PurgeRow]) -> tuple[int, int]:
+        """Delete verified rows that are unchanged since read: (deleted, skipped as changed).
+
+        ``rows`` are contiguous in (date_done, id) order, as extracted. One DELETE over
+        that key range with RETURNING, checked against the verified set in the same
+        transaction; if anything outside the set would go it rolls back and deletes
+        exactly by (id, status, date_done) instead.
+        """
+        table = self.tables[kind]
+        expected = {(r.source_id, r.status, r.date_done) if kind == "task" else (r.source_id, r.date_done) for r in rows}
+        try:
+            if self.engine.dialect.delete_returning:
+                deleted = self._range_delete(kind, table, rows, expected)
+                if deleted is not None:
+                    return deleted, len(rows) - deleted
+            deleted = self._exact_delete(kind, table, rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("deleting archived results from", exc) from exc
+        return deleted, len(rows) - deleted
+
+    def _range_delete(self, kind: str, table: sa.Table, rows: Sequence[PurgeRow], expected: set[tuple[Any, ...]]) -> int | None:
+        key = sa.tuple_(table.c.date_done, table.c.id)
+        lo, hi = rows[0], rows[-1]
+        stmt = sa.delete(table).where(key >= sa.tuple_(lo.date_done, lo.source_id), key <= sa.tuple_(hi.date_done, hi.source_id))
+        if kind == "task":
+            stmt = stmt.where(table.c.status.in_(FINISHED)).returning(table.c.id, table.c.status, table.c.date_done)
+        else:
+            stmt = stmt.returning(table.c.id, table.c.date_done)
+        with self.engine.connect() as conn:
+            with conn.begin() as tx:
+                got = {(r[0], *r[1:-1], _utc_naive(r[-1])) for r in self._run(conn, stmt)}
+                if got <= expected:
+                    return len(got)
+                tx.rollback()  # something not verified (new or changed) is in range
+        return None
+
+    def _exact_delete(self, kind: str, table: sa.Table, rows: Sequence[PurgeRow]) -> int:
+        if kind == "task":
+            key = sa.tuple_(table.c.id, table.c.status, table.c.date_done)
+            values = [(r.source_id, r.status, r.date_done) for r in rows]
+        else:
+            key = sa.tuple_(table.c.id, table.c.date_done)
+            values = [(r.source_id, r.date_done) for r in rows]
+        deleted = 0
+        with self.engine.begin() as conn:
+            for i in range(0, len(values), _EXACT_CHUNK):
+                deleted += conn.execute(sa.delete(table).where(key.in_(values[i : i + _EXACT_CHUNK]))).rowcount
+        return deleted

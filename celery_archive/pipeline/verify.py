@@ -1,0 +1,103 @@
+"""Verify: read every data file of a run back from the sink and check bytes, sha256, row
+count and that it holds exactly the ids that were extracted into it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery_archive.errors import SinkError
+from celery_archive.pipeline.readback import read_columns
+from celery_archive.pipeline.serialize import ids_digest
+from celery_archive.sinks import Sink
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    entry: dict[str, Any]
+    path: Path  # the verified local copy, read again by purge
+
+
+@dataclass
+class VerifyReport:
+    run_id: str
+    files: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    verified: list[VerifiedFile] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def verified_rows(self) -> int:
+        return sum(int(v.entry["rows"]) for v in self.verified) if self.ok else 0
+
+
+def _fetch(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with sink.open(key) as src, open(dest, "wb") as out:
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return size, h.hexdigest()
+
+
+def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> str | None:
+    """None if the stored file matches its manifest entry, else what is wrong."""
+    key = entry["key"]
+    try:
+        size, sha = _fetch(sink, key, dest)
+    except SinkError as exc:
+        return f"{key}: cannot be read back: {exc}"
+    if size != entry["bytes"]:
+        return f"{key}: {size} bytes stored, manifest says {entry['bytes']}"
+    if sha != entry["sha256"]:
+        return f"{key}: sha256 {sha} does not match the manifest's {entry['sha256']}"
+    rows, kinds, ids = 0, [], []
+    try:
+        for cols in read_columns(dest, entry["format"], entry["compression"], ["kind", "task_id"]):
+            rows += len(cols["task_id"])
+            kinds.extend(cols["kind"])
+            ids.extend(cols["task_id"])
+    except Exception as exc:  # any parse failure means the file is not what was written
+        return f"{key}: unreadable as {entry['format']}: {type(exc).__name__}: {exc}"
+    if rows != entry["rows"]:
+        return f"{key}: holds {rows} rows, manifest says {entry['rows']}"
+    if ids_digest(kinds, ids) != entry["ids_sha256"]:
+        return f"{key}: the task ids in the file are not the ones extracted into it"
+    return None
+
+
+def verify_run(sink: Sink, manifest: dict[str, Any], spool: Path, keep: bool = False) -> VerifyReport:
+    """Check every file of ``manifest``; with ``keep`` the verified copies stay in ``spool``."""
+    report = VerifyReport(manifest["run_id"])
+    total = 0
+    for i, entry in enumerate(manifest["files"]):
+        dest = spool / f"verify-{manifest['run_id']}-{i:05d}"
+        problem = check_file(sink, entry, dest)
+        report.files += 1
+        total += int(entry["rows"])
+        if problem:
+            report.problems.append(problem)
+        elif keep:
+            report.verified.append(VerifiedFile(entry, dest))
+            continue
+        dest.unlink(missing_ok=True)
+    expected = manifest["totals"]["rows"]
+    if total != expected:
+        report.problems.append(f"manifest lists {total} rows in its files but {expected} were extracted")
+    report.rows = total
+    if not report.ok:
+        discard(report)
+    return report
+
+
+def discard(report: VerifyReport) -> None:
+    for v in report.verified:
+        v.path.unlink(missing_ok=True)
+    report.verified.clear()

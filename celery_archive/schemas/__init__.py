@@ -1,0 +1,63 @@
+"""Versioned record and manifest schemas, kept as data files beside this module.
+
+``record.v<N>.arrow.json`` is the Arrow schema of an archived record (Parquet files are
+written with it); ``record.v<N>.schema.json`` is the JSON Schema of one JSONL line;
+``manifest.v<N>.schema.json`` describes a run manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RECORD_VERSION = 1
+MANIFEST_VERSION = 1
+
+
+def _load(name: str) -> dict[str, Any]:
+    text = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+@cache
+def record_fields(version: int = RECORD_VERSION) -> tuple[dict[str, Any], ...]:
+    """The record's fields, in column order: name, type, nullable, doc."""
+    return tuple(_load(f"record.v{version}.arrow.json")["fields"])
+
+
+def field_names(version: int = RECORD_VERSION) -> tuple[str, ...]:
+    return tuple(f["name"] for f in record_fields(version))
+
+
+def json_schema(name: str = "record", version: int = RECORD_VERSION) -> dict[str, Any]:
+    """A JSON Schema: ``record`` (one JSONL line) or ``manifest``."""
+    return _load(f"{name}.v{version}.schema.json")
+
+
+def _arrow_type(spec: str) -> pa.DataType:
+    import pyarrow as pa
+
+    simple = {"string": pa.string(), "binary": pa.binary(), "int32": pa.int32(), "int64": pa.int64()}
+    if spec in simple:
+        return simple[spec]
+    if spec == "timestamp[us, tz=UTC]":
+        return pa.timestamp("us", tz="UTC")
+    raise ValueError(f"unknown type {spec!r} in the record schema")
+
+
+@cache
+def arrow_schema(version: int = RECORD_VERSION) -> pa.Schema:
+    """The Arrow schema of a record (imports pyarrow)."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field(f["name"], _arrow_type(f["type"]), nullable=f["nullable"], metadata={"doc": f["doc"]})
+        for f in record_fields(version)
+    ]
+    return pa.schema(fields, metadata={"celery_archive.record_version": str(version)})

@@ -1,0 +1,66 @@
+"""Archive storage behind one small contract, picked by URL scheme.
+
+Every sink keeps write-once objects under string keys (``/``-separated, relative to the
+sink's root). The contract, which ``tests/test_sink_contract.py`` checks for every sink:
+
+* ``put(key, path)`` / ``put_bytes(key, data)`` store an object only if ``key`` does not
+  exist yet; otherwise they raise :class:`ObjectExistsError` and change nothing. A reader
+  never sees a partly written object: it is either absent or complete.
+* ``open(key)`` returns a seekable binary file with the object's bytes.
+* ``stat(key)`` returns its :class:`ObjectInfo`; a missing key raises
+  :class:`ObjectNotFoundError` (as ``open`` does).
+* ``list(prefix)`` yields every complete object whose key starts with ``prefix``, in key order.
+* ``delete(key)`` removes an object; deleting a missing key is not an error.
+* ``url`` is the sink's location for messages and manifests, with no secret in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+from celery_archive.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Sink(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    def put(self, key: str, path: Path) -> ObjectInfo: ...
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def open_sink(url: str) -> Sink:
+    """A sink for ``url``: a filesystem path or ``file://`` URL (S3 comes later)."""
+    from celery_archive.sinks.local import LocalSink
+
+    if not url:
+        raise ConfigError("--sink is empty: give a directory path or file:// URL")
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")
+        return LocalSink(Path(unquote(parts.path)))
+    if parts.scheme in ("", ) or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
+        return LocalSink(Path(url))
+    raise ConfigError(
+        f"unsupported sink scheme {parts.scheme!r}: use a directory path or file:///path"
+    )

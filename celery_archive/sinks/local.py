@@ -1,0 +1,116 @@
+"""A directory on local disk: temp file, fsync, then a hard link that never overwrites."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.sinks import ObjectInfo
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_error(action: str, where: Path, exc: OSError) -> SinkError:
+    if exc.errno == errno.ENOSPC:
+        return SinkError(f"no space left on the device holding {where} while {action}: free space or pick another --sink")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return SinkError(f"permission denied on {where} while {action}: check the directory's owner and mode")
+    return SinkError(f"{action} {where} failed: {exc.strerror or exc}")
+
+
+class LocalSink:
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().absolute()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise SinkError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def _commit(self, key: str, write: Callable[[BinaryIO], object]) -> ObjectInfo:
+        target = self._path(key)
+        if target.exists():
+            raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten")
+        tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, target)  # atomic, and fails rather than replace
+            except FileExistsError:
+                raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from None
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise _disk_error("writing", target, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ObjectInfo(key, target.stat().st_size)
+
+    def put(self, key: str, path: Path) -> ObjectInfo:
+        def write(out: BinaryIO) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+        return self._commit(key, write)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self._commit(key, lambda out: out.write(data))
+
+    def open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{path} is not in the archive") from None
+        except OSError as exc:
+            raise _disk_error("reading", path, exc) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            return ObjectInfo(key, path.stat().st_size)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{path} is not in the archive") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            return
+        found: list[ObjectInfo] = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key, os.path.getsize(os.path.join(dirpath, name))))
+        yield from sorted(found, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _disk_error("deleting", path, exc) from exc
+
