@@ -1,0 +1,154 @@
+"""Fixtures on real servers: a fresh PostgreSQL and MariaDB database per test session (dropped
+after), a fresh SQLite file per test, and Celery apps whose own backend code writes results.
+
+The servers are started by scripts/services.sh; a missing server fails the tests, it never
+skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("CA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN = os.environ.get("CA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/")
+PY56 = ROOT / ".venv56" / "bin" / "python"
+BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+def _admin(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"database server at {url} is not reachable ({exc.orig}); run `bash scripts/services.sh`")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"ca_test_{secrets.token_hex(4)}"
+    admin = _admin(PG_ADMIN)
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield str(sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False))
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    name = f"ca_test_{secrets.token_hex(4)}"
+    admin = _admin(MYSQL_ADMIN)
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield str(sa.make_url(MYSQL_ADMIN).set(database=name).render_as_string(hide_password=False))
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    admin.dispose()
+
+
+def reset_database(url: str) -> None:
+    """Drop every table and sequence, so Celery creates its tables anew."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        md = sa.MetaData()
+        md.reflect(conn)
+        md.drop_all(conn)
+        if engine.dialect.name == "postgresql":
+            for schema in ("public", "archive_schema"):
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE") if schema != "public" else None
+            for (seq,) in conn.exec_driver_sql("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema='public'"):
+                conn.exec_driver_sql(f'DROP SEQUENCE IF EXISTS "{seq}"')
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A Celery ``db+`` result_backend URL on an empty database of each kind."""
+    return db_url(request, request.param, tmp_path)
+
+
+def db_url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"db+sqlite:///{tmp_path / 'results.db'}"
+    url = request.getfixturevalue("pg_url" if kind == "postgresql" else "mysql_url")
+    reset_database(url)
+    return "db+" + url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"db+sqlite:///{tmp_path / 'results.db'}"
+
+
+@pytest.fixture
+def pg_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return db_url(request, "postgresql", tmp_path)
+
+
+def celery_app(url: str, serializer: str = "json", extended: bool = True, **conf: Any) -> Any:
+    """A Celery app whose DatabaseBackend writes into ``url``."""
+    from celery import Celery
+
+    app = Celery(f"t{secrets.token_hex(3)}", backend=url, set_as_current=False)
+    app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"],
+                    accept_content=[serializer, "json"], result_extended=extended, **conf)
+    return app
+
+
+def run_celery56(url: str, code: str) -> str:
+    """Run ``code`` with the real Celery 5.6.3 (``app`` bound to ``url``); returns stdout."""
+    if not PY56.exists():
+        pytest.fail(f"{PY56} is missing: `bash scripts/test.sh` installs Celery 5.6.3 there")
+    prelude = (
+        "import celery, datetime\nassert celery.__version__ == '5.6.3', celery.__version__\n"
+        f"app = celery.Celery('legacy', backend={url!r})\napp.conf.result_extended = True\n"
+    )
+    proc = subprocess.run([str(PY56), "-c", prelude + code], capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        pytest.fail(f"celery 5.6.3 script failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``celery-archive`` command."""
+    exe = Path(sys.executable).parent / "celery-archive"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def table_rows(url: str, table: str = "celery_taskmeta", schema: str | None = None) -> dict[str, dict[str, Any]]:
+    """task_id -> the stored row, exactly as the database holds it."""
+    engine = sa.create_engine(url.removeprefix("db+"))
+    with engine.connect() as conn:
+        t = sa.Table(table, sa.MetaData(), schema=schema, autoload_with=conn)
+        key = "task_id" if "task_id" in t.c else "taskset_id"
+        rows = {r._mapping[key]: dict(r._mapping) for r in conn.execute(sa.select(t))}
+    engine.dispose()
+    return rows
+
+
+def age_rows(url: str, days: int, where: str = "1=1", table: str = "celery_taskmeta", schema: str | None = None) -> None:
+    """Move date_done back by ``days`` (results that piled up), in each dialect's SQL."""
+    engine = sa.create_engine(url.removeprefix("db+"))
+    name = f"{schema}.{table}" if schema else table
+    expr = {
+        "sqlite": f"strftime('%Y-%m-%d %H:%M:%f000', date_done, '-{days} days')",
+        "postgresql": f"date_done - interval '{days} days'",
+        "mysql": f"date_done - interval {days} day",
+    }[engine.dialect.name]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {name} SET date_done = {expr} WHERE date_done IS NOT NULL AND {where}")
+    engine.dispose()

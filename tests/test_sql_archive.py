@@ -1,0 +1,178 @@
+"""End to end on real PostgreSQL, MariaDB and SQLite, with results written by Celery's own
+DatabaseBackend: what is archived is exactly what was stored, and only that is deleted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import age_rows, celery_app, table_rows
+from helpers import archive, read_archive, utc
+
+
+class Boom(Exception):
+    pass
+
+
+def write_results(app: Any) -> dict[str, str]:
+    """Results of every kind Celery stores; returns task id -> what it is."""
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    b = app.backend
+    kinds: dict[str, str] = {}
+
+    def req(tid: str, name: str) -> Context:
+        return Context(id=tid, task=name, args=[1, "two", [3]], kwargs={"when": dt.date(2026, 1, 2)},
+                       hostname="worker1@host", retries=2, delivery_info={"routing_key": "billing"})
+
+    for i in range(25):
+        tid = f"ok-{i}"
+        b.store_result(tid, {"n": i, "pair": (1, 2), "at": dt.datetime(2026, 3, 4, 5, 6, 7), "price": decimal.Decimal("9.10")},
+                       "SUCCESS", request=req(tid, "shop.checkout"))
+        kinds[tid] = "success"
+    for i in range(3):
+        tid = f"fail-{i}"
+        try:
+            raise ValueError("card declined", i)
+        except ValueError as exc:
+            b.mark_as_failure(tid, exc, traceback=traceback.format_exc(), request=req(tid, "shop.charge"))
+        kinds[tid] = "failure"
+    b.mark_as_revoked("revoked-0", "terminated", request=req("revoked-0", "shop.slow"))
+    kinds["revoked-0"] = "revoked"
+    b.store_result("started-0", {"pid": 1, "hostname": "w"}, "STARTED", request=req("started-0", "shop.slow"))
+    kinds["started-0"] = "started"
+    gid = "group-0"
+    b.save_group(gid, GroupResult(gid, [AsyncResult("ok-0", app=app), AsyncResult("ok-1", app=app)], app=app))
+    return kinds
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+@pytest.mark.parametrize("extended", [True, False])
+def test_archive_verify_purge(backend_url: str, tmp_path: Path, serializer: str, extended: bool) -> None:
+    app = celery_app(backend_url, serializer=serializer, extended=extended)
+    kinds = write_results(app)
+    app.backend.store_result("recent-0", 42, "SUCCESS")  # stays: newer than the cutoff
+    age_rows(backend_url, 40, "task_id <> 'recent-0'")
+    age_rows(backend_url, 40, table="celery_tasksetmeta")
+    stored = table_rows(backend_url)
+    stored_groups = table_rows(backend_url, "celery_tasksetmeta")
+    seen_by_celery = {tid: app.AsyncResult(tid) for tid in kinds}
+    expected_state = {tid: r.state for tid, r in seen_by_celery.items()}
+
+    report = archive(backend_url, tmp_path / "archive", serializer=serializer)
+
+    old_finished = [t for t, k in kinds.items() if k != "started"]
+    assert report.selected == report.archived == report.verified == report.deleted == len(old_finished) + 1
+    assert report.skipped_changed == 0
+    records = read_archive(tmp_path / "archive")
+    assert set(records) == {*old_finished, "group-0"}
+    for tid in old_finished:
+        rec, row = records[tid], stored[tid]
+        assert rec["kind"] == "task" and rec["status"] == expected_state[tid] == row["status"]
+        assert rec["raw_result"] == row["result"]  # the exact stored bytes
+        assert rec["raw_args"] == row["args"] and rec["raw_kwargs"] == row["kwargs"]
+        assert rec["date_done"] == utc(row["date_done"])
+        assert str(rec["date"]) == row["date_done"].date().isoformat()  # Hive partition
+        assert rec["storage_format"] == "celery-db-5.7"
+        if serializer == "pickle" and kinds[tid] == "revoked":
+            # a pickled celery.exceptions.TaskRevokedError is not plain data: kept as bytes only
+            assert rec["result"] is None
+            assert rec["decode_error"] == "result: refused to load celery.exceptions.TaskRevokedError: only plain data types are admitted"
+            continue
+        assert rec["decode_error"] is None
+        assert rec["content_type"] == {"json": "application/json", "pickle": "application/x-python-serialize"}[serializer]
+        assert rec["source"] == backend_url.split("@")[-1] or "***" not in rec["source"]
+        result = json.loads(rec["result"])
+        if kinds[tid] == "success":
+            assert result == {"n": int(tid.split("-")[1]), "pair": [1, 2], "at": "2026-03-04T05:06:07", "price": "9.10"}
+        elif kinds[tid] == "failure":
+            assert result == {"exc_type": "ValueError", "exc_message": ["card declined", int(tid[-1])], "exc_module": "builtins"}
+            assert "card declined" in rec["traceback"]
+        if extended:
+            assert (rec["name"], rec["worker"], rec["retries"], rec["queue"]) == (row["name"], "worker1@host", 2, "billing")
+            assert json.loads(rec["args"]) == [1, "two", [3]]
+            assert json.loads(rec["kwargs"]) == {"when": "2026-01-02"}
+        else:
+            assert rec["name"] is None and rec["args"] is None
+    group = records["group-0"]
+    assert group["kind"] == "group" and group["raw_result"] == stored_groups["group-0"]["result"]
+    # only what was archived left the backend
+    assert set(table_rows(backend_url)) == {"recent-0", "started-0"}
+    assert table_rows(backend_url, "celery_tasksetmeta") == {}
+    assert app.AsyncResult("recent-0").get(timeout=5) == 42
+
+
+def test_changed_after_read_is_not_deleted(backend_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result re-run between extract and purge survives the run (invariant 2)."""
+    import celery_archive.pipeline.run as run_mod
+
+    app = celery_app(backend_url)
+    write_results(app)
+    age_rows(backend_url, 40)
+    real_open = run_mod.open_source
+
+    def open_source(cfg: Any) -> Any:
+        source = real_open(cfg)
+        extract = source.extract
+
+        def extract_then_rerun(*a: Any, **kw: Any) -> Any:
+            yield from extract(*a, **kw)
+            app.backend.store_result("fail-1", "fixed on retry", "SUCCESS")  # the task is re-run
+
+        source.extract = extract_then_rerun
+        return source
+
+    monkeypatch.setattr(run_mod, "open_source", open_source)
+    report = archive(backend_url, tmp_path / "archive")
+    assert report.skipped_changed == 1
+    assert report.deleted == report.verified - 1
+    left = table_rows(backend_url)
+    assert set(left) == {"fail-1", "started-0"}
+    assert left["fail-1"]["status"] == "SUCCESS"
+    assert app.AsyncResult("fail-1").get(timeout=5) == "fixed on retry"
+    assert read_archive(tmp_path / "archive")["fail-1"]["status"] == "FAILURE"  # the version that was read
+
+
+def test_row_written_into_the_range_is_not_deleted(backend_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late write with an old date_done lands between archived rows: it is not verified,
+    so the set-wise delete must leave it (the range delete rolls back and deletes exactly)."""
+    import sqlalchemy as sa
+
+    import celery_archive.pipeline.run as run_mod
+
+    app = celery_app(backend_url)
+    write_results(app)
+    age_rows(backend_url, 40)
+    rows = table_rows(backend_url)
+    middle = sorted(r["date_done"] for r in rows.values() if r["date_done"])[5]
+    real_open = run_mod.open_source
+
+    def open_source(cfg: Any) -> Any:
+        source = real_open(cfg)
+        extract = source.extract
+
+        def extract_then_insert(*a: Any, **kw: Any) -> Any:
+            yield from extract(*a, **kw)
+            engine = sa.create_engine(backend_url.removeprefix("db+"))
+            t = sa.Table("celery_taskmeta", sa.MetaData(), autoload_with=engine)
+            with engine.begin() as conn:
+                values: dict[str, Any] = {"task_id": "late-0", "status": "SUCCESS", "result": b"1", "date_done": middle}
+                if engine.dialect.supports_sequences:  # Celery's task_id_sequence (PostgreSQL, MariaDB)
+                    values["id"] = sa.Sequence("task_id_sequence").next_value()
+                conn.execute(t.insert().values(**values))
+            engine.dispose()
+
+        source.extract = extract_then_insert
+        return source
+
+    monkeypatch.setattr(run_mod, "open_source", open_source)
+    report = archive(backend_url, tmp_path / "archive")
+    assert report.deleted == report.verified and report.skipped_changed == 0
+    assert set(table_rows(backend_url)) == {"late-0", "started-0"}
+    assert "late-0" not in read_archive(tmp_path / "archive")
