@@ -8,6 +8,7 @@ bytes are archived either way, so decoding never loses data.
 
 from __future__ import annotations
 
+import _compat_pickle
 import base64
 import builtins
 import bz2
@@ -37,7 +38,10 @@ _SAFE_GLOBALS = frozenset(
     {("builtins", n) for n in ("set", "frozenset", "bytearray", "complex", "slice", "range")}
     | {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")}
     | {("decimal", "Decimal"), ("uuid", "UUID"), ("uuid", "SafeUUID")}
-    | {("collections", "OrderedDict"), ("_codecs", "encode")}
+    | {("collections", "OrderedDict"), ("_codecs", "encode"), ("builtins", "object")}
+    # protocols 0-1 rebuild objects with copyreg._reconstructor(cls, base, state); cls and
+    # base are themselves looked up here, so only the classes above can be made
+    | {("copyreg", "_reconstructor")}
 )
 
 
@@ -53,6 +57,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
+        # pickles of protocol < 3 use Python 2 names (__builtin__.set); map them as pickle does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
         if module == "builtins":
