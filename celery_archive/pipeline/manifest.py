@@ -53,8 +53,9 @@ def manifest_key(run_id: str) -> str:
     return f"{MANIFESTS}{run_id}.json"
 
 
-def report_key(run_id: str) -> str:
-    return f"{RUNS}{run_id}.json"
+def report_key(run_id: str, purged: bool = True) -> str:
+    """``runs/<id>.json`` once purged; ``runs/<id>.kept.json`` for a --no-delete run (both write-once)."""
+    return f"{RUNS}{run_id}.json" if purged else f"{RUNS}{run_id}.kept.json"
 
 
 def load_manifest(sink: Sink, run_id: str) -> dict[str, Any]:
@@ -69,7 +70,15 @@ def committed_runs(sink: Sink) -> list[str]:
 
 
 def reports(sink: Sink) -> dict[str, dict[str, Any]]:
-    return {o.key[len(RUNS):-len(".json")]: _load(sink, o.key) for o in sink.list(RUNS) if o.key.endswith(".json")}
+    """run id -> its latest report (a purge report wins over a --no-delete one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in sink.list(RUNS):
+        name = o.key[len(RUNS):]
+        if name.endswith(".kept.json"):
+            out.setdefault(name[: -len(".kept.json")], _load(sink, o.key))
+        elif name.endswith(".json"):
+            out[name[: -len(".json")]] = _load(sink, o.key)
+    return out
 
 
 def orphan_files(sink: Sink, committed: set[str]) -> Iterator[str]:

@@ -102,7 +102,7 @@ def _finish(sink: Sink, source: SqlSource, manifest: dict[str, Any], spool: Path
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)
-    mf.write_json(sink, mf.report_key(manifest["run_id"]), {
+    mf.write_json(sink, mf.report_key(manifest["run_id"], purged=cfg.delete), {
         "run_id": manifest["run_id"], "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "verified": report.rows, "deleted": deleted, "skipped_changed": skipped, "purged": cfg.delete,
     })
