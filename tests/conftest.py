@@ -122,10 +122,10 @@ def run_celery56(url: str, code: str) -> str:
     return proc.stdout
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed ``celery-archive`` command."""
     exe = Path(sys.executable).parent / "celery-archive"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})
 
 

@@ -56,6 +56,11 @@ def parse_source_url(url: str) -> sa.URL:
         u = u.set(drivername="postgresql+psycopg")
     if u.drivername == "mysql" and not _module_available("MySQLdb"):
         u = u.set(drivername="mysql+pymysql")
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(u.database).is_file():
+            raise ConfigError(f"no SQLite database file at {u.database}: check the path in --source (db+sqlite:///relative or db+sqlite:////absolute)")
     try:
         u.get_dialect()
     except Exception:

@@ -1,0 +1,154 @@
+"""The command line as a user meets it: README examples, --json, help, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import MYSQL_ADMIN, ROOT, age_rows, celery_app, cli, table_rows
+
+from celery_archive.cli import main
+
+README = (ROOT / "README.md").read_text()
+COMMANDS = sorted(main.commands)
+
+
+def readme_examples() -> list[str]:
+    blocks = re.findall(r"```console\n(.*?)```", README, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("celery-archive ")]
+
+
+def test_every_command_has_help_and_a_readme_example() -> None:
+    examples = readme_examples()
+    for name in COMMANDS:
+        out = cli(name, "--help")
+        assert out.returncode == 0 and "Usage:" in out.stdout and len(out.stdout) > 200
+        assert any(e.startswith(f"celery-archive {name}") for e in examples), f"no README example for {name}"
+        assert f"### {name}" in README
+
+
+def test_readme_examples_run_as_written(tmp_path: Path) -> None:
+    """The README's console examples, in order, in a fresh directory after the demo."""
+    for line in ["celery-archive demo", *readme_examples()]:
+        out = cli(*shlex.split(line)[1:], cwd=tmp_path)
+        assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
+        if "--json" in line:
+            lines = out.stdout.strip().splitlines()
+            assert len(lines) == 1 and json.loads(lines[0])["command"] == line.split()[1]
+
+
+def test_readme_first_command_installs_and_runs_the_demo() -> None:
+    first = re.search(r"```console\n(.*?)\n```", README, re.S)
+    assert first and first.group(1).startswith("python3 -m venv .venv") and first.group(1).endswith("celery-archive demo")
+    assert "bash scripts/test.sh" in README
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_run_json_has_the_promised_fields(sqlite_url: str, tmp_path: Path) -> None:
+    app = celery_app(sqlite_url)
+    for i in range(10):
+        app.backend.store_result(f"j{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    out = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json")
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.strip().splitlines()
+    report = json.loads(line)
+    assert {k: report[k] for k in ("selected", "archived", "verified", "deleted")} == {"selected": 10, "archived": 10, "verified": 10, "deleted": 10}
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", report["run_id"])
+    for cmd in (["verify", "--sink", str(tmp_path / "a")], ["runs", "--sink", str(tmp_path / "a")]):
+        (one,) = cli(*cmd, "--json").stdout.strip().splitlines()
+        assert json.loads(one)["command"] == cmd[0]
+
+
+def test_dry_run_counts_and_changes_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    app = celery_app(sqlite_url)
+    for i in range(12):
+        app.backend.store_result(f"d{i}", "x" * 100, "SUCCESS" if i % 4 else "FAILURE")
+    age_rows(sqlite_url, 40)
+    before = table_rows(sqlite_url)
+    out = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["dry_run"] is True and report["selected"] == 12
+    assert report["by_status"] == {"SUCCESS": 9, "FAILURE": 3}
+    assert sum(report["by_day"].values()) == 12 and report["bytes"] > 12 * 100
+    assert table_rows(sqlite_url) == before
+    assert not (tmp_path / "a").exists()
+    text = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run")
+    assert "would be archived" in text.stdout and "nothing was changed" in text.stdout
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--source", "db+postgresql+psycopg://postgres@127.0.0.1:1/nothing"], 1, "connecting to db+postgresql+psycopg://postgres@127.0.0.1:1/nothing failed"),
+    (["--source", "postgresql://postgres@127.0.0.1/x"], 2, "not a Celery database backend URL"),
+    (["--source", "db+nosuchdb://h/x"], 2, "no database driver"),
+    (["--source", "db+sqlite:///{tmp}/r.db", "--older-than", "thirty days"], 2, "invalid duration 'thirty days'"),
+    (["--source", "db+sqlite:///{tmp}/r.db", "--sink", "s3://bucket/x"], 2, "unsupported sink scheme 's3'"),
+    (["--source", "db+sqlite:///{tmp}/missing.db"], 2, "no SQLite database file at"),
+])
+def test_bad_input_gets_a_clear_message(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    full = {"--sink": str(tmp_path / "a"), "--older-than": "30d"}
+    given = dict(zip(args[::2], args[1::2]))
+    argv = [x.replace("{tmp}", str(tmp_path)) for kv in {**full, **given}.items() for x in kv]
+    if "r.db" in " ".join(argv):
+        celery_app(f"db+sqlite:///{tmp_path}/r.db")  # a valid backend, so only the bad option is wrong
+    out = cli("run", *argv)
+    assert out.returncode == code, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not any((tmp_path / "a").rglob("*.parquet"))
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_database_without_celerys_tables(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    sa.create_engine(f"sqlite:///{db}").connect().close()
+    out = cli("run", "--source", f"db+sqlite:///{db}", "--sink", str(tmp_path / "a"), "--older-than", "1d")
+    assert out.returncode == 1 and "table celery_taskmeta not found" in out.stderr and "--task-table" in out.stderr
+
+
+def test_a_table_that_is_not_celerys(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE celery_taskmeta (id INTEGER PRIMARY KEY, payload TEXT)")
+    out = cli("run", "--source", f"db+sqlite:///{db}", "--sink", str(tmp_path / "a"), "--older-than", "1d")
+    assert out.returncode == 1
+    assert "not a Celery result table: it has no column(s) date_done, result, status, task_id" in out.stderr
+
+
+def test_a_wrong_password_is_never_printed(tmp_path: Path) -> None:
+    secret = "Sup3r-s3cret-pw"
+    url = sa.make_url(MYSQL_ADMIN).set(password=secret, database="test").render_as_string(hide_password=False)
+    for extra in ([], ["--json"]):
+        out = cli("run", "--source", f"db+{url}", "--sink", str(tmp_path / "a"), "--older-than", "1d", *extra)
+        assert out.returncode == 1
+        assert secret not in out.stdout + out.stderr
+        assert "Access denied" in out.stdout + out.stderr and "***" in out.stdout + out.stderr
+
+
+def test_full_disk_fails_before_any_delete(sqlite_url: str, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs to fill: {mounted.stderr}"
+    try:
+        app = celery_app(sqlite_url)
+        for i in range(300):
+            app.backend.store_result(f"f{i}", {"blob": f"{i}-" * 200}, "SUCCESS")
+        age_rows(sqlite_url, 40)
+        before = table_rows(sqlite_url)
+        out = cli("run", "--source", sqlite_url, "--sink", str(small / "archive"), "--older-than", "30d",
+                  "--format", "jsonl", "--max-file-size", "16KiB")
+        assert out.returncode == 1
+        assert "no space left" in out.stderr
+        assert table_rows(sqlite_url) == before
+        assert not (small / "archive" / "manifests").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    ok = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "big"), "--older-than", "30d", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["deleted"] == 300
