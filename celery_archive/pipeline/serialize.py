@@ -124,6 +124,8 @@ class _JsonlFile:
             columns.append(values)
         opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         self._out.write(b"".join(orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)))
+        if self._out is not self._raw:
+            self._out.flush()  # end the compressed block, so size() sees what this batch added
 
     def size(self) -> int:
         return self._raw.tell()

@@ -1,0 +1,102 @@
+"""The sink contract, run against every sink (local today; S3 joins this suite later)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.sinks import Sink, open_sink
+
+SinkFactory = Callable[[], Sink]
+
+
+@pytest.fixture(params=["path", "file-url"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Sink:
+    root = tmp_path / "sink root"
+    return open_sink(str(root) if request.param == "path" else root.as_uri())
+
+
+def test_put_then_open_stat_list(sink: Sink, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"a" * 3_000_000)
+    info = sink.put("data/date=2026-01-01/x.parquet", src)
+    assert info.size == 3_000_000
+    sink.put_bytes("manifests/r.json", b"{}")
+    with sink.open("data/date=2026-01-01/x.parquet") as f:
+        assert f.read() == b"a" * 3_000_000
+        f.seek(10)
+        assert f.read(3) == b"aaa"
+    assert sink.stat("manifests/r.json").size == 2
+    assert [o.key for o in sink.list()] == ["data/date=2026-01-01/x.parquet", "manifests/r.json"]
+    assert [o.key for o in sink.list("manifests/")] == ["manifests/r.json"]
+    assert list(sink.list("nothing/")) == []
+
+
+def test_never_overwrites(sink: Sink, tmp_path: Path) -> None:
+    sink.put_bytes("k", b"first")
+    with pytest.raises(ObjectExistsError):
+        sink.put_bytes("k", b"second")
+    src = tmp_path / "s"
+    src.write_bytes(b"third")
+    with pytest.raises(ObjectExistsError):
+        sink.put("k", src)
+    with sink.open("k") as f:
+        assert f.read() == b"first"
+
+
+def test_concurrent_creates_one_wins(sink: Sink) -> None:
+    wins, losses = [], []
+
+    def attempt(i: int) -> None:
+        try:
+            sink.put_bytes("lock", str(i).encode())
+            wins.append(i)
+        except ObjectExistsError:
+            losses.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 15
+    with sink.open("lock") as f:
+        assert f.read() == str(wins[0]).encode()
+
+
+def test_missing_objects_and_delete(sink: Sink) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        sink.open("nope")
+    with pytest.raises(ObjectNotFoundError):
+        sink.stat("nope")
+    sink.delete("nope")  # not an error
+    sink.put_bytes("a/b", b"x")
+    sink.delete("a/b")
+    with pytest.raises(ObjectNotFoundError):
+        sink.stat("a/b")
+    assert list(sink.list()) == []
+
+
+def test_no_partial_object_is_ever_listed(sink: Sink, tmp_path: Path) -> None:
+    src = tmp_path / "gone"
+    with pytest.raises(SinkError):
+        sink.put("x", src)  # the source vanished mid-put
+    assert list(sink.list()) == []
+    with pytest.raises(ObjectNotFoundError):
+        sink.stat("x")
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "../up"])
+def test_keys_stay_inside_the_root(sink: Sink, key: str) -> None:
+    with pytest.raises(SinkError):
+        sink.put_bytes(key, b"x")
+
+
+@pytest.mark.parametrize("url", ["", "s3://b/p", "ftp://h/x", "file://otherhost/x"])
+def test_unsupported_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        open_sink(url)
