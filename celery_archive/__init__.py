@@ -10,8 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from celery_archive.config import RunConfig, parse_duration, parse_size  # noqa: E402
-from celery_archive.errors import (  # noqa: E402
+from celery_archive.config import RunConfig, parse_duration, parse_size
+from celery_archive.errors import (
     ArchiveError,
     ConfigError,
     LockError,
@@ -19,8 +19,8 @@ from celery_archive.errors import (  # noqa: E402
     SourceError,
     VerifyError,
 )
-from celery_archive.pipeline.catalog import list_runs, verify_archive  # noqa: E402
-from celery_archive.pipeline.run import DryRunReport, RunReport, run  # noqa: E402
+from celery_archive.pipeline.catalog import list_runs, verify_archive
+from celery_archive.pipeline.run import DryRunReport, RunReport, run
 
 __all__ = [
     "ArchiveError", "ConfigError", "DryRunReport", "LockError", "RunConfig", "RunReport", "SinkError",

@@ -67,19 +67,24 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", required=True, metavar="URL", help="The app's result_backend URL, e.g. db+postgresql+psycopg://user@host/db or db+sqlite:///results.db.")
+@click.option("--source", required=True, metavar="URL", help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db.")
 @sink_option
 @click.option("--older-than", required=True, metavar="AGE", help="Take finished results whose date_done is older than this: 30d, 12h, 90m.")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
-@click.option("--compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None, help="Data file compression (default: zstd for parquet, none for jsonl).")
-@click.option("--serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True, help="The app's result_serializer, used to decode the queryable copy.")
-@click.option("--task-table", default="celery_taskmeta", show_default=True, metavar="[SCHEMA.]NAME", help="Task result table (database_table_names / database_table_schemas).")
+@click.option("--compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
+              help="Data file compression (default: zstd for parquet, none for jsonl).",
+              )
+@click.option("--serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True,
+              help="The app's result_serializer, used to decode the queryable copy.")
+@click.option("--task-table", default="celery_taskmeta", show_default=True, metavar="[SCHEMA.]NAME",
+              help="Task result table (database_table_names / database_table_schemas).")
 @click.option("--group-table", default="celery_tasksetmeta", show_default=True, metavar="[SCHEMA.]NAME", help="Group result table.")
 @click.option("--batch-size", type=click.IntRange(1), default=10_000, show_default=True, help="Results read per query.")
 @click.option("--max-file-size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @click.option("--no-delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
-@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where data files are staged before upload (default: the system temp dir).")
+@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where data files are staged before upload (default: the system temp dir).")
 @json_option
 @handle_errors("run")
 def run(source: str, sink: str, older_than: str, fmt: str, compression: str | None, serializer: str,
@@ -91,7 +96,8 @@ def run(source: str, sink: str, older_than: str, fmt: str, compression: str | No
     celery-archive run --source db+postgresql+psycopg://user@host/db \\
         --sink /var/archive --older-than 30d --format parquet
     """
-    from celery_archive.pipeline.run import DryRunReport, run as run_archive
+    from celery_archive.pipeline.run import DryRunReport
+    from celery_archive.pipeline.run import run as run_archive
 
     task_schema, _, task_name = task_table.rpartition(".")
     group_schema, _, group_name = group_table.rpartition(".")

@@ -80,7 +80,8 @@ def _age(db: Path) -> None:
     con = sqlite3.connect(db)
     with con:
         for table in ("celery_taskmeta", "celery_tasksetmeta"):
-            con.execute(f"UPDATE {table} SET date_done = strftime('%Y-%m-%d %H:%M:%f000', date_done, '-' || ((id * 5) % 21) || ' days') WHERE date_done IS NOT NULL")
+            shifted = "strftime('%Y-%m-%d %H:%M:%f000', date_done, '-' || ((id * 5) % 21) || ' days')"
+            con.execute(f"UPDATE {table} SET date_done = {shifted} WHERE date_done IS NOT NULL")
     con.close()
 
 

@@ -18,7 +18,6 @@ import io
 import json
 import lzma
 import pickle
-import uuid
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -175,7 +174,7 @@ def decode_column(
         except (UnsafePayload, pickle.UnpicklingError) as exc:
             texts.append(None)
             errors.append(f"{field}: {exc}")
-        except Exception as exc:  # corrupt payloads raise anything; the bytes are kept
+        except Exception as exc:  # noqa: BLE001 - corrupt payloads raise anything; the bytes are kept
             texts.append(None)
             errors.append(f"{field}: cannot decode as {serializer}: {type(exc).__name__}: {exc}"[:500])
         compressions.append(compression)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ def row_count(cols: Columns) -> int:
 
 def build_records(
     kind: str,
-    raw: dict[str, Sequence[Any]],
+    raw: Mapping[str, Sequence[Any]],
     n: int,
     *,
     serializer: str,

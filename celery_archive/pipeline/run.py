@@ -159,7 +159,7 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
                 except BaseException:
                     writer.abort()
                     raise
-                manifest = {
+                manifest: dict[str, Any] = {
                     "manifest_version": MANIFEST_VERSION, "schema_version": RECORD_VERSION, "run_id": run_id,
                     "created_at": iso(now), "source": source.display_url, "source_tables": source.describe(),
                     "cutoff": iso(cutoff), "older_than": format_duration(cfg.older_than), "serializer": cfg.serializer,

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -70,6 +70,12 @@ def iso(ts: dt.datetime) -> str:
     return ts.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+class _Stream(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> object: ...
+    def close(self) -> object: ...
+
+
 class _FileWriter(Protocol):
     def write(self, cols: Columns, start: int, stop: int) -> None: ...
     def size(self) -> int: ...
@@ -104,13 +110,13 @@ class _JsonlFile:
 
     def __init__(self, path: Path, compression: str) -> None:
         self._raw = open(path, "wb")
-        self._out: BinaryIO
+        self._out: _Stream
         if compression == "zstd":
             import zstandard
 
-            self._out = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)  # type: ignore[assignment]
+            self._out = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
         elif compression == "gzip":
-            self._out = gzip.GzipFile(fileobj=self._raw, mode="wb")  # type: ignore[assignment]
+            self._out = gzip.GzipFile(fileobj=self._raw, mode="wb")
         else:
             self._out = self._raw
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.errors import ConfigError, SourceError
 from celery_archive.pipeline.records import Columns, PurgeRow, build_records
@@ -50,7 +51,7 @@ def parse_source_url(url: str) -> sa.URL:
         raise ConfigError(f"not a Celery database backend URL: {redact(url)!r} (expected db+postgresql://, db+mysql://, db+sqlite:///...)")
     try:
         u = sa.make_url(url[3:])
-    except Exception:
+    except sa.exc.ArgumentError:
         raise ConfigError("cannot parse the --source URL; expected e.g. db+postgresql+psycopg://user@host/db") from None
     if u.drivername == "postgresql" and not _module_available("psycopg2"):
         u = u.set(drivername="postgresql+psycopg")
@@ -62,8 +63,8 @@ def parse_source_url(url: str) -> sa.URL:
         if not Path(u.database).is_file():
             raise ConfigError(f"no SQLite database file at {u.database}: check the path in --source (db+sqlite:///relative or db+sqlite:////absolute)")
     try:
-        u.get_dialect()
-    except Exception:
+        u.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError):
         raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
     return u
 
@@ -73,17 +74,14 @@ def redact(url: str) -> str:
     prefix = "db+" if url.startswith("db+") else ""
     try:
         return prefix + sa.make_url(url[len(prefix):]).render_as_string(hide_password=True)
-    except Exception:
+    except sa.exc.ArgumentError:
         return "<unparsable URL>"
 
 
-def _utc_naive(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    assert isinstance(value, dt.datetime)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value
+def _utc_naive(value: dt.datetime | str) -> dt.datetime:
+    """A stored date_done (naive UTC; SQLite hands back text) as a naive UTC datetime."""
+    ts = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
 class SqlSource:
@@ -117,7 +115,8 @@ class SqlSource:
                         if kind == "group":
                             continue  # groups are optional: only apps that save GroupResults have them
                         where = f"{schema}.{name}" if schema else name
-                        raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? If you renamed it (database_table_names), pass --task-table") from None
+                        raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? "
+                                          "If you renamed it (database_table_names), pass --task-table") from None
                     missing = _REQUIRED[kind] - set(table.c.keys())
                     if missing:
                         raise SourceError(f"table {table.fullname} is not a Celery result table: it has no column(s) {', '.join(sorted(missing))}")
@@ -134,7 +133,7 @@ class SqlSource:
         self.engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _run(self, conn: Connection, stmt: sa.Executable) -> list[tuple[Any, ...]]:
+    def _run(self, conn: Connection, stmt: sa.Select[Any] | sa.Delete | ReturningDelete[Any]) -> list[tuple[Any, ...]]:
         if self._raw_pg:
             compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
             cur = conn.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
@@ -173,7 +172,7 @@ class SqlSource:
                 if not rows:
                     break
                 last = (rows[-1][i_dd], rows[-1][i_id])
-                raw = dict(zip(names, zip(*rows)))
+                raw: dict[str, Sequence[Any]] = dict(zip(names, zip(*rows)))
                 if kind == "group":
                     raw["task_id"] = raw.pop("taskset_id")
                 raw["date_done"] = tuple(_utc_naive(v) for v in raw["date_done"])
@@ -227,11 +226,11 @@ class SqlSource:
     def _range_delete(self, kind: str, table: sa.Table, rows: Sequence[PurgeRow], expected: set[tuple[Any, ...]]) -> int | None:
         key = sa.tuple_(table.c.date_done, table.c.id)
         lo, hi = rows[0], rows[-1]
-        stmt = sa.delete(table).where(key >= sa.tuple_(lo.date_done, lo.source_id), key <= sa.tuple_(hi.date_done, hi.source_id))
+        delete = sa.delete(table).where(key >= sa.tuple_(lo.date_done, lo.source_id), key <= sa.tuple_(hi.date_done, hi.source_id))
         if kind == "task":
-            stmt = stmt.where(table.c.status.in_(FINISHED)).returning(table.c.id, table.c.status, table.c.date_done)
+            stmt = delete.where(table.c.status.in_(FINISHED)).returning(table.c.id, table.c.status, table.c.date_done)
         else:
-            stmt = stmt.returning(table.c.id, table.c.date_done)
+            stmt = delete.returning(table.c.id, table.c.date_done)
         with self.engine.connect() as conn:
             with conn.begin() as tx:
                 got = {(r[0], *r[1:-1], _utc_naive(r[-1])) for r in self._run(conn, stmt)}
@@ -241,6 +240,7 @@ class SqlSource:
         return None
 
     def _exact_delete(self, kind: str, table: sa.Table, rows: Sequence[PurgeRow]) -> int:
+        values: list[tuple[Any, ...]]
         if kind == "task":
             key = sa.tuple_(table.c.id, table.c.status, table.c.date_done)
             values = [(r.source_id, r.status, r.date_done) for r in rows]

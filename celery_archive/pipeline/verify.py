@@ -64,7 +64,7 @@ def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> str | None:
             rows += len(cols["task_id"])
             kinds.extend(cols["kind"])
             ids.extend(cols["task_id"])
-    except Exception as exc:  # any parse failure means the file is not what was written
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not what was written
         return f"{key}: unreadable as {entry['format']}: {type(exc).__name__}: {exc}"
     if rows != entry["rows"]:
         return f"{key}: holds {rows} rows, manifest says {entry['rows']}"
