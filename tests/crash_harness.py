@@ -39,8 +39,8 @@ def main() -> None:
         if stage == "mid-purge":
             purge, calls = src.purge, []
 
-            def purge_then_die(kind: str, rows: Any) -> Any:
-                result = purge(kind, rows)
+            def purge_then_die(batch: Any) -> Any:
+                result = purge(batch)
                 calls.append(result)
                 if len(calls) == 2:
                     die()

@@ -176,3 +176,31 @@ def test_row_written_into_the_range_is_not_deleted(backend_url: str, tmp_path: P
     assert report.deleted == report.verified and report.skipped_changed == 0
     assert set(table_rows(backend_url)) == {"late-0", "started-0"}
     assert "late-0" not in read_archive(tmp_path / "archive")
+
+
+def test_small_pages_files_and_purge_batches_purge_everything(backend_url: str, tmp_path: Path) -> None:
+    """Pages that straddle days, files rolled every few rows, purge batches that span files:
+    every verified row is deleted, and none is wrongly counted as changed."""
+    app = celery_app(backend_url)
+    for i in range(90):
+        app.backend.store_result(f"s{i:03d}", i, "SUCCESS")
+    for n, days in enumerate((35, 36, 37)):
+        age_rows(backend_url, days, f"task_id >= 's{n * 30:03d}'")
+    report = archive(backend_url, tmp_path / "archive", batch_size=16, max_file_bytes=2048, purge_batch=7)
+    assert report.files > 3
+    assert (report.selected, report.deleted, report.skipped_changed) == (90, 90, 0)
+    assert table_rows(backend_url) == {}
+
+
+def test_ids_digest_is_sorted_kind_colon_id_lines() -> None:
+    import hashlib
+
+    import pyarrow as pa
+
+    from celery_archive.pipeline.readback import ids_digest
+
+    kinds = ["task", "group", "task", "task"]
+    ids = ["b-1", "zé", "a-2", "Ä"]
+    plain = hashlib.sha256("\n".join(sorted(f"{k}:{t}" for k, t in zip(kinds, ids))).encode()).hexdigest()
+    assert ids_digest(pa.array(kinds), pa.array(ids)) == plain
+    assert ids_digest(pa.chunked_array([kinds[:2], kinds[2:]]), pa.chunked_array([ids[:2], ids[2:]])) == plain

@@ -96,9 +96,9 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot represent {type(obj).__name__} as JSON")
 
 
-def to_json_text(obj: Any) -> str:
-    """JSON text for a decoded value (datetimes ISO 8601, decimals and UUIDs as strings)."""
-    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+def to_json_text(obj: Any) -> bytes:
+    """UTF-8 JSON text for a decoded value (datetimes ISO 8601, decimals and UUIDs as strings)."""
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _kombu_hook(obj: dict[str, Any]) -> Any:
@@ -127,15 +127,15 @@ def decompress(data: bytes) -> tuple[str, bytes]:
     raise UnsafePayload(f"unsupported result_compression {ctype!r}")
 
 
-def decode_one(raw: bytes, serializer: str) -> str:
-    """Decode one stored payload to JSON text; raises on anything unsafe or corrupt."""
+def decode_one(raw: bytes, serializer: str) -> bytes:
+    """Decode one stored payload to UTF-8 JSON text; raises on anything unsafe or corrupt."""
     if raw[:1] == b"\x80":  # a pickle, whatever the configured serializer (Celery <= 5.6)
         return to_json_text(restricted_loads(raw))
     if serializer == "json":
         if b'"__type__"' in raw:
             return to_json_text(json.loads(raw, object_hook=_kombu_hook))
-        orjson.loads(raw)  # validate; the stored text is already the JSON copy
-        return raw.decode("utf-8")
+        orjson.loads(raw)  # validates JSON and UTF-8: the stored text is already the JSON copy
+        return raw
     if serializer == "msgpack":
         import msgpack
 
@@ -149,14 +149,36 @@ def decode_one(raw: bytes, serializer: str) -> str:
     raise UnsafePayload(f"unknown serializer {serializer!r}")
 
 
+def _plain_json_column(values: Sequence[bytes | None]) -> list[bytes | None] | None:
+    """The JSON texts of a column whose every value is plain, valid JSON; else None.
+
+    The common case (json serializer, no kombu type markers) costs one C call per value.
+    """
+    present = [v for v in values if v is not None]
+    try:
+        for _ in map(orjson.loads, present):  # iterates in C
+            pass
+    except orjson.JSONDecodeError:
+        return None
+    if b'"__type__"' in b"\x00".join(present):
+        return None
+    return list(values)
+
+
 def decode_column(
     values: Sequence[bytes | None], serializer: str, field: str
-) -> tuple[list[str | None], list[str | None], list[str | None]]:
-    """Decode a column of stored payloads: (json texts, errors, compression types).
+) -> tuple[list[bytes | None], list[str | None], list[str | None]]:
+    """Decode a column of stored payloads: (UTF-8 JSON texts, errors, compression types).
 
+    Texts stay bytes: Arrow takes UTF-8 bytes for a string column ten times faster than str.
     A value that cannot be decoded safely gives a null text and an error naming the field.
     """
-    texts: list[str | None] = []
+    if serializer == "json":
+        plain = _plain_json_column(values)
+        if plain is not None:
+            nulls: list[str | None] = [None] * len(values)
+            return plain, nulls, nulls
+    texts: list[bytes | None] = []
     errors: list[str | None] = []
     compressions: list[str | None] = []
     for raw in values:

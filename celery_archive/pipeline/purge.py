@@ -1,19 +1,62 @@
 """Purge: delete from the source exactly what a verified archive holds, and only where the
-source still has it as it was read. The plan is read back from the verified files, not
-from memory of the extract, so a resumed run purges the same way."""
+source still has it as it was read. The plan is read back from the verified files (not from
+memory of the extract), so a resumed run purges the same way; it stays in Arrow columns."""
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from celery_archive.pipeline.readback import read_columns
-from celery_archive.pipeline.records import PurgeRow
+from celery_archive.pipeline.readback import read_table
 from celery_archive.pipeline.verify import VerifiedFile
 
-PurgeFn = Callable[[str, Sequence[PurgeRow]], tuple[int, int]]
-_COLUMNS = ("kind", "task_id", "status", "date_done", "source_id")
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+KEY_COLUMNS = ("source_id", "status", "date_done")
+
+
+@dataclass(frozen=True)
+class PurgeBatch:
+    """Verified records of one kind: ``table`` has source_id, status and date_done (naive
+    UTC, as the backend stores it), the state they were read in, sorted by (date_done, id),
+    so that its first and last rows bound every row of it."""
+
+    kind: str
+    table: pa.Table
+
+    @classmethod
+    def of(cls, kind: str, tables: list[pa.Table]) -> PurgeBatch:
+        import pyarrow as pa
+
+        table = pa.concat_tables(tables).sort_by([("date_done", "ascending"), ("source_id", "ascending")])
+        return cls(kind, table)
+
+    @property
+    def keys(self) -> list[str]:
+        """Columns that must match for a row to count as unchanged (groups have no status)."""
+        return list(KEY_COLUMNS) if self.kind == "task" else ["source_id", "date_done"]
+
+    def bounds(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """(date_done, source_id) of the first and the last row."""
+        d, i = self.table["date_done"], self.table["source_id"]
+        return (d[0].as_py(), i[0].as_py()), (d[-1].as_py(), i[-1].as_py())
+
+    def outside(self, rows: list[tuple[Any, ...]]) -> int:
+        """How many of ``rows`` (values of ``keys``) are not in this batch."""
+        import pyarrow as pa
+
+        if not rows:
+            return 0
+        got = pa.table({k: pa.array(col, self.table.schema.field(k).type) for k, col in zip(self.keys, zip(*rows))})
+        return int(got.join(self.table.select(self.keys), keys=self.keys, join_type="left anti").num_rows)
+
+    def values(self) -> list[tuple[Any, ...]]:
+        return list(zip(*(self.table[k].to_pylist() for k in self.keys)))
+
+
+PurgeFn = Callable[[PurgeBatch], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -22,30 +65,44 @@ class PurgeReport:
     skipped_changed: int = 0
 
 
-def _naive(ts: dt.datetime) -> dt.datetime:
-    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+def plan(files: Iterable[VerifiedFile], batch_size: int) -> Iterator[PurgeBatch]:
+    """Batches of one kind, each contiguous in the order the rows were extracted.
 
+    A run's files of one kind follow extraction order (the writer finishes a file once a later
+    day or another kind comes), so a batch may run on from one file into the next. Were they
+    interleaved, a batch's key range would hold rows of another batch: the source's check
+    against the batch would then refuse the range delete and delete exactly instead.
+    """
+    import pyarrow.compute as pc
 
-def plan(files: Iterable[VerifiedFile], batch_size: int) -> Iterable[tuple[str, list[PurgeRow]]]:
-    """(kind, rows) batches, each contiguous in the order the rows were extracted."""
+    kind: str | None = None
+    pending: list[pa.Table] = []
+    size = 0
     for vf in files:
-        pending: dict[str, list[PurgeRow]] = {}
-        for cols in read_columns(vf.path, vf.entry["format"], vf.entry["compression"], _COLUMNS):
-            for kind, tid, status, done, sid in zip(*(cols[c] for c in _COLUMNS)):
-                rows = pending.setdefault(kind, [])
-                rows.append(PurgeRow(sid, tid, status, _naive(done)))
-                if len(rows) >= batch_size:
-                    yield kind, rows
-                    pending[kind] = []
-        for kind, rows in pending.items():
-            if rows:
-                yield kind, rows
+        table = read_table(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *KEY_COLUMNS))
+        for k in pc.unique(table["kind"]).to_pylist():
+            part = table.filter(pc.equal(table["kind"], k)).drop_columns(["kind"])
+            if k != kind and pending and kind is not None:
+                yield PurgeBatch.of(kind, pending)
+                pending, size = [], 0
+            kind = k
+            offset = 0
+            while offset < part.num_rows:
+                take = part.slice(offset, batch_size - size)
+                pending.append(take)
+                size += take.num_rows
+                offset += take.num_rows
+                if size >= batch_size:
+                    yield PurgeBatch.of(k, pending)
+                    pending, size = [], 0
+    if pending and kind is not None:
+        yield PurgeBatch.of(kind, pending)
 
 
 def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int) -> PurgeReport:
     deleted = skipped = 0
-    for kind, rows in plan(files, batch_size):
-        d, s = purge(kind, rows)
+    for batch in plan(files, batch_size):
+        d, s = purge(batch)
         deleted += d
         skipped += s
     return PurgeReport(deleted, skipped)

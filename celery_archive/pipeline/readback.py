@@ -1,4 +1,5 @@
-"""Reading archive data files back, in column batches (verify, purge, later restore)."""
+"""Reading archive data files back (verify, purge, later restore), and the ids digest that
+ties a file's contents to what was extracted into it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import gzip
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from celery_archive.schemas import record_fields
+from celery_archive.schemas import arrow_schema, record_fields
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _BATCH = 50_000
 
@@ -34,18 +38,24 @@ def _jsonl_value(name: str, kind: str, value: Any) -> Any:
     if kind == "binary":
         return base64.b64decode(value)
     if kind.startswith("timestamp"):
-        return dt.datetime.fromisoformat(value)
+        return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).replace(tzinfo=None)
     return value
 
 
 def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> Iterator[dict[str, list[Any]]]:
-    """Batches of the named columns; timestamps come back as aware UTC datetimes."""
+    """Batches of the named columns; timestamps come back as naive UTC datetimes."""
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=_BATCH, columns=list(columns)):
-            yield batch.to_pydict()
+            arrays = {}
+            for name, col in zip(batch.schema.names, batch.columns):
+                if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+                    col = col.cast(pa.timestamp(col.type.unit))  # same instants, as naive UTC
+                arrays[name] = col.to_pylist()
+            yield arrays
         return
     types = {f["name"]: f["type"] for f in record_fields()}
     with _open_text(path, compression) as f:
@@ -61,3 +71,37 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
                 out = {c: [] for c in columns}
         if out[columns[0]]:
             yield out
+
+
+def read_table(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> pa.Table:
+    """The named columns of one data file as an Arrow table (a file is bounded by the roll size);
+    timestamps become naive UTC."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        table = pq.read_table(path, columns=list(columns))
+    else:
+        schema = arrow_schema()
+        batches = [pa.table({c: pa.array(v, schema.field(c).type) for c, v in cols.items()})
+                   for cols in read_columns(path, fmt, compression, columns)]
+        table = pa.concat_tables(batches) if batches else schema.empty_table().select(list(columns))
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
+    return table
+
+
+def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
+    """sha256 of the sorted ``kind:task_id`` lines joined by newlines: a file's identity."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pc.binary_join_element_wise(kind, task_id, ":")
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    keys = keys.take(pc.sort_indices(keys)).cast(pa.large_string())
+    joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, len(keys)], pa.int64()), keys), pa.scalar("\n", pa.large_string()))
+    return hashlib.sha256(joined[0].as_buffer() or b"").hexdigest()

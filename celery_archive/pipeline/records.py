@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from celery_archive.pipeline.decode import SERIALIZERS, decode_column
 from celery_archive.schemas import field_names
 
 Columns = dict[str, list[Any]]
-"""Record columns keyed by schema field name; every list has the same length."""
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeRow:
-    """What purge needs of one verified record: its key and the state it was read in."""
-
-    source_id: int
-    task_id: str
-    status: str | None
-    date_done: dt.datetime  # naive UTC, as the backend stores it
+"""Record columns keyed by schema field name; every list has the same length. String fields
+may hold UTF-8 bytes rather than str (the decoded JSON copies always do)."""
 
 
 def row_count(cols: Columns) -> int:
@@ -49,7 +39,7 @@ def build_records(
         return list(raw[name]) if name in raw else nulls
 
     results = col("result")
-    texts: dict[str, list[str | None]] = {}
+    texts: dict[str, list[bytes | None]] = {}
     errors: list[list[str | None]] = []
     compression = nulls
     for field in ("result", "args", "kwargs", "children"):

@@ -9,22 +9,32 @@ import datetime as dt
 import gzip
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from celery_archive.pipeline.readback import ids_digest
 from celery_archive.pipeline.records import Columns, row_count
 from celery_archive.schemas import arrow_schema, field_names, record_fields
 from celery_archive.sinks import Sink
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 FORMATS = ("parquet", "jsonl")
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "jsonl": ("none", "zstd", "gzip")}
 DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "none"}
-_MAX_OPEN = 4  # open partitions at once; results arrive sorted by date_done, so one is usual
+_MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so one is usual)
+# dictionary-encode only low-cardinality columns, and keep statistics where queries and the
+# restore index use them: both cost time and space on ids and payloads for nothing
+_DICTIONARY = ["kind", "status", "name", "worker", "queue", "content_type", "content_encoding", "compression",
+               "storage_format", "source", "source_table", "rule", "run_id"]
+_KIND, _TASK_ID = field_names().index("kind"), field_names().index("task_id")
+_STATISTICS = ["task_id", "kind", "status", "date_done", "name", "worker", "queue", "archived_at"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +54,6 @@ class FileEntry:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def ids_digest(kinds: Iterable[str], task_ids: Iterable[str]) -> str:
-    """sha256 over the sorted ``kind:task_id`` lines: the identity of a file's contents."""
-    lines = sorted(f"{k}:{t}" for k, t in zip(kinds, task_ids))
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -77,36 +81,59 @@ class _Stream(Protocol):
 
 
 class _FileWriter(Protocol):
-    def write(self, cols: Columns, start: int, stop: int) -> None: ...
+    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
+        """Append rows [start, stop); returns their (kind, task_id) as Arrow arrays."""
     def size(self) -> int: ...
     def close(self) -> None: ...
 
 
+def _rows(values: list[Any], start: int, stop: int) -> list[Any]:
+    return values if start == 0 and stop == len(values) else values[start:stop]
+
+
 class _ParquetFile:
-    def __init__(self, path: Path, compression: str) -> None:
+    """Row groups are encoded and compressed on a writer thread (pyarrow releases the GIL),
+    while the next batch is converted to Arrow; at most one row group is in flight."""
+
+    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self._pa = pa
+        self._pa, self._pool = pa, pool
         self._schema = arrow_schema()
         self._out = pa.OSFile(str(path), "wb")
-        self._writer = pq.ParquetWriter(self._out, self._schema, compression=compression)
+        self._writer = pq.ParquetWriter(self._out, self._schema, compression=compression,
+                                        use_dictionary=_DICTIONARY, write_statistics=_STATISTICS)
+        self._pending: Future[None] | None = None
+        self._queued = 0  # bytes of Arrow data handed to the writer thread, not yet on disk
 
-    def write(self, cols: Columns, start: int, stop: int) -> None:
+    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
         pa = self._pa
-        arrays = [pa.array(cols[f.name][start:stop], type=f.type) for f in self._schema]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
+        table = pa.Table.from_arrays([pa.array(_rows(cols[f.name], start, stop), type=f.type) for f in self._schema],
+                                     schema=self._schema)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+        self._queued = table.nbytes
+        return table.column(_KIND).combine_chunks(), table.column(_TASK_ID).combine_chunks()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending, self._queued = None, 0
 
     def size(self) -> int:
-        return int(self._out.tell())
+        # the bytes on disk, plus an upper bound for the row group still being written
+        return int(self._out.tell()) + self._queued
 
     def close(self) -> None:
+        self._wait()
         self._writer.close()
         self._out.close()
 
 
 class _JsonlFile:
     _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
+    _text = tuple(f["name"] for f in record_fields() if f["type"] == "string")
 
     def __init__(self, path: Path, compression: str) -> None:
         self._raw = open(path, "wb")
@@ -120,18 +147,23 @@ class _JsonlFile:
         else:
             self._out = self._raw
 
-    def write(self, cols: Columns, start: int, stop: int) -> None:
+    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
+        import pyarrow as pa
+
         names = field_names()
         columns = []
         for name in names:
-            values = cols[name][start:stop]
+            values = _rows(cols[name], start, stop)
             if name in self._binary:
                 values = [None if v is None else base64.b64encode(v).decode("ascii") for v in values]
+            elif name in self._text:  # a source may hand text over as UTF-8 bytes
+                values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
             columns.append(values)
         opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         self._out.write(b"".join(orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)))
         if self._out is not self._raw:
             self._out.flush()  # end the compressed block, so size() sees what this batch added
+        return pa.array(_rows(cols["kind"], start, stop), pa.string()), pa.array(_rows(cols["task_id"], start, stop), pa.string())
 
     def size(self) -> int:
         return self._raw.tell()
@@ -151,7 +183,7 @@ class _OpenFile:
     writer: _FileWriter
     rows: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
-    ids: list[str] = field(default_factory=list)
+    id_chunks: list[tuple[Any, Any]] = field(default_factory=list)  # (kind, task_id) Arrow arrays
     min_dd: dt.datetime | None = None
     max_dd: dt.datetime | None = None
 
@@ -168,8 +200,16 @@ class ArchiveWriter:
         self.entries: list[FileEntry] = []
         self._open: dict[dt.date, _OpenFile] = {}
         self._seq = 0
+        self._kind: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-write")
 
     def write(self, cols: Columns) -> None:
+        if cols["kind"] and cols["kind"][0] != self._kind:
+            # a new kind (tasks, then groups): finish the open files, so that each kind's files
+            # follow extraction order and purge can treat consecutive files as one key range
+            for day in list(self._open):
+                self._finish(day)
+            self._kind = cols["kind"][0]
         dates = cols["date_done"]
         n, start = row_count(cols), 0
         while start < n:
@@ -180,12 +220,13 @@ class ArchiveWriter:
             start = stop
 
     def _append(self, day: dt.date, cols: Columns, start: int, stop: int) -> None:
+        for earlier in [d for d in self._open if d < day]:
+            self._finish(earlier)  # results come oldest first: that day is complete
         f = self._open.get(day) or self._new_file(day)
-        f.writer.write(cols, start, stop)
+        f.id_chunks.append(f.writer.write(cols, start, stop))
         f.rows += stop - start
-        kinds, ids, dds = cols["kind"][start:stop], cols["task_id"][start:stop], cols["date_done"][start:stop]
+        kinds, dds = cols["kind"][start:stop], cols["date_done"][start:stop]
         f.kinds.update(kinds)
-        f.ids.extend(f"{k}:{t}" for k, t in zip(kinds, ids))
         lo, hi = min(dds), max(dds)
         f.min_dd = lo if f.min_dd is None else min(f.min_dd, lo)
         f.max_dd = hi if f.max_dd is None else max(f.max_dd, hi)
@@ -198,7 +239,7 @@ class ArchiveWriter:
         self._seq += 1
         name = f"{self.run_id}-{self._seq:05d}.{extension(self.fmt, self.compression)}"
         path = self.spool_dir / name
-        writer: _FileWriter = _ParquetFile(path, self.compression) if self.fmt == "parquet" else _JsonlFile(path, self.compression)
+        writer: _FileWriter = _ParquetFile(path, self.compression, self._pool) if self.fmt == "parquet" else _JsonlFile(path, self.compression)
         f = self._open[day] = _OpenFile(f"data/date={day.isoformat()}/{name}", path, writer)
         return f
 
@@ -207,11 +248,13 @@ class ArchiveWriter:
         f.writer.close()
         try:
             info = self.sink.put(f.key, f.path)
-            f.ids.sort()
+            import pyarrow as pa
+
             entry = FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=file_sha256(f.path),
-                ids_sha256=hashlib.sha256("\n".join(f.ids).encode()).hexdigest(),
+                ids_sha256=ids_digest(pa.chunked_array([k for k, _ in f.id_chunks], pa.string()),
+                                      pa.chunked_array([t for _, t in f.id_chunks], pa.string())),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )
         finally:
@@ -221,6 +264,7 @@ class ArchiveWriter:
     def close(self) -> list[FileEntry]:
         for day in list(self._open):
             self._finish(day)
+        self._pool.shutdown()
         return self.entries
 
     def abort(self) -> None:
@@ -232,3 +276,4 @@ class ArchiveWriter:
                 pass
             f.path.unlink(missing_ok=True)
         self._open.clear()
+        self._pool.shutdown(cancel_futures=True)

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from celery_archive.errors import SinkError
-from celery_archive.pipeline.readback import read_columns
-from celery_archive.pipeline.serialize import ids_digest
+from celery_archive.pipeline.readback import ids_digest, read_table
 from celery_archive.sinks import Sink
 
 
@@ -58,17 +57,14 @@ def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> str | None:
         return f"{key}: {size} bytes stored, manifest says {entry['bytes']}"
     if sha != entry["sha256"]:
         return f"{key}: sha256 {sha} does not match the manifest's {entry['sha256']}"
-    rows, kinds, ids = 0, [], []
     try:
-        for cols in read_columns(dest, entry["format"], entry["compression"], ["kind", "task_id"]):
-            rows += len(cols["task_id"])
-            kinds.extend(cols["kind"])
-            ids.extend(cols["task_id"])
+        table = read_table(dest, entry["format"], entry["compression"], ["kind", "task_id"])
+        digest = ids_digest(table["kind"], table["task_id"])
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not what was written
         return f"{key}: unreadable as {entry['format']}: {type(exc).__name__}: {exc}"
-    if rows != entry["rows"]:
-        return f"{key}: holds {rows} rows, manifest says {entry['rows']}"
-    if ids_digest(kinds, ids) != entry["ids_sha256"]:
+    if table.num_rows != entry["rows"]:
+        return f"{key}: holds {table.num_rows} rows, manifest says {entry['rows']}"
+    if digest != entry["ids_sha256"]:
         return f"{key}: the task ids in the file are not the ones extracted into it"
     return None
 
