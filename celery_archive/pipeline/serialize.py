@@ -9,8 +9,8 @@ import datetime as dt
 import gzip
 import hashlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
