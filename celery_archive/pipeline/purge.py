@@ -45,12 +45,9 @@ class PurgeBatch:
 
     def outside(self, rows: list[tuple[Any, ...]]) -> int:
         """How many of ``rows`` (values of ``keys``) are not in this batch."""
-        import pyarrow as pa
-
         if not rows:
             return 0
-        got = pa.table({k: pa.array(col, self.table.schema.field(k).type) for k, col in zip(self.keys, zip(*rows))})
-        return int(got.join(self.table.select(self.keys), keys=self.keys, join_type="left anti").num_rows)
+        return len(set(rows) - set(self.values()))
 
     def values(self) -> list[tuple[Any, ...]]:
         return list(zip(*(self.table[k].to_pylist() for k in self.keys)))

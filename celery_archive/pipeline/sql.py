@@ -112,7 +112,9 @@ class SqlSource:
             with self.engine.connect() as conn:
                 for kind, name, schema in (("task", cfg.task_table, cfg.task_schema), ("group", cfg.group_table, cfg.group_schema)):
                     try:
-                        table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+                        # the column list is all that is needed: one catalog query, not a full reflection
+                        columns = sa.inspect(conn).get_columns(name, schema=schema)
+                        table = sa.Table(name, sa.MetaData(), *(sa.Column(c["name"], c["type"]) for c in columns), schema=schema)
                     except sa.exc.NoSuchTableError:
                         if kind == "group":
                             continue  # groups are optional: only apps that save GroupResults have them
@@ -135,12 +137,12 @@ class SqlSource:
         self.engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _run(self, conn: Connection, stmt: sa.Select[Any] | sa.Delete | ReturningDelete[Any]) -> list[tuple[Any, ...]]:
+    def _run(self, conn: Connection, stmt: sa.Select[Any] | sa.Delete | ReturningDelete[Any], text_as_bytes: bool = False) -> list[tuple[Any, ...]]:
         if self._raw_pg:
             compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
             pg = conn.connection.driver_connection
             cur = pg.cursor(binary=True)  # type: ignore[union-attr]
-            if pg.info.encoding == "utf-8":  # type: ignore[union-attr]
+            if text_as_bytes and pg.info.encoding == "utf-8":  # type: ignore[union-attr]
                 # text as its UTF-8 bytes: Arrow takes bytes for a string column ~10x faster than str
                 from psycopg.types.string import ByteaBinaryLoader
 
@@ -172,7 +174,7 @@ class SqlSource:
         def fetch(last: tuple[Any, Any] | None) -> list[tuple[Any, ...]]:
             try:
                 with self.engine.connect() as conn:
-                    return self._run(conn, base if last is None else base.where(self._after(table, last)))
+                    return self._run(conn, base if last is None else base.where(self._after(table, last)), text_as_bytes=True)
             except sa.exc.SQLAlchemyError as exc:
                 raise self._error("reading results from", exc) from exc
 
