@@ -35,28 +35,26 @@ def _admin(url: str) -> sa.Engine:
     return engine
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def _fresh_database(admin_url: str, drop_suffix: str = "") -> Iterator[str]:
+    """A database made for this test session on the server behind ``admin_url``, dropped after."""
     name = f"ca_test_{secrets.token_hex(4)}"
-    admin = _admin(PG_ADMIN)
+    admin = _admin(admin_url)
     with admin.connect() as c:
         c.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield str(sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False))
+    yield str(sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False))
     with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{drop_suffix}")
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    yield from _fresh_database(PG_ADMIN, " WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
 def mysql_url() -> Iterator[str]:
-    name = f"ca_test_{secrets.token_hex(4)}"
-    admin = _admin(MYSQL_ADMIN)
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield str(sa.make_url(MYSQL_ADMIN).set(database=name).render_as_string(hide_password=False))
-    with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+    yield from _fresh_database(MYSQL_ADMIN)
 
 
 def reset_database(url: str) -> None:
@@ -67,8 +65,7 @@ def reset_database(url: str) -> None:
         md.reflect(conn)
         md.drop_all(conn)
         if engine.dialect.name == "postgresql":
-            for schema in ("public", "archive_schema"):
-                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE") if schema != "public" else None
+            conn.exec_driver_sql("DROP SCHEMA IF EXISTS archive_schema CASCADE")
             for (seq,) in conn.exec_driver_sql("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema='public'"):
                 conn.exec_driver_sql(f'DROP SEQUENCE IF EXISTS "{seq}"')
     engine.dispose()

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import json
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,27 +109,32 @@ def test_archive_verify_purge(backend_url: str, tmp_path: Path, serializer: str,
     assert app.AsyncResult("recent-0").get(timeout=5) == 42
 
 
-def test_changed_after_read_is_not_deleted(backend_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A result re-run between extract and purge survives the run (invariant 2)."""
+def after_extract(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Make runs call ``action`` once extraction is done, before anything is verified or purged."""
     import celery_archive.pipeline.run as run_mod
 
-    app = celery_app(backend_url)
-    write_results(app)
-    age_rows(backend_url, 40)
     real_open = run_mod.open_source
 
     def open_source(cfg: Any) -> Any:
         source = real_open(cfg)
         extract = source.extract
 
-        def extract_then_rerun(*a: Any, **kw: Any) -> Any:
+        def extract_then_act(*a: Any, **kw: Any) -> Any:
             yield from extract(*a, **kw)
-            app.backend.store_result("fail-1", "fixed on retry", "SUCCESS")  # the task is re-run
+            action()
 
-        source.extract = extract_then_rerun
+        source.extract = extract_then_act
         return source
 
     monkeypatch.setattr(run_mod, "open_source", open_source)
+
+
+def test_changed_after_read_is_not_deleted(backend_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result re-run between extract and purge survives the run (invariant 2)."""
+    app = celery_app(backend_url)
+    write_results(app)
+    age_rows(backend_url, 40)
+    after_extract(monkeypatch, lambda: app.backend.store_result("fail-1", "fixed on retry", "SUCCESS"))  # a re-run
     report = archive(backend_url, tmp_path / "archive")
     assert report.skipped_changed == 1
     assert report.deleted == report.verified - 1
@@ -144,34 +150,23 @@ def test_row_written_into_the_range_is_not_deleted(backend_url: str, tmp_path: P
     so the set-wise delete must leave it (the range delete rolls back and deletes exactly)."""
     import sqlalchemy as sa
 
-    import celery_archive.pipeline.run as run_mod
-
     app = celery_app(backend_url)
     write_results(app)
     age_rows(backend_url, 40)
     rows = table_rows(backend_url)
     middle = sorted(r["date_done"] for r in rows.values() if r["date_done"])[5]
-    real_open = run_mod.open_source
 
-    def open_source(cfg: Any) -> Any:
-        source = real_open(cfg)
-        extract = source.extract
+    def insert_late_row() -> None:
+        engine = sa.create_engine(backend_url.removeprefix("db+"))
+        t = sa.Table("celery_taskmeta", sa.MetaData(), autoload_with=engine)
+        with engine.begin() as conn:
+            values: dict[str, Any] = {"task_id": "late-0", "status": "SUCCESS", "result": b"1", "date_done": middle}
+            if engine.dialect.supports_sequences:  # Celery's task_id_sequence (PostgreSQL, MariaDB)
+                values["id"] = sa.Sequence("task_id_sequence").next_value()
+            conn.execute(t.insert().values(**values))
+        engine.dispose()
 
-        def extract_then_insert(*a: Any, **kw: Any) -> Any:
-            yield from extract(*a, **kw)
-            engine = sa.create_engine(backend_url.removeprefix("db+"))
-            t = sa.Table("celery_taskmeta", sa.MetaData(), autoload_with=engine)
-            with engine.begin() as conn:
-                values: dict[str, Any] = {"task_id": "late-0", "status": "SUCCESS", "result": b"1", "date_done": middle}
-                if engine.dialect.supports_sequences:  # Celery's task_id_sequence (PostgreSQL, MariaDB)
-                    values["id"] = sa.Sequence("task_id_sequence").next_value()
-                conn.execute(t.insert().values(**values))
-            engine.dispose()
-
-        source.extract = extract_then_insert
-        return source
-
-    monkeypatch.setattr(run_mod, "open_source", open_source)
+    after_extract(monkeypatch, insert_late_row)
     report = archive(backend_url, tmp_path / "archive")
     assert report.deleted == report.verified and report.skipped_changed == 0
     assert set(table_rows(backend_url)) == {"late-0", "started-0"}
