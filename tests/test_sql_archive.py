@@ -187,7 +187,7 @@ def test_small_pages_files_and_purge_batches_purge_everything(backend_url: str, 
     assert table_rows(backend_url) == {}
 
 
-def test_ids_digest_is_sorted_kind_colon_id_lines() -> None:
+def test_ids_digest_is_kind_colon_id_lines_in_file_order() -> None:
     import hashlib
 
     import pyarrow as pa
@@ -196,6 +196,9 @@ def test_ids_digest_is_sorted_kind_colon_id_lines() -> None:
 
     kinds = ["task", "group", "task", "task"]
     ids = ["b-1", "zé", "a-2", "Ä"]
-    plain = hashlib.sha256("\n".join(sorted(f"{k}:{t}" for k, t in zip(kinds, ids))).encode()).hexdigest()
+    plain = hashlib.sha256("".join(f"{k}:{t}\n" for k, t in zip(kinds, ids)).encode()).hexdigest()
     assert ids_digest(pa.array(kinds), pa.array(ids)) == plain
     assert ids_digest(pa.chunked_array([kinds[:2], kinds[2:]]), pa.chunked_array([ids[:2], ids[2:]])) == plain
+    assert ids_digest(pa.array(kinds).slice(1), pa.array(ids).slice(1)) == hashlib.sha256(
+        "".join(f"{k}:{t}\n" for k, t in zip(kinds[1:], ids[1:])).encode()).hexdigest()
+    assert ids_digest(pa.array(kinds[::-1]), pa.array(ids[::-1])) != plain  # order counts

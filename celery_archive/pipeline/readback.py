@@ -93,15 +93,19 @@ def read_table(path: Path, fmt: str, compression: str | None, columns: Sequence[
 
 
 def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
-    """sha256 of the sorted ``kind:task_id`` lines joined by newlines: a file's identity."""
+    """sha256 of the ``kind:task_id`` lines, newline-terminated, in file order: which results a
+    file holds, in the order they were extracted into it."""
     import hashlib
 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    keys = pc.binary_join_element_wise(kind, task_id, ":")
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    keys = keys.take(pc.sort_indices(keys)).cast(pa.large_string())
-    joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, len(keys)], pa.int64()), keys), pa.scalar("\n", pa.large_string()))
-    return hashlib.sha256(joined[0].as_buffer() or b"").hexdigest()
+    h = hashlib.sha256()
+    lines = pc.binary_join_element_wise(kind, ":", task_id, "\n", "")
+    for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:
+        if len(chunk):
+            _validity, offsets, data = chunk.buffers()
+            bounds = memoryview(offsets).cast("q" if pa.types.is_large_string(chunk.type) else "i")
+            start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
+            h.update(memoryview(data)[start:end])  # the lines, back to back
+    return h.hexdigest()

@@ -202,6 +202,7 @@ class ArchiveWriter:
         self._seq = 0
         self._kind: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-write")
+        self._finishing: list[tuple[Future[FileEntry], _OpenFile]] = []
 
     def write(self, cols: Columns) -> None:
         if cols["kind"] and cols["kind"][0] != self._kind:
@@ -244,13 +245,19 @@ class ArchiveWriter:
         return f
 
     def _finish(self, day: dt.date) -> None:
+        """Queue the file's completion (close, put, checksums) on the writer thread, after its
+        row groups; FIFO keeps the entries in the order files were finished."""
+        self._raise_failed()
         f = self._open.pop(day)
-        f.writer.close()
-        try:
-            info = self.sink.put(f.key, f.path)
-            import pyarrow as pa
+        self._finishing.append((self._pool.submit(self._complete, f), f))
 
-            entry = FileEntry(
+    def _complete(self, f: _OpenFile) -> FileEntry:
+        import pyarrow as pa
+
+        try:
+            f.writer.close()
+            info = self.sink.put(f.key, f.path)
+            return FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=file_sha256(f.path),
                 ids_sha256=ids_digest(pa.chunked_array([k for k, _ in f.id_chunks], pa.string()),
@@ -259,21 +266,33 @@ class ArchiveWriter:
             )
         finally:
             f.path.unlink(missing_ok=True)
-        self.entries.append(entry)
+
+    def _raise_failed(self) -> None:
+        for fut, _ in self._finishing:
+            if fut.done() and fut.exception() is not None:
+                fut.result()
 
     def close(self) -> list[FileEntry]:
+        """Finish every file; returns the committed files' entries (raises the first failure)."""
         for day in list(self._open):
             self._finish(day)
-        self._pool.shutdown()
+        try:
+            self.entries = [fut.result() for fut, _ in self._finishing]
+        finally:
+            self._pool.shutdown()
         return self.entries
 
     def abort(self) -> None:
-        """Drop open files without putting them (the run failed)."""
-        for f in self._open.values():
+        """Drop what is not put yet (the run failed); files already put are left for the
+        next run to remove as uncommitted."""
+        for fut, _ in self._finishing:
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+        leftovers = [f for fut, f in self._finishing if fut.cancelled()] + list(self._open.values())
+        for f in leftovers:
             try:
                 f.writer.close()
             except Exception:  # noqa: BLE001 - best effort on the way out of a failure
                 pass
             f.path.unlink(missing_ok=True)
         self._open.clear()
-        self._pool.shutdown(cancel_futures=True)

@@ -68,11 +68,32 @@ class LocalSink:
         return ObjectInfo(key, target.stat().st_size)
 
     def put(self, key: str, path: Path) -> ObjectInfo:
+        if self._link(key, path):
+            return ObjectInfo(key, self._path(key).stat().st_size)
+
         def write(out: BinaryIO) -> None:
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
 
         return self._commit(key, write)
+
+    def _link(self, key: str, path: Path) -> bool:
+        """Store ``path`` by hard link when it is on the sink's filesystem (no copy); the
+        caller's file must not change afterwards (the pipeline's spool files never do)."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as src:
+                os.fsync(src.fileno())
+            os.link(path, target)
+        except FileExistsError:
+            raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from None
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return False  # another filesystem, or links not allowed: copy instead
+            raise _disk_error("writing", target, exc) from exc
+        _fsync_dir(target.parent)
+        return True
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         return self._commit(key, lambda out: out.write(data))
