@@ -84,7 +84,7 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @click.option("--no-delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where data files are staged before upload (default: the system temp dir).")
+              help="Where data files are staged before they are stored (default: .tmp-spool in a local sink, else the system temp dir).")
 @json_option
 @handle_errors("run")
 def run(source: str, sink: str, older_than: str, fmt: str, compression: str | None, serializer: str,

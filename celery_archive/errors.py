@@ -7,6 +7,8 @@ and never contain a password or secret key.
 
 from __future__ import annotations
 
+import errno
+
 
 class ArchiveError(Exception):
     """Root of every error raised by celery-archive."""
@@ -46,3 +48,12 @@ class LockError(ArchiveError):
     """Another run holds the archive's lock."""
 
     exit_code = 4
+
+
+def disk_error(action: str, where: object, exc: OSError) -> SinkError:
+    """A SinkError that says what failed on disk and what to do about it."""
+    if exc.errno == errno.ENOSPC:
+        return SinkError(f"no space left on the device holding {where} while {action}: free space, or pick another --sink or --spool-dir")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return SinkError(f"permission denied on {where} while {action}: check the directory's owner and mode")
+    return SinkError(f"{action} {where} failed: {exc.strerror or exc}")

@@ -68,6 +68,16 @@ def test_concurrent_creates_one_wins(sink: Sink) -> None:
         assert f.read() == str(wins[0]).encode()
 
 
+def test_spool_root_is_never_listed(sink: Sink) -> None:
+    spool = sink.spool_root()
+    if spool is None:
+        return  # a remote sink stages elsewhere
+    (spool / "run-x").mkdir(parents=True)
+    (spool / "run-x" / "data.parquet").write_bytes(b"staged")
+    sink.put_bytes("manifests/r.json", b"{}")
+    assert [o.key for o in sink.list()] == ["manifests/r.json"]
+
+
 def test_missing_objects_and_delete(sink: Sink) -> None:
     with pytest.raises(ObjectNotFoundError):
         sink.open("nope")

@@ -12,13 +12,15 @@ import datetime as dt
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from celery_archive import __version__
 from celery_archive.config import RunConfig, format_duration
-from celery_archive.errors import ConfigError, VerifyError
+from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.purge import purge_verified
 from celery_archive.pipeline.records import row_count
@@ -131,6 +133,19 @@ def _recover(sink: Sink, source: SqlSource, spool: Path, cfg: RunConfig) -> tupl
     return pending, len(orphans)
 
 
+@contextmanager
+def _spool(root: Path | None) -> Iterator[str]:
+    """A private staging directory for one run, removed after it."""
+    try:
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.TemporaryDirectory(prefix="celery-archive-", dir=root)
+    except OSError as exc:
+        raise disk_error("creating a staging directory in", root or tempfile.gettempdir(), exc) from exc
+    with tmp as path:
+        yield path
+
+
 def run(cfg: RunConfig) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted."""
     cfg.check()
@@ -146,7 +161,7 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
         lock = mf.Lock(sink, run_id)
         lock.acquire()
         try:
-            with tempfile.TemporaryDirectory(prefix="celery-archive-", dir=cfg.spool_dir) as tmp:
+            with _spool(cfg.spool_dir or sink.spool_root()) as tmp:
                 spool = Path(tmp)
                 resumed, orphans = _recover(sink, source, spool, cfg)
                 writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool)

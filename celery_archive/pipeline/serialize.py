@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from celery_archive.errors import disk_error
 from celery_archive.pipeline.readback import ids_digest
 from celery_archive.pipeline.records import Columns, row_count
 from celery_archive.schemas import arrow_schema, field_names, record_fields
@@ -205,6 +206,12 @@ class ArchiveWriter:
         self._finishing: list[tuple[Future[FileEntry], _OpenFile]] = []
 
     def write(self, cols: Columns) -> None:
+        try:
+            self._write(cols)
+        except OSError as exc:
+            raise disk_error("staging data files in", self.spool_dir, exc) from exc
+
+    def _write(self, cols: Columns) -> None:
         if cols["kind"] and cols["kind"][0] != self._kind:
             # a new kind (tasks, then groups): finish the open files, so that each kind's files
             # follow extraction order and purge can treat consecutive files as one key range
@@ -278,6 +285,8 @@ class ArchiveWriter:
             self._finish(day)
         try:
             self.entries = [fut.result() for fut, _ in self._finishing]
+        except OSError as exc:
+            raise disk_error("staging data files in", self.spool_dir, exc) from exc
         finally:
             self._pool.shutdown()
         return self.entries

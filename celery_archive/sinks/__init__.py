@@ -12,6 +12,9 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 * ``list(prefix)`` yields every complete object whose key starts with ``prefix``, in key order.
 * ``delete(key)`` removes an object; deleting a missing key is not an error.
 * ``url`` is the sink's location for messages and manifests, with no secret in it.
+* ``spool_root()`` names a directory on the sink's own filesystem where a run may stage
+  files (so that ``put`` can link rather than copy), or None for a remote sink. Nothing
+  under it is ever listed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Sink(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def spool_root(self) -> Path | None: ...
 
 
 def open_sink(url: str) -> Sink:

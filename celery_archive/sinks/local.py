@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
 from celery_archive.sinks import ObjectInfo
 
 _TMP_PREFIX = ".tmp-"
@@ -22,14 +22,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _disk_error(action: str, where: Path, exc: OSError) -> SinkError:
-    if exc.errno == errno.ENOSPC:
-        return SinkError(f"no space left on the device holding {where} while {action}: free space or pick another --sink")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return SinkError(f"permission denied on {where} while {action}: check the directory's owner and mode")
-    return SinkError(f"{action} {where} failed: {exc.strerror or exc}")
 
 
 class LocalSink:
@@ -62,7 +54,7 @@ class LocalSink:
                 raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from None
             _fsync_dir(target.parent)
         except OSError as exc:
-            raise _disk_error("writing", target, exc) from exc
+            raise disk_error("writing", target, exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
         return ObjectInfo(key, target.stat().st_size)
@@ -91,7 +83,7 @@ class LocalSink:
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 return False  # another filesystem, or links not allowed: copy instead
-            raise _disk_error("writing", target, exc) from exc
+            raise disk_error("writing", target, exc) from exc
         _fsync_dir(target.parent)
         return True
 
@@ -105,7 +97,7 @@ class LocalSink:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{path} is not in the archive") from None
         except OSError as exc:
-            raise _disk_error("reading", path, exc) from exc
+            raise disk_error("reading", path, exc) from exc
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -118,7 +110,8 @@ class LocalSink:
         if not self.root.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(_TMP_PREFIX)]  # staging areas
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
                 if name.startswith(_TMP_PREFIX):
@@ -128,10 +121,13 @@ class LocalSink:
                     found.append(ObjectInfo(key, os.path.getsize(os.path.join(dirpath, name))))
         yield from sorted(found, key=lambda o: o.key)
 
+    def spool_root(self) -> Path:
+        return self.root / f"{_TMP_PREFIX}spool"
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
-            raise _disk_error("deleting", path, exc) from exc
+            raise disk_error("deleting", path, exc) from exc
 
