@@ -43,11 +43,17 @@ class PurgeBatch:
         d, i = self.table["date_done"], self.table["source_id"]
         return (d[0].as_py(), i[0].as_py()), (d[-1].as_py(), i[-1].as_py())
 
-    def outside(self, rows: list[tuple[Any, ...]]) -> int:
-        """How many of ``rows`` (values of ``keys``) are not in this batch."""
-        if not rows:
+    def outside(self, got: dict[str, Any]) -> int:
+        """How many returned rows (``got``: the key columns, as Arrow arrays or value tuples)
+        are not in this batch: an anti-join in Arrow, no Python object per row."""
+        import pyarrow as pa
+
+        if not got:
             return 0
-        return len(set(rows) - set(self.values()))
+        schema = self.table.schema
+        returned = pa.table({k: pa.array(got[k], schema.field(k).type) if not isinstance(got[k], (pa.Array, pa.ChunkedArray))
+                             else got[k].cast(schema.field(k).type) for k in self.keys})
+        return int(returned.join(self.table.select(self.keys), keys=self.keys, join_type="left anti").num_rows)
 
     def values(self) -> list[tuple[Any, ...]]:
         return list(zip(*(self.table[k].to_pylist() for k in self.keys)))

@@ -1,4 +1,5 @@
-"""Archived records as columns: one list per schema field, never a dict per row."""
+"""Archived records as Arrow tables with the record schema: built column by column from the
+source's columns, never a dict (or a Python object) per row where it can be helped."""
 
 from __future__ import annotations
 
@@ -6,21 +7,44 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from celery_archive.pipeline.decode import SERIALIZERS, decode_column
-from celery_archive.schemas import field_names
+import pyarrow as pa
 
-Columns = dict[str, list[Any]]
-"""Record columns keyed by schema field name; every list has the same length. String fields
-may hold UTF-8 bytes rather than str (the decoded JSON copies always do)."""
+from celery_archive.pipeline.decode import SERIALIZERS, decode_column, plain_json
+from celery_archive.schemas import arrow_schema
+
+RAW_TYPES: dict[str, pa.DataType] = {
+    "id": pa.int64(), "task_id": pa.string(), "taskset_id": pa.string(), "status": pa.string(),
+    "result": pa.binary(), "date_done": pa.timestamp("us"), "traceback": pa.string(), "children": pa.binary(),
+    "name": pa.string(), "args": pa.binary(), "kwargs": pa.binary(), "worker": pa.string(), "retries": pa.int32(),
+    "queue": pa.string(), "stamps": pa.binary(),
+}
+"""Arrow types of a stored Celery row's columns (date_done is naive UTC, as stored)."""
+
+RawColumns = Mapping[str, "pa.Array | Sequence[Any]"]
 
 
-def row_count(cols: Columns) -> int:
-    return len(cols["task_id"])
+def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
+    """A stored column as an Arrow array of its RAW_TYPES type."""
+    target = RAW_TYPES[name]
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == target else values.cast(target)
+    return pa.array(values, target)
+
+
+def _decode(arr: pa.Array, serializer: str, field: str) -> tuple[pa.Array, list[str | None] | None, list[str | None] | None]:
+    """(JSON text column, errors or None, compression types or None) for a stored column."""
+    values: list[bytes | None] = arr.to_pylist()
+    if serializer == "json" and plain_json(values):
+        return arr.cast(pa.string()), None, None  # the stored text is the JSON copy (UTF-8 checked)
+    texts, errors, compressions = decode_column(values, serializer, field)
+    return pa.array(texts, pa.string()), errors, compressions
 
 
 def build_records(
     kind: str,
-    raw: Mapping[str, Sequence[Any]],
+    raw: RawColumns,
     n: int,
     *,
     serializer: str,
@@ -29,69 +53,50 @@ def build_records(
     source_table: str,
     run_id: str,
     archived_at: dt.datetime,
-) -> Columns:
+) -> pa.Table:
     """Records from a batch of stored columns (``raw``: column name -> values)."""
     if serializer not in SERIALIZERS:
         raise ValueError(f"unknown serializer {serializer!r}")
-    nulls: list[Any] = [None] * n
-
-    def col(name: str) -> list[Any]:
-        return list(raw[name]) if name in raw else nulls
-
-    results = col("result")
-    texts: dict[str, list[bytes | None]] = {}
+    schema = arrow_schema()
+    cols: dict[str, pa.Array] = {name: as_array(name, values) for name, values in raw.items()}
     errors: list[list[str | None]] = []
-    compression = nulls
+    texts: dict[str, pa.Array] = {}
+    compression: list[str | None] | None = None
     for field in ("result", "args", "kwargs", "children"):
-        if field in raw:
-            texts[field], errs, comps = decode_column(col(field), serializer, field)
-            errors.append(errs)
-            if field == "result":
+        if field in cols:
+            texts[field], errs, comps = _decode(cols[field], serializer, field)
+            if errs is not None and any(errs):
+                errors.append(errs)
+            if field == "result" and comps is not None and any(comps):
                 compression = comps
-    if any(any(e) for e in errors):
-        decode_error: list[Any] = ["; ".join(e for e in row if e) or None for row in zip(*errors)]
-    else:
-        decode_error = nulls
-    if storage_format == "celery-db-5.7" and serializer != "pickle":
+    decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)] if errors else None
+    formats: Any = storage_format
+    if storage_format == "celery-db-5.7" and serializer != "pickle" and "result" in cols:
         # a pickle in a 5.7 table was written by Celery <= 5.6 before the table was migrated
-        formats = ["celery-db-5.6" if r is not None and r[:1] == b"\x80" else storage_format for r in results]
-    else:
-        formats = [storage_format] * n
+        legacy = [r is not None and r[:1] == b"\x80" for r in cols["result"].to_pylist()]
+        if any(legacy):
+            formats = ["celery-db-5.6" if old else storage_format for old in legacy]
     ctype, cenc = SERIALIZERS[serializer]
-    cols: Columns = {
-        "task_id": col("task_id"),
-        "kind": [kind] * n,
-        "status": col("status"),
-        "date_done": col("date_done"),
-        "name": col("name"),
-        "args": texts.get("args", nulls),
-        "kwargs": texts.get("kwargs", nulls),
-        "worker": col("worker"),
-        "retries": col("retries"),
-        "queue": col("queue"),
-        "children": texts.get("children", nulls),
-        "traceback": col("traceback"),
-        "group_id": col("group_id"),
-        "parent_id": col("parent_id"),
-        "result": texts.get("result", nulls),
-        "decode_error": decode_error,
-        "raw_result": results,
-        "raw_args": col("args"),
-        "raw_kwargs": col("kwargs"),
-        "raw_children": col("children"),
-        "raw_stamps": col("stamps"),
-        "raw_value": col("value"),
-        "content_type": [ctype] * n,
-        "content_encoding": [cenc] * n,
-        "compression": compression,
-        "storage_format": formats,
-        "source": [source] * n,
-        "source_table": [source_table] * n,
-        "source_id": col("id"),
-        "ttl_ms": col("ttl_ms"),
-        "rule": col("rule"),
-        "run_id": [run_id] * n,
-        "archived_at": [archived_at] * n,
+    given: dict[str, Any] = {
+        **{k: cols[k] for k in ("task_id", "status", "name", "worker", "retries", "queue", "traceback") if k in cols},
+        **texts,
+        "kind": kind, "decode_error": decode_error, "compression": compression, "storage_format": formats,
+        "content_type": ctype, "content_encoding": cenc, "source": source, "source_table": source_table,
+        "run_id": run_id, "archived_at": archived_at,
+        "raw_result": cols.get("result"), "raw_args": cols.get("args"), "raw_kwargs": cols.get("kwargs"),
+        "raw_children": cols.get("children"), "raw_stamps": cols.get("stamps"), "source_id": cols.get("id"),
     }
-    assert tuple(cols) == field_names(), "record columns out of step with the schema"
-    return cols
+    if "date_done" in cols:
+        given["date_done"] = cols["date_done"]
+    arrays = []
+    for f in schema:
+        value = given.get(f.name)
+        if value is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(value, pa.Array):
+            arrays.append(value if value.type == f.type else value.cast(f.type))
+        elif isinstance(value, list):
+            arrays.append(pa.array(value, f.type))
+        else:  # one value for the whole batch
+            arrays.append(pa.array([value] * n, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -23,7 +23,6 @@ from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.purge import purge_verified
-from celery_archive.pipeline.records import row_count
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
 from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
 from celery_archive.pipeline.verify import discard, verify_run
@@ -168,7 +167,7 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
                 selected = 0
                 try:
                     for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
-                        selected += row_count(cols)
+                        selected += cols.num_rows
                         writer.write(cols)
                     entries = writer.close()
                 except BaseException:

@@ -19,7 +19,6 @@ import orjson
 
 from celery_archive.errors import disk_error
 from celery_archive.pipeline.readback import ids_digest
-from celery_archive.pipeline.records import Columns, row_count
 from celery_archive.schemas import arrow_schema, field_names, record_fields
 from celery_archive.sinks import Sink
 
@@ -72,7 +71,8 @@ def extension(fmt: str, compression: str | None) -> str:
 
 
 def iso(ts: dt.datetime) -> str:
-    return ts.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC with a Z; a naive datetime is taken as UTC."""
+    return (ts.astimezone(dt.timezone.utc) if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
 class _Stream(Protocol):
@@ -82,14 +82,9 @@ class _Stream(Protocol):
 
 
 class _FileWriter(Protocol):
-    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
-        """Append rows [start, stop); returns their (kind, task_id) as Arrow arrays."""
+    def write(self, table: pa.Table) -> None: ...
     def size(self) -> int: ...
     def close(self) -> None: ...
-
-
-def _rows(values: list[Any], start: int, stop: int) -> list[Any]:
-    return values if start == 0 and stop == len(values) else values[start:stop]
 
 
 class _ParquetFile:
@@ -108,14 +103,10 @@ class _ParquetFile:
         self._pending: Future[None] | None = None
         self._queued = 0  # bytes of Arrow data handed to the writer thread, not yet on disk
 
-    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
-        pa = self._pa
-        table = pa.Table.from_arrays([pa.array(_rows(cols[f.name], start, stop), type=f.type) for f in self._schema],
-                                     schema=self._schema)
+    def write(self, table: pa.Table) -> None:
         self._wait()
         self._pending = self._pool.submit(self._writer.write_table, table)
         self._queued = table.nbytes
-        return table.column(_KIND).combine_chunks(), table.column(_TASK_ID).combine_chunks()
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -134,7 +125,6 @@ class _ParquetFile:
 
 class _JsonlFile:
     _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
-    _text = tuple(f["name"] for f in record_fields() if f["type"] == "string")
 
     def __init__(self, path: Path, compression: str) -> None:
         self._raw = open(path, "wb")
@@ -148,23 +138,18 @@ class _JsonlFile:
         else:
             self._out = self._raw
 
-    def write(self, cols: Columns, start: int, stop: int) -> tuple[pa.Array, pa.Array]:
-        import pyarrow as pa
-
-        names = field_names()
+    def write(self, table: pa.Table) -> None:
         columns = []
-        for name in names:
-            values = _rows(cols[name], start, stop)
+        for name in table.column_names:
+            values = table.column(name).to_pylist()
             if name in self._binary:
                 values = [None if v is None else base64.b64encode(v).decode("ascii") for v in values]
-            elif name in self._text:  # a source may hand text over as UTF-8 bytes
-                values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
             columns.append(values)
         opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+        names = table.column_names
         self._out.write(b"".join(orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)))
         if self._out is not self._raw:
             self._out.flush()  # end the compressed block, so size() sees what this batch added
-        return pa.array(_rows(cols["kind"], start, stop), pa.string()), pa.array(_rows(cols["task_id"], start, stop), pa.string())
 
     def size(self) -> int:
         return self._raw.tell()
@@ -205,39 +190,43 @@ class ArchiveWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-write")
         self._finishing: list[tuple[Future[FileEntry], _OpenFile]] = []
 
-    def write(self, cols: Columns) -> None:
+    def write(self, table: pa.Table) -> None:
         try:
-            self._write(cols)
+            self._write(table)
         except OSError as exc:
             raise disk_error("staging data files in", self.spool_dir, exc) from exc
 
-    def _write(self, cols: Columns) -> None:
-        if cols["kind"] and cols["kind"][0] != self._kind:
+    def _write(self, table: pa.Table) -> None:
+        import pyarrow.compute as pc
+
+        if not table.num_rows:
+            return
+        kind = table.column("kind")[0].as_py()
+        if kind != self._kind:
             # a new kind (tasks, then groups): finish the open files, so that each kind's files
             # follow extraction order and purge can treat consecutive files as one key range
             for day in list(self._open):
                 self._finish(day)
-            self._kind = cols["kind"][0]
-        dates = cols["date_done"]
-        n, start = row_count(cols), 0
-        while start < n:
-            day, stop = dates[start].date(), start + 1
-            while stop < n and dates[stop].date() == day:
-                stop += 1
-            self._append(day, cols, start, stop)
-            start = stop
+            self._kind = kind
+        runs = pc.run_end_encode(pc.cast(table.column("date_done"), "date32")).combine_chunks()
+        start = 0
+        for end, day in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
+            self._append(day, kind, table.slice(start, end - start))
+            start = end
 
-    def _append(self, day: dt.date, cols: Columns, start: int, stop: int) -> None:
+    def _append(self, day: dt.date, kind: str, table: pa.Table) -> None:
+        import pyarrow.compute as pc
+
         for earlier in [d for d in self._open if d < day]:
             self._finish(earlier)  # results come oldest first: that day is complete
         f = self._open.get(day) or self._new_file(day)
-        f.id_chunks.append(f.writer.write(cols, start, stop))
-        f.rows += stop - start
-        kinds, dds = cols["kind"][start:stop], cols["date_done"][start:stop]
-        f.kinds.update(kinds)
-        lo, hi = min(dds), max(dds)
-        f.min_dd = lo if f.min_dd is None else min(f.min_dd, lo)
-        f.max_dd = hi if f.max_dd is None else max(f.max_dd, hi)
+        f.writer.write(table)
+        f.id_chunks.append((table.column("kind"), table.column("task_id")))
+        f.rows += table.num_rows
+        f.kinds[kind] += table.num_rows
+        lo, hi = pc.min_max(table.column("date_done")).values()
+        f.min_dd = lo.as_py() if f.min_dd is None else min(f.min_dd, lo.as_py())
+        f.max_dd = hi.as_py() if f.max_dd is None else max(f.max_dd, hi.as_py())
         if f.writer.size() >= self.max_file_bytes:
             self._finish(day)
 
@@ -267,8 +256,8 @@ class ArchiveWriter:
             return FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=file_sha256(f.path),
-                ids_sha256=ids_digest(pa.chunked_array([k for k, _ in f.id_chunks], pa.string()),
-                                      pa.chunked_array([t for _, t in f.id_chunks], pa.string())),
+                ids_sha256=ids_digest(pa.chunked_array([c for k, _ in f.id_chunks for c in k.chunks], pa.string()),
+                                      pa.chunked_array([c for _, t in f.id_chunks for c in t.chunks], pa.string())),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )
         finally:

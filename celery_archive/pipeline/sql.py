@@ -1,25 +1,27 @@
 """Celery's database result backend (SQLAlchemy Core) as a source.
 
-Statements are built with SQLAlchemy Core for every dialect; on PostgreSQL they run on the
-psycopg cursor in binary mode, which reads rows about 3x faster than materialising
-SQLAlchemy rows (see ``../shared/notes/limits.md`` and ``benchmarks/``).
+Every statement is built with SQLAlchemy Core. On PostgreSQL, reads and range deletes run
+through ADBC (Arrow Database Connectivity), which hands back Arrow columns straight from the
+wire with no Python object per value; the only values rendered into that SQL are the run's
+own datetimes, row ids and status names. Other databases run through SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.errors import ConfigError, SourceError
 from celery_archive.pipeline.purge import PurgeBatch
-from celery_archive.pipeline.records import Columns, build_records
+from celery_archive.pipeline.records import build_records
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
@@ -80,6 +82,22 @@ def redact(url: str) -> str:
         return "<unparsable URL>"
 
 
+def _adbc_uri(url: sa.URL) -> str | None:
+    """A libpq URI for ADBC when the source is PostgreSQL and the ADBC driver is installed."""
+    if url.get_backend_name() != "postgresql":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("adbc_driver_postgresql") is None:
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _last(values: Any) -> Any:
+    v = values[-1]
+    return v.as_py() if hasattr(v, "as_py") else v
+
+
 def _utc_naive(value: dt.datetime | str) -> dt.datetime:
     """A stored date_done (naive UTC; SQLite hands back text) as a naive UTC datetime."""
     ts = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -93,7 +111,8 @@ class SqlSource:
         self.display_url = "db+" + self._url.render_as_string(hide_password=True)
         self._secret = self._url.password
         self.engine = sa.create_engine(self._url, pool_pre_ping=True)
-        self._raw_pg = self.engine.dialect.name == "postgresql" and self.engine.driver == "psycopg"
+        self._adbc_uri = _adbc_uri(self._url)
+        self._adbc_conn: Any = None
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
 
@@ -134,23 +153,34 @@ class SqlSource:
         return {kind: t.fullname for kind, t in self.tables.items()}
 
     def close(self) -> None:
+        if self._adbc_conn is not None:
+            self._adbc_conn.close()
+            self._adbc_conn = None
         self.engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _run(self, conn: Connection, stmt: sa.Select[Any] | sa.Delete | ReturningDelete[Any], text_as_bytes: bool = False) -> list[tuple[Any, ...]]:
-        if self._raw_pg:
-            compiled = stmt.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
-            pg = conn.connection.driver_connection
-            cur = pg.cursor(binary=True)  # type: ignore[union-attr]
-            if text_as_bytes and pg.info.encoding == "utf-8":  # type: ignore[union-attr]
-                # text as its UTF-8 bytes: Arrow takes bytes for a string column ~10x faster than str
-                from psycopg.types.string import ByteaBinaryLoader
+    def _adbc(self) -> Any:
+        """The ADBC connection (PostgreSQL), opened on first use."""
+        if self._adbc_conn is None:
+            import adbc_driver_postgresql.dbapi as adbc
 
-                for oid in ("text", "varchar", "bpchar", "name"):
-                    cur.adapters.register_loader(oid, ByteaBinaryLoader)
-            cur.execute(str(compiled), compiled.params)
-            return cur.fetchall() if cur.description else []
-        return [tuple(r) for r in conn.execute(stmt)]
+            self._adbc_conn = adbc.connect(self._adbc_uri)
+        return self._adbc_conn
+
+    def _literal(self, stmt: sa.Select[Any] | ReturningDelete[Any]) -> str:
+        return str(stmt.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+
+    def _query(self, stmt: sa.Select[Any] | ReturningDelete[Any], conn: Connection | None = None) -> dict[str, Any]:
+        """Run a row-returning statement: its columns by name (Arrow arrays or value tuples)."""
+        names = [c.name for c in (stmt.selected_columns if isinstance(stmt, sa.Select) else stmt.exported_columns)]
+        if self._adbc_uri:
+            with self._adbc().cursor() as cur:
+                cur.execute(self._literal(stmt))
+                table = cur.fetch_arrow_table()
+            return {n: table.column(i) for i, n in enumerate(names)} if table.num_rows else {}
+        assert conn is not None
+        rows = conn.execute(stmt).all()
+        return dict(zip(names, zip(*rows))) if rows else {}
 
     def _after(self, table: sa.Table, last: tuple[Any, Any]) -> sa.ColumnElement[bool]:
         dd, pk = table.c.date_done, table.c.id
@@ -165,39 +195,41 @@ class SqlSource:
         return conds
 
     # -- extract --------------------------------------------------------------------------
-    def _pages(self, kind: str, table: sa.Table, names: list[str], cutoff: dt.datetime, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
-        """Keyset pages, the next one fetched in a thread while the caller works on this one."""
+    def _pages(self, kind: str, table: sa.Table, names: list[str], cutoff: dt.datetime, batch_size: int) -> Iterator[dict[str, Any]]:
+        """Keyset pages of columns; the next page is fetched on a thread while the caller
+        works on this one (the driver waits on the server without the GIL)."""
         base = sa.select(*[table.c[n] for n in names]).where(*self._selected(kind, table, cutoff))
         base = base.order_by(table.c.date_done, table.c.id).limit(batch_size)
-        i_dd, i_id = names.index("date_done"), names.index("id")
 
-        def fetch(last: tuple[Any, Any] | None) -> list[tuple[Any, ...]]:
+        def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
+            stmt = base if last is None else base.where(self._after(table, last))
             try:
+                if self._adbc_uri:
+                    return self._query(stmt)
                 with self.engine.connect() as conn:
-                    return self._run(conn, base if last is None else base.where(self._after(table, last)), text_as_bytes=True)
-            except sa.exc.SQLAlchemyError as exc:
+                    return self._query(stmt, conn)
+            except Exception as exc:
                 raise self._error("reading results from", exc) from exc
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-extract") as pool:
-            page = fetch(None)
+            page = pool.submit(fetch, None).result()
             while page:
-                more = len(page) == batch_size
-                ahead = pool.submit(fetch, (page[-1][i_dd], page[-1][i_id])) if more else None
+                n = len(page["id"])
+                ahead = pool.submit(fetch, (_last(page["date_done"]), _last(page["id"]))) if n == batch_size else None
                 yield page
-                page = ahead.result() if ahead else []
+                page = ahead.result() if ahead else {}
 
-    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[Columns]:
-        """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, in batches."""
+    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
+        """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
         for kind, table in self.tables.items():
             names = [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
-            for rows in self._pages(kind, table, names, cutoff, batch_size):
-                raw: dict[str, Sequence[Any]] = dict(zip(names, zip(*rows)))
+            for page in self._pages(kind, table, names, cutoff, batch_size):
                 if kind == "group":
-                    raw["task_id"] = raw.pop("taskset_id")
-                dates = raw["date_done"]
-                if isinstance(dates[0], str) or dates[0].tzinfo is not None:  # SQLite text, or an aware driver
-                    raw["date_done"] = tuple(_utc_naive(v) for v in dates)
-                yield build_records(kind, raw, len(rows), serializer=self.config.serializer,
+                    page["task_id"] = page.pop("taskset_id")
+                dates = page["date_done"]
+                if not isinstance(dates, (pa.Array, pa.ChunkedArray)) and (isinstance(dates[0], str) or dates[0].tzinfo is not None):
+                    page["date_done"] = [_utc_naive(v) for v in dates]  # SQLite text, or an aware driver
+                yield build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
                                     storage_format=self.storage_format, source=self.display_url,
                                     source_table=table.fullname, run_id=run_id, archived_at=archived_at)
 
@@ -238,7 +270,9 @@ class SqlSource:
                 if deleted is not None:
                     return deleted, total - deleted
             deleted = self._exact_delete(batch, table)
-        except sa.exc.SQLAlchemyError as exc:
+        except Exception as exc:
+            if isinstance(exc, SourceError):
+                raise
             raise self._error("deleting archived results from", exc) from exc
         return deleted, total - deleted
 
@@ -248,12 +282,24 @@ class SqlSource:
         delete = sa.delete(table).where(key >= sa.tuple_(*lo), key <= sa.tuple_(*hi))
         if batch.kind == "task":
             delete = delete.where(table.c.status.in_(FINISHED))
-        stmt = delete.returning(*(table.c[k if k != "source_id" else "id"] for k in batch.keys))
-        with self.engine.connect() as conn:
-            with conn.begin() as tx:
-                got = self._run(conn, stmt)
+        stmt = delete.returning(*(table.c.id.label("source_id") if k == "source_id" else table.c[k] for k in batch.keys))
+        if self._adbc_uri:
+            conn = self._adbc()
+            try:
+                got = self._query(stmt)
                 if batch.outside(got) == 0:
-                    return len(got)
+                    conn.commit()
+                    return len(next(iter(got.values()), []))
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.rollback()  # something not verified (new or changed) is in range
+            return None
+        with self.engine.connect() as sconn:
+            with sconn.begin() as tx:
+                got = self._query(stmt, sconn)
+                if batch.outside(got) == 0:
+                    return len(next(iter(got.values()), []))
                 tx.rollback()  # something not verified (new or changed) is in range
         return None
 
