@@ -5,8 +5,9 @@ memory of the extract), so a resumed run purges the same way; it stays in Arrow 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery_archive.pipeline.readback import read_table
 from celery_archive.pipeline.verify import VerifiedFile
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 KEY_COLUMNS = ("source_id", "status", "date_done")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,19 @@ def plan(files: Iterable[VerifiedFile], batch_size: int) -> Iterator[PurgeBatch]
         yield PurgeBatch.of(kind, pending)
 
 
+def ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each made on a thread while the caller works on the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-plan") as pool:
+        sentinel = object()
+        future = pool.submit(next, items, sentinel)
+        while (item := future.result()) is not sentinel:
+            future = pool.submit(next, items, sentinel)
+            yield item  # type: ignore[misc]
+
+
 def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int) -> PurgeReport:
     deleted = skipped = 0
-    for batch in plan(files, batch_size):
+    for batch in ahead(plan(files, batch_size)):  # the next batch is read while the source deletes
         d, s = purge(batch)
         deleted += d
         skipped += s
