@@ -8,7 +8,16 @@ archive, purge only what was verified, and bring any result back later.
 
 from __future__ import annotations
 
+import os
+import sys
+
 __version__ = "0.1.0"
+
+if "pyarrow" not in sys.modules:
+    # Arrow's default allocator (mimalloc) keeps freed memory: a 200,000-result run peaked at
+    # 277 MiB with it and 158 MiB with the system allocator, at the same speed. A choice the
+    # user made (this variable, or pyarrow already loaded) is left alone.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from celery_archive.config import RunConfig, parse_duration, parse_size
 from celery_archive.errors import (

@@ -188,7 +188,8 @@ class ArchiveWriter:
         self._seq = 0
         self._kind: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-write")
-        self._finishing: list[tuple[Future[FileEntry], _OpenFile]] = []
+        self._finishing: list[Future[FileEntry]] = []
+        self._in_flight: dict[str, _OpenFile] = {}  # queued for completion, not done yet
 
     def write(self, table: pa.Table) -> None:
         try:
@@ -245,7 +246,8 @@ class ArchiveWriter:
         row groups; FIFO keeps the entries in the order files were finished."""
         self._raise_failed()
         f = self._open.pop(day)
-        self._finishing.append((self._pool.submit(self._complete, f), f))
+        self._in_flight[f.key] = f
+        self._finishing.append(self._pool.submit(self._complete, f))
 
     def _complete(self, f: _OpenFile) -> FileEntry:
         import pyarrow as pa
@@ -262,9 +264,12 @@ class ArchiveWriter:
             )
         finally:
             f.path.unlink(missing_ok=True)
+            # a finished file's writer (codec contexts, metadata) and id slices (which keep
+            # their whole batch alive) must not outlive it: memory stays bounded per file
+            self._in_flight.pop(f.key, None)
 
     def _raise_failed(self) -> None:
-        for fut, _ in self._finishing:
+        for fut in self._finishing:
             if fut.done() and fut.exception() is not None:
                 fut.result()
 
@@ -273,7 +278,7 @@ class ArchiveWriter:
         for day in list(self._open):
             self._finish(day)
         try:
-            self.entries = [fut.result() for fut, _ in self._finishing]
+            self.entries = [fut.result() for fut in self._finishing]
         except OSError as exc:
             raise disk_error("staging data files in", self.spool_dir, exc) from exc
         finally:
@@ -283,10 +288,10 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Drop what is not put yet (the run failed); files already put are left for the
         next run to remove as uncommitted."""
-        for fut, _ in self._finishing:
+        for fut in self._finishing:
             fut.cancel()
         self._pool.shutdown(wait=True)
-        leftovers = [f for fut, f in self._finishing if fut.cancelled()] + list(self._open.values())
+        leftovers = [*self._in_flight.values(), *self._open.values()]
         for f in leftovers:
             try:
                 f.writer.close()
