@@ -202,3 +202,32 @@ def test_ids_digest_is_kind_colon_id_lines_in_file_order() -> None:
     assert ids_digest(pa.array(kinds).slice(1), pa.array(ids).slice(1)) == hashlib.sha256(
         "".join(f"{k}:{t}\n" for k, t in zip(kinds[1:], ids[1:])).encode()).hexdigest()
     assert ids_digest(pa.array(kinds[::-1]), pa.array(ids[::-1])) != plain  # order counts
+
+
+def test_no_transaction_is_left_open_on_celerys_tables(pg_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a run works, it holds no lock on the backend between its statements: a worker's
+    ALTER TABLE (Celery 5.7 migrates its tables itself) must not wait for the archiver."""
+    import sqlalchemy as sa
+
+    app = celery_app(pg_backend)
+    for i in range(30):
+        app.backend.store_result(f"l{i}", i, "SUCCESS")
+    age_rows(pg_backend, 40)
+    engine = sa.create_engine(pg_backend.removeprefix("db+"))
+    seen: list[list[Any]] = []
+
+    def look() -> None:
+        with engine.connect() as c:
+            seen.append(c.exec_driver_sql(
+                "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'").all())
+            c.exec_driver_sql("SET lock_timeout = '2s'")
+            c.exec_driver_sql("ALTER TABLE celery_taskmeta ADD COLUMN IF NOT EXISTS probe integer")
+            c.exec_driver_sql("ALTER TABLE celery_taskmeta DROP COLUMN probe")
+            c.commit()
+
+    after_extract(monkeypatch, look)
+    report = archive(pg_backend, tmp_path / "archive", batch_size=7)
+    engine.dispose()
+    assert seen == [[]]
+    assert report.deleted == 30
