@@ -174,14 +174,14 @@ class SqlSource:
         """Run a row-returning statement: its columns by name (Arrow arrays or value tuples)."""
         names = [c.name for c in (stmt.selected_columns if isinstance(stmt, sa.Select) else stmt.exported_columns)]
         if self._adbc_uri:
-            conn = self._adbc()
-            with conn.cursor() as cur:
+            adbc = self._adbc()
+            with adbc.cursor() as cur:
                 cur.execute(self._literal(stmt))
                 table = cur.fetch_arrow_table()
             if isinstance(stmt, sa.Select):
                 # end the read's transaction: an idle open one would hold a lock on Celery's
                 # table all run long (blocking, say, Celery 5.7's own ALTER TABLE migration)
-                conn.rollback()
+                adbc.rollback()
             return {n: table.column(i) for i, n in enumerate(names)} if table.num_rows else {}
         assert conn is not None
         rows = conn.execute(stmt).all()
