@@ -67,7 +67,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", required=True, metavar="URL", help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db.")
+@click.option("--source", required=True, metavar="URL",
+              help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db, redis://:pw@host:6379/0.")
 @sink_option
 @click.option("--older-than", required=True, metavar="AGE", help="Take finished results whose date_done is older than this: 30d, 12h, 90m.")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
@@ -81,6 +82,12 @@ def main() -> None:
 @click.option("--group-table", default="celery_tasksetmeta", show_default=True, metavar="[SCHEMA.]NAME", help="Group result table.")
 @click.option("--batch-size", type=click.IntRange(1), default=10_000, show_default=True, help="Results read per query.")
 @click.option("--max-file-size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
+@click.option("--key-prefix", default="", metavar="PREFIX", help="Redis: result_backend_transport_options['global_keyprefix'].")
+@click.option("--expiring-within", default=None, metavar="AGE",
+              help="Redis: also take finished results whose remaining TTL is below this (archive them before Redis expires them).")
+@click.option("--result-expires", default="1d", show_default=True, metavar="AGE",
+              help="Redis: the app's result_expires; dates saved groups, which Celery stores without a date.")
+@click.option("--master-name", default=None, help="Redis sentinel:// sources: the master's name (transport option master_name).")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @click.option("--no-delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -88,7 +95,8 @@ def main() -> None:
 @json_option
 @handle_errors("run")
 def run(source: str, sink: str, older_than: str, fmt: str, compression: str | None, serializer: str,
-        task_table: str, group_table: str, batch_size: int, max_file_size: str, dry_run: bool,
+        task_table: str, group_table: str, batch_size: int, max_file_size: str, key_prefix: str,
+        expiring_within: str | None, result_expires: str, master_name: str | None, dry_run: bool,
         no_delete: bool, spool_dir: Path | None, as_json: bool) -> None:
     """Archive expired results, verify the archive, then delete them from the backend.
 
@@ -105,7 +113,9 @@ def run(source: str, sink: str, older_than: str, fmt: str, compression: str | No
                     compression=compression, serializer=serializer, task_table=task_name,
                     group_table=group_name, task_schema=task_schema or None, group_schema=group_schema or None,
                     batch_size=batch_size, max_file_bytes=parse_size(max_file_size), delete=not no_delete,
-                    dry_run=dry_run, spool_dir=spool_dir)
+                    dry_run=dry_run, spool_dir=spool_dir, key_prefix=key_prefix,
+                    expiring_within=parse_duration(expiring_within) if expiring_within else None,
+                    result_expires=parse_duration(result_expires), master_name=master_name)
     report = run_archive(cfg)
     if as_json:
         emit(report.to_json())
@@ -121,6 +131,10 @@ def run(source: str, sink: str, older_than: str, fmt: str, compression: str | No
         click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} uncommitted file(s)")
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
+    counts = report.source_counts
+    if counts.get("no_ttl") or counts.get("not_celery"):
+        click.echo(f"note: {counts.get('no_ttl', 0):,} result key(s) have no TTL (they never expire by themselves); "
+                   f"{counts.get('not_celery', 0):,} key(s) under the prefix are not Celery results and were left alone")
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
                + ("" if report.delete else " (--no-delete)"))

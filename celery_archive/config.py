@@ -60,6 +60,11 @@ class RunConfig:
     delete: bool = True
     dry_run: bool = False
     spool_dir: Path | None = None
+    # Redis sources
+    key_prefix: str = ""  # result_backend_transport_options["global_keyprefix"]
+    expiring_within: dt.timedelta | None = None  # also take results whose TTL is below this margin
+    result_expires: dt.timedelta = dt.timedelta(days=1)  # the app's result_expires (dates saved groups)
+    master_name: str | None = None  # sentinel:// master
 
     def check(self) -> None:
         from celery_archive.pipeline.decode import SERIALIZERS

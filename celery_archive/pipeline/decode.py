@@ -77,7 +77,40 @@ def restricted_loads(data: bytes) -> Any:
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+class Refused:
+    """An inert stand-in for a global the lenient unpickler refused: the real module is never
+    imported and the real callable never runs; this only records what was asked for."""
+
+    refused = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+
+class _LenientUnpickler(RestrictedUnpickler):
+    """Reads the plain-data envelope (a Celery meta dict) around anything it refuses."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self.refused: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except UnsafePayload:
+            self.refused.append(f"{module}.{name}")
+            return type(name, (Refused,), {"refused": f"{module}.{name}"})
+
+
+def lenient_loads(data: bytes) -> tuple[Any, list[str]]:
+    """(object, refused globals): plain data as is, anything else as inert Refused objects."""
+    u = _LenientUnpickler(io.BytesIO(data))
+    return u.load(), u.refused
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, Refused):
+        raise UnsafePayload(f"refused to load {obj.refused}: only plain data types are admitted")
     if isinstance(obj, BaseException):
         return {"exc_type": type(obj).__qualname__, "exc_message": list(obj.args), "exc_module": type(obj).__module__}
     if isinstance(obj, decimal.Decimal):
@@ -195,3 +228,28 @@ def decode_column(
             errors.append(f"{field}: cannot decode as {serializer}: {type(exc).__name__}: {exc}"[:500])
         compressions.append(compression)
     return texts, errors, compressions
+
+
+def decode_value(raw: bytes, serializer: str) -> tuple[Any, str | None, str, list[str]]:
+    """A whole stored value (a key-value backend's meta) as Python data:
+    (object, compression, content type, refused globals). Raises if it cannot be read."""
+    compression = None
+    if raw[: len(COMPRESSED_MAGIC)] == COMPRESSED_MAGIC:
+        compression, raw = decompress(raw)
+    if raw[:1] == b"\x80":
+        obj, refused = lenient_loads(raw)
+        return obj, compression, PICKLE_CONTENT_TYPE, refused
+    ctype = SERIALIZERS.get(serializer, ("?", ""))[0]
+    if serializer == "json":
+        if b'"__type__"' in raw:
+            return json.loads(raw, object_hook=_kombu_hook), compression, ctype, []
+        return orjson.loads(raw), compression, ctype, []
+    if serializer == "msgpack":
+        import msgpack
+
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False), compression, ctype, []
+    if serializer == "yaml":
+        import yaml
+
+        return yaml.safe_load(raw), compression, ctype, []
+    raise UnsafePayload(f"not a {serializer} payload")

@@ -4,7 +4,7 @@ memory of the extract), so a resumed run purges the same way; it stays in Arrow 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +32,9 @@ class PurgeBatch:
     def of(cls, kind: str, tables: list[pa.Table]) -> PurgeBatch:
         import pyarrow as pa
 
-        table = pa.concat_tables(tables).sort_by([("date_done", "ascending"), ("source_id", "ascending")])
+        table = pa.concat_tables(tables)
+        if {"date_done", "source_id"} <= set(table.column_names):
+            table = table.sort_by([("date_done", "ascending"), ("source_id", "ascending")])
         return cls(kind, table)
 
     @property
@@ -70,7 +72,7 @@ class PurgeReport:
     skipped_changed: int = 0
 
 
-def plan(files: Iterable[VerifiedFile], batch_size: int) -> Iterator[PurgeBatch]:
+def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] = KEY_COLUMNS) -> Iterator[PurgeBatch]:
     """Batches of one kind, each contiguous in the order the rows were extracted.
 
     A run's files of one kind follow extraction order (the writer finishes a file once a later
@@ -84,7 +86,7 @@ def plan(files: Iterable[VerifiedFile], batch_size: int) -> Iterator[PurgeBatch]
     pending: list[pa.Table] = []
     size = 0
     for vf in files:
-        table = read_table(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *KEY_COLUMNS))
+        table = read_table(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *columns))
         for k in pc.unique(table["kind"]).to_pylist():
             part = table.filter(pc.equal(table["kind"], k)).drop_columns(["kind"])
             if k != kind and pending and kind is not None:
@@ -114,9 +116,11 @@ def ahead(items: Iterator[T]) -> Iterator[T]:
             yield item  # type: ignore[misc]
 
 
-def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int) -> PurgeReport:
+def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int,
+                   columns: Sequence[str] = KEY_COLUMNS) -> PurgeReport:
+    """Delete what ``files`` hold through ``purge``; ``columns`` are what the source needs."""
     deleted = skipped = 0
-    for batch in ahead(plan(files, batch_size)):  # the next batch is read while the source deletes
+    for batch in ahead(plan(files, batch_size, columns)):  # the next batch is read while the source deletes
         d, s = purge(batch)
         deleted += d
         skipped += s

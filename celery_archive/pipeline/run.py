@@ -23,7 +23,10 @@ from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.purge import purge_verified
+from celery_archive.pipeline.redis_source import SCHEMES as REDIS_SCHEMES
+from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
+from celery_archive.pipeline.source import Source
 from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
 from celery_archive.pipeline.verify import discard, verify_run
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
@@ -49,6 +52,7 @@ class RunReport:
     seconds: float = 0.0
     ok: bool = True
     problems: list[str] = field(default_factory=list)
+    source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery (Redis)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -69,14 +73,20 @@ class DryRunReport:
         return {"command": "run", "dry_run": True, **asdict(self)}
 
 
-def open_source(cfg: RunConfig) -> SqlSource:
-    source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table,
-                                       cfg.task_schema, cfg.group_schema, cfg.serializer))
+def open_source(cfg: RunConfig) -> Source:
+    """The source for ``cfg.source``, picked by URL scheme, connected."""
+    source: Source
+    if cfg.source.split("://", 1)[0] in REDIS_SCHEMES:
+        source = RedisSource(RedisSourceConfig(cfg.source, cfg.serializer, cfg.key_prefix, cfg.expiring_within,
+                                               cfg.result_expires, cfg.master_name))
+    else:
+        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table,
+                                           cfg.task_schema, cfg.group_schema, cfg.serializer))
     source.open()
     return source
 
 
-def dry_run(source: SqlSource, cutoff: dt.datetime) -> DryRunReport:
+def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
     kinds, statuses, names, days = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
     total_bytes = 0
     for kind, status, name, day, n, nbytes in source.stats(cutoff):
@@ -89,7 +99,7 @@ def dry_run(source: SqlSource, cutoff: dt.datetime) -> DryRunReport:
                         dict(statuses.most_common()), dict(names.most_common()), dict(sorted(days.items())))
 
 
-def _finish(sink: Sink, source: SqlSource, manifest: dict[str, Any], spool: Path, cfg: RunConfig) -> tuple[int, int, int]:
+def _finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cfg: RunConfig) -> tuple[int, int, int]:
     """Verify a committed run and, if asked, purge it; writes its report. (verified, deleted, skipped)."""
     report = verify_run(sink, manifest, spool, keep=cfg.delete)
     if not report.ok:
@@ -99,7 +109,7 @@ def _finish(sink: Sink, source: SqlSource, manifest: dict[str, Any], spool: Path
     deleted = skipped = 0
     try:
         if cfg.delete:
-            pr = purge_verified(source.purge, report.verified, cfg.purge_batch)
+            pr = purge_verified(source.purge, report.verified, cfg.purge_batch, source.purge_columns)
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)
@@ -110,7 +120,7 @@ def _finish(sink: Sink, source: SqlSource, manifest: dict[str, Any], spool: Path
     return report.rows, deleted, skipped
 
 
-def _recover(sink: Sink, source: SqlSource, spool: Path, cfg: RunConfig) -> tuple[list[str], int]:
+def _recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig) -> tuple[list[str], int]:
     """Remove uncommitted data files; finish committed runs whose purge never completed."""
     committed = set(mf.committed_runs(sink))
     orphans = list(mf.orphan_files(sink, committed))
@@ -186,6 +196,7 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
             lock.release()
         return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                          verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
-                         resumed, orphans, round(time.perf_counter() - started, 3))
+                         resumed, orphans, round(time.perf_counter() - started, 3),
+                         source_counts=dict(getattr(source, "counts", {})))
     finally:
         source.close()

@@ -105,6 +105,8 @@ def _utc_naive(value: dt.datetime | str) -> dt.datetime:
 
 
 class SqlSource:
+    purge_columns: tuple[str, ...] = ("source_id", "status", "date_done")
+
     def __init__(self, config: SqlSourceConfig) -> None:
         self.config = config
         self._url = parse_source_url(config.url)

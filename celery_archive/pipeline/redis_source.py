@@ -1,0 +1,279 @@
+"""Celery's Redis result backend as a source: SCAN (never KEYS), pipelined GET and PTTL,
+safe decoding of each stored meta, and a compare-and-delete that removes a key only while it
+still holds the exact bytes that were archived and verified."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyarrow as pa
+
+from celery_archive.errors import ConfigError, SourceError
+from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
+from celery_archive.pipeline.purge import PurgeBatch
+from celery_archive.schemas import arrow_schema
+
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
+CHORD_SUFFIXES = (b".j", b".t", b".s", b".d", b".c")  # chord bookkeeping on group keys: never touched
+SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+_CAS = """
+local deleted = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then
+    redis.call('DEL', key)
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+_CAS_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class RedisSourceConfig:
+    url: str
+    serializer: str = "json"  # result_serializer
+    key_prefix: str = ""  # result_backend_transport_options["global_keyprefix"]
+    expiring_within: dt.timedelta | None = None  # also take results whose TTL is below this
+    result_expires: dt.timedelta = dt.timedelta(days=1)  # the app's; dates groups (Celery stores none)
+    master_name: str | None = None  # sentinel: result_backend_transport_options["master_name"]
+
+
+def full_prefix(prefix: str) -> str:
+    """Celery's global_keyprefix as Celery applies it: ``_`` added unless it ends in ``:_-.``."""
+    return prefix if not prefix or prefix[-1] in ":_-." else prefix + "_"
+
+
+def redact(url: str) -> str:
+    """``url`` (or each ``;``-separated sentinel URL) with any password replaced by ``***``."""
+    out = []
+    for part in url.split(";"):
+        p = urlsplit(part)
+        if p.password is not None:
+            host = p.hostname or ""
+            netloc = f"{p.username or ''}:***@{host}" + (f":{p.port}" if p.port else "")
+            part = p._replace(netloc=netloc).geturl()
+        out.append(part)
+    return ";".join(out)
+
+
+def _connect(cfg: RedisSourceConfig) -> Any:
+    import redis
+
+    url = cfg.url
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
+    if scheme == "redis+socket":
+        p = urlsplit(url)
+        db = parse_qs(p.query).get("virtual_host", parse_qs(p.query).get("db", ["0"]))[0]
+        auth = f":{unquote(p.password)}@" if p.password else ""
+        return redis.Redis.from_url(f"unix://{auth}{p.path}?db={db}")
+    if scheme == "sentinel":
+        from redis.sentinel import Sentinel
+
+        if not cfg.master_name:
+            raise ConfigError("a sentinel:// source needs --master-name (Celery's result_backend_transport_options['master_name'])")
+        parts = [urlsplit(u) for u in url.split(";")]
+        db_number = int((parts[0].path or "/0").strip("/") or 0)
+        password = unquote(parts[0].password) if parts[0].password else None
+        sentinel = Sentinel([(p.hostname or "localhost", p.port or 26379) for p in parts], password=password,  # type: ignore[no-untyped-call]
+                            sentinel_kwargs={"password": password} if password else None)
+        return sentinel.master_for(cfg.master_name, db=db_number)  # type: ignore[no-untyped-call]
+    return redis.Redis.from_url(url)
+
+
+def _utc_naive(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) and value.tzinfo else value
+    ts = dt.datetime.fromisoformat(value)
+    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
+    if field not in meta or meta[field] is None:
+        return None
+    try:
+        return to_json_text(meta[field])
+    except (UnsafePayload, TypeError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, UnsafePayload) else exc  # orjson wraps what default() raised
+        errors.append(f"{field}: {cause}")
+        return None
+
+
+class RedisSource:
+    storage_format = "celery-redis"
+    purge_columns: tuple[str, ...] = ("source_table", "raw_value")
+
+    def __init__(self, config: RedisSourceConfig) -> None:
+        if config.serializer not in SERIALIZERS:
+            raise ConfigError(f"unknown --serializer {config.serializer!r}")
+        self.config = config
+        self.display_url = redact(config.url)
+        self._secrets = [unquote(p.password) for p in map(urlsplit, config.url.split(";")) if p.password]
+        self.prefix = full_prefix(config.key_prefix)
+        self.client = _connect(config)
+        self.counts: Counter[str] = Counter()
+
+    def _error(self, action: str, exc: Exception) -> SourceError:
+        import redis
+
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail:
+            detail = f"authentication failed ({detail}): check the password in --source"
+        elif "DB index is out of range" in detail:
+            detail = f"{detail}: the database number in --source does not exist on this server"
+        return SourceError(f"{action} {self.display_url} failed: {detail}")
+
+    def open(self) -> None:
+        import redis
+
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise self._error("connecting to", exc) from exc
+
+    def describe(self) -> dict[str, str]:
+        return {"task": f"{self.prefix}{TASK_PREFIX}*", "group": f"{self.prefix}{GROUP_PREFIX}*"}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- reading ----------------------------------------------------------------------------
+    def _scan(self, kind: str, batch_size: int) -> Iterator[list[tuple[bytes, bytes | None, int]]]:
+        """(key, value, pttl) in batches: SCAN, then one pipelined GET and PTTL per batch."""
+        import redis
+
+        pattern = self.describe()[kind]
+        keys: list[bytes] = []
+
+        def load(batch: list[bytes]) -> list[tuple[bytes, bytes | None, int]]:
+            pipe = self.client.pipeline(transaction=False)
+            for k in batch:
+                pipe.get(k)
+                pipe.pttl(k)
+            replies = pipe.execute()
+            return list(zip(batch, replies[0::2], replies[1::2]))
+
+        try:
+            for key in self.client.scan_iter(match=pattern, count=max(batch_size, 1000)):
+                if kind == "group" and key.endswith(CHORD_SUFFIXES):
+                    self.counts["chord_keys_skipped"] += 1
+                    continue
+                keys.append(key)
+                if len(keys) >= batch_size:
+                    yield load(keys)
+                    keys = []
+            if keys:
+                yield load(keys)
+        except redis.RedisError as exc:
+            raise self._error("reading results from", exc) from exc
+
+    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
+        """Finished results older than ``cutoff`` (naive UTC), or with a TTL below the margin."""
+        margin_ms = int(self.config.expiring_within.total_seconds() * 1000) if self.config.expiring_within else None
+        expires_ms = int(self.config.result_expires.total_seconds() * 1000)
+        now = archived_at
+        for kind in ("task", "group"):
+            for batch in self._scan(kind, batch_size):
+                rows: list[dict[str, Any]] = []
+                for key, raw, ttl in batch:
+                    if raw is None:
+                        continue  # expired or deleted since SCAN saw it
+                    self.counts["scanned"] += 1
+                    row = self._row(kind, key, raw, ttl, now, expires_ms)
+                    if row is None:
+                        continue
+                    if ttl == -1:
+                        self.counts["no_ttl"] += 1  # never expires by itself
+                    expiring = margin_ms is not None and 0 <= ttl < margin_ms
+                    if row["date_done"] is None or not (row["date_done"] < cutoff or expiring):
+                        self.counts["not_due"] += 1
+                        continue
+                    rows.append(row)
+                if rows:
+                    yield self._table(rows, run_id, archived_at)
+
+    def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> dict[str, Any] | None:
+        try:
+            meta, compression, ctype, refused = decode_value(raw, self.config.serializer)
+        except Exception:  # noqa: BLE001 - anything unreadable is reported, kept, never deleted
+            self.counts["not_celery"] += 1
+            return None
+        if not isinstance(meta, dict) or "result" not in meta or (kind == "task" and "status" not in meta):
+            self.counts["not_celery"] += 1
+            return None
+        errors: list[str] = []
+        key_text = key.decode("utf-8", "replace")
+        task_id = key_text[len(self.prefix) + len(TASK_PREFIX if kind == "task" else GROUP_PREFIX):]
+        if kind == "task":
+            status = meta.get("status")
+            if status not in FINISHED:
+                self.counts["unfinished"] += 1
+                return None
+            try:
+                date_done = _utc_naive(meta.get("date_done"))
+            except ValueError:
+                date_done = None
+        else:
+            status = None
+            # Celery stores no date for a saved group: it was written result_expires before it expires
+            date_done = now - dt.timedelta(milliseconds=expires_ms - ttl) if ttl >= 0 else None
+            if date_done is None:
+                self.counts["groups_undated"] += 1
+                return None
+        texts = {f: _json(meta, f, errors) for f in ("result", "args", "kwargs", "children")}
+        return {
+            "task_id": str(meta.get("task_id") or task_id), "kind": kind, "status": status, "date_done": date_done,
+            "name": meta.get("name"), "worker": meta.get("worker"), "retries": meta.get("retries"),
+            "queue": meta.get("queue"), "traceback": meta.get("traceback"), "group_id": meta.get("group_id"),
+            "parent_id": meta.get("parent_id"), **texts, "decode_error": "; ".join(errors) or None,
+            "raw_value": raw, "content_type": ctype,
+            "content_encoding": "binary" if ctype in (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0]) else "utf-8",
+            "compression": compression, "source_table": key_text, "ttl_ms": ttl,
+        }
+
+    def _table(self, rows: list[dict[str, Any]], run_id: str, archived_at: dt.datetime) -> pa.Table:
+        schema = arrow_schema()
+        fixed = {"storage_format": self.storage_format, "source": self.display_url, "run_id": run_id, "archived_at": archived_at}
+        arrays = []
+        for f in schema:
+            values = [fixed[f.name]] * len(rows) if f.name in fixed else [r.get(f.name) for r in rows]
+            arrays.append(pa.array(values, f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    # -- dry run --------------------------------------------------------------------------
+    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        out: list[tuple[str, str | None, str | None, str, int, int]] = []
+        for table in self.extract(cutoff, 1000, "dry-run", now):
+            for kind, status, name, done, raw in zip(*(table.column(c).to_pylist() for c in ("kind", "status", "name", "date_done", "raw_value"))):
+                out.append((kind, status, name, done.date().isoformat(), 1, len(raw)))
+        return out
+
+    # -- purge ----------------------------------------------------------------------------
+    def purge(self, batch: PurgeBatch) -> tuple[int, int]:
+        """Delete each key only if it still holds exactly the archived bytes (a Lua script,
+        atomic per call): (deleted, skipped because changed or gone)."""
+        import redis
+
+        keys = batch.table.column("source_table").to_pylist()
+        values = batch.table.column("raw_value").to_pylist()
+        script = self.client.register_script(_CAS)
+        deleted = 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for i in range(0, len(keys), _CAS_CHUNK):
+                script(keys=keys[i : i + _CAS_CHUNK], args=values[i : i + _CAS_CHUNK], client=pipe)
+            deleted = sum(int(n) for n in pipe.execute())
+        except redis.RedisError as exc:
+            raise self._error("deleting archived results from", exc) from exc
+        return deleted, len(keys) - deleted

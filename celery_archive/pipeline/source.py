@@ -1,0 +1,42 @@
+"""The source contract: a result backend the pipeline reads from and purges.
+
+* ``open()`` connects and checks the backend is Celery's, raising SourceError with what to fix.
+* ``extract(cutoff, batch_size, run_id, archived_at)`` yields record tables (the Arrow record
+  schema) of finished results older than ``cutoff`` (naive UTC), oldest first where the backend
+  can order them; it never changes the backend.
+* ``stats(cutoff)`` gives (kind, status, name, day, count, bytes) of what extract would take.
+* ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
+  as they were read, and returns (deleted, skipped because changed or gone).
+* ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
+* ``describe()`` names where results live (tables or key patterns), for manifests;
+  ``display_url`` is the source URL without secrets; ``close()`` lets go of connections.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from celery_archive.pipeline.purge import PurgeBatch
+
+
+class Source(Protocol):
+    display_url: str
+    storage_format: str
+    purge_columns: tuple[str, ...]
+
+    def open(self) -> None: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]: ...
+
+    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]: ...
+
+    def purge(self, batch: PurgeBatch) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...

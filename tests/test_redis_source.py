@@ -1,0 +1,203 @@
+"""Celery's Redis result backend as a source, on a real Redis server, with results written by
+Celery's own RedisBackend. Each test works under its own global_keyprefix and removes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import cli
+from helpers import archive, read_archive
+
+REDIS_URL = os.environ.get("CA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+class Hostile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); run `bash scripts/services.sh`")
+    p = f"ca{secrets.token_hex(4)}_"
+    yield p
+    for key in client.scan_iter(match=f"{p}*"):
+        client.delete(key)
+    client.close()
+
+
+def redis_app(prefix: str, serializer: str = "json", **conf: Any) -> Any:
+    from celery import Celery
+
+    app = Celery(f"r{secrets.token_hex(3)}", backend=REDIS_URL, set_as_current=False)
+    app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"], accept_content=[serializer, "json"],
+                    result_extended=True, result_backend_transport_options={"global_keyprefix": prefix}, **conf)
+    return app
+
+
+def keys(prefix: str) -> dict[str, bytes]:
+    client = redis.Redis.from_url(REDIS_URL)
+    out = {k.decode(): client.get(k) or b"" for k in client.scan_iter(match=f"{prefix}*")}
+    client.close()
+    return out
+
+
+def write_results(app: Any) -> None:
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    b = app.backend
+    for i in range(12):
+        b.store_result(f"ok-{i}", {"n": i, "pair": (1, 2)}, "SUCCESS",
+                       request=Context(id=f"ok-{i}", task="shop.checkout", args=[i, "x"], kwargs={"k": i}, hostname="w1",
+                                       retries=0, delivery_info={"routing_key": "billing"}))
+    try:
+        raise ValueError("card declined", 7)
+    except ValueError as exc:
+        b.mark_as_failure("fail-0", exc, traceback=traceback.format_exc())
+    b.mark_as_revoked("revoked-0", "terminated")
+    b.store_result("started-0", {"pid": 1}, "STARTED")
+    b.save_group("group-0", GroupResult("group-0", [AsyncResult("ok-0", app=app)], app=app))
+    b.set_chord_size("group-0", 3)  # chord bookkeeping: group-0.s
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+def test_redis_archive_verify_compare_and_delete(prefix: str, tmp_path: Path, serializer: str) -> None:
+    app = redis_app(prefix, serializer)
+    write_results(app)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(f"{prefix}celery-task-meta-not-ours", b"\x00\x01 some other application's value")
+    expected = {tid: app.AsyncResult(tid).state for tid in ["fail-0", "revoked-0"] + [f"ok-{i}" for i in range(12)]}
+    time.sleep(1.1)
+    app.backend.store_result("young-0", 1, "SUCCESS")
+    before = keys(prefix)
+    assert any(k.endswith(".s") for k in before), "Celery's chord size key should be there"
+
+    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", serializer=serializer, key_prefix=prefix)
+
+    records = read_archive(tmp_path / "archive")
+    assert set(records) == set(expected) | {"group-0"}
+    assert report.deleted == report.verified == len(records) and report.skipped_changed == 0
+    assert report.source_counts["not_celery"] == 1
+    for tid, state in expected.items():
+        rec = records[tid]
+        assert rec["status"] == state and rec["storage_format"] == "celery-redis"
+        assert rec["raw_value"] == before[rec["source_table"]]  # the exact stored value
+        assert 0 < rec["ttl_ms"] <= 86_400_000
+    assert json.loads(records["ok-3"]["result"]) == {"n": 3, "pair": [1, 2]}
+    assert (records["ok-3"]["name"], records["ok-3"]["queue"]) == ("shop.checkout", "billing")
+    assert json.loads(records["ok-3"]["args"]) == [3, "x"]
+    fail = json.loads(records["fail-0"]["result"])
+    assert fail == {"exc_type": "ValueError", "exc_message": ["card declined", 7], "exc_module": "builtins"}
+    assert json.loads(records["group-0"]["result"])[0][0] == "group-0"
+    left = set(keys(prefix))
+    assert left == {f"{prefix}celery-task-meta-{t}" for t in ("young-0", "started-0", "not-ours")} | {f"{prefix}celery-taskset-meta-group-0.s"}
+    # lossless: putting the archived bytes back makes Celery read the result again
+    client.set(records["ok-3"]["source_table"], records["ok-3"]["raw_value"])
+    assert app.AsyncResult("ok-3").get(timeout=5) == ({"n": 3, "pair": (1, 2)} if serializer == "pickle" else {"n": 3, "pair": [1, 2]})
+    client.close()
+
+
+def test_hostile_pickle_in_redis_is_not_executed(prefix: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    app = redis_app(prefix, "pickle")
+    app.backend.store_result("evil-0", Hostile(marker), "SUCCESS")
+    time.sleep(1.1)
+    archive(REDIS_URL, tmp_path / "archive", older_than="1s", serializer="pickle", key_prefix=prefix)
+    assert not marker.exists()
+    rec = read_archive(tmp_path / "archive")["evil-0"]
+    assert rec["status"] == "SUCCESS" and rec["result"] is None
+    assert rec["decode_error"] == "result: refused to load posix.system: only plain data types are admitted"
+
+
+def test_a_key_rewritten_after_it_was_read_survives(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_sql_archive import after_extract
+
+    app = redis_app(prefix)
+    write_results(app)
+    time.sleep(1.1)
+    after_extract(monkeypatch, lambda: app.backend.store_result("fail-0", "fixed on retry", "SUCCESS"))
+    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", key_prefix=prefix)
+    assert report.skipped_changed == 1
+    assert app.AsyncResult("fail-0").get(timeout=5) == "fixed on retry"
+    assert read_archive(tmp_path / "archive")["fail-0"]["status"] == "FAILURE"
+
+
+def test_results_about_to_expire_and_results_that_never_do(prefix: str, tmp_path: Path) -> None:
+    short = redis_app(prefix, result_expires=30)
+    short.backend.store_result("short-0", 1, "SUCCESS")  # young, but Redis drops it in 30 s
+    forever = redis_app(prefix, result_expires=None)
+    forever.backend.store_result("forever-0", 2, "SUCCESS")
+    time.sleep(1.1)
+    plain = archive(REDIS_URL, tmp_path / "a1", older_than="1d", key_prefix=prefix)
+    assert plain.selected == 0 and plain.source_counts["no_ttl"] == 1
+    margin = archive(REDIS_URL, tmp_path / "a2", older_than="1d", key_prefix=prefix, expiring_within=__import__("datetime").timedelta(minutes=1))
+    assert set(read_archive(tmp_path / "a2")) == {"short-0"} and margin.deleted == 1
+    aged = archive(REDIS_URL, tmp_path / "a3", older_than="1s", key_prefix=prefix)
+    assert set(read_archive(tmp_path / "a3")) == {"forever-0"} and aged.source_counts["no_ttl"] == 1
+
+
+@pytest.fixture(scope="module")
+def redis_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real Redis server of our own that requires a password."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed; run `bash scripts/services.sh`")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--requirepass", "the-right-one", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            redis.Redis(port=port, password="the-right-one").ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+def test_a_wrong_redis_password_is_named_not_printed(tmp_path: Path, redis_with_password: int) -> None:
+    for extra in ([], ["--json"]):
+        out = cli("run", "--source", f"redis://:Sup3r-s3cret@127.0.0.1:{redis_with_password}/0", "--sink", str(tmp_path / "a"),
+                  "--older-than", "1d", *extra)
+        assert out.returncode == 1
+        assert "authentication failed" in out.stdout + out.stderr and "***" in out.stdout + out.stderr
+        assert "Sup3r-s3cret" not in out.stdout + out.stderr
+    ok = cli("run", "--source", f"redis://:the-right-one@127.0.0.1:{redis_with_password}/0", "--sink", str(tmp_path / "b"),
+             "--older-than", "1d", "--json")
+    assert ok.returncode == 0 and "the-right-one" not in ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize("url,message", [
+    ("redis://127.0.0.1:1/0", "Connection refused"),
+    ("redis://127.0.0.1:6379/99", "database number in --source does not exist"),
+    ("sentinel://127.0.0.1:26379/0", "needs --master-name"),
+])
+def test_bad_redis_sources_say_what_is_wrong(tmp_path: Path, url: str, message: str) -> None:
+    out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "1d")
+    assert out.returncode in (1, 2)
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert "Sup3r-s3cret" not in out.stdout + out.stderr
