@@ -5,18 +5,17 @@ memory of the extract), so a resumed run purges the same way; it stays in Arrow 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from celery_archive.pipeline.readback import read_table
+from celery_archive.pipeline.ahead import ahead
+from celery_archive.pipeline.readback import read_tables
 from celery_archive.pipeline.verify import VerifiedFile
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 KEY_COLUMNS = ("source_id", "status", "date_done")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,41 +85,33 @@ def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] 
     pending: list[pa.Table] = []
     size = 0
     for vf in files:
-        table = read_table(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *columns))
-        for k in pc.unique(table["kind"]).to_pylist():
-            part = table.filter(pc.equal(table["kind"], k)).drop_columns(["kind"])
-            if k != kind and pending and kind is not None:
-                yield PurgeBatch.of(kind, pending)
-                pending, size = [], 0
-            kind = k
-            offset = 0
-            while offset < part.num_rows:
-                take = part.slice(offset, batch_size - size)
-                pending.append(take)
-                size += take.num_rows
-                offset += take.num_rows
-                if size >= batch_size:
-                    yield PurgeBatch.of(k, pending)
+        for table in read_tables(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *columns), batch_size):
+            kinds = pc.unique(table["kind"]).to_pylist()
+            for k in kinds:
+                # one kind per file is the rule: then no copy is made
+                part = (table if len(kinds) == 1 else table.filter(pc.equal(table["kind"], k))).drop_columns(["kind"])
+                if k != kind and pending and kind is not None:
+                    yield PurgeBatch.of(kind, pending)
                     pending, size = [], 0
+                kind = k
+                offset = 0
+                while offset < part.num_rows:
+                    take = part.slice(offset, batch_size - size)
+                    pending.append(take)
+                    size += take.num_rows
+                    offset += take.num_rows
+                    if size >= batch_size:
+                        yield PurgeBatch.of(k, pending)
+                        pending, size = [], 0
     if pending and kind is not None:
         yield PurgeBatch.of(kind, pending)
-
-
-def ahead(items: Iterator[T]) -> Iterator[T]:
-    """``items``, each made on a thread while the caller works on the one before."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-plan") as pool:
-        sentinel = object()
-        future = pool.submit(next, items, sentinel)
-        while (item := future.result()) is not sentinel:
-            future = pool.submit(next, items, sentinel)
-            yield item  # type: ignore[misc]
 
 
 def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int,
                    columns: Sequence[str] = KEY_COLUMNS) -> PurgeReport:
     """Delete what ``files`` hold through ``purge``; ``columns`` are what the source needs."""
     deleted = skipped = 0
-    for batch in ahead(plan(files, batch_size, columns)):  # the next batch is read while the source deletes
+    for batch in ahead(plan(files, batch_size, columns), "celery-archive-plan"):  # the next batch is read while the source deletes
         d, s = purge(batch)
         deleted += d
         skipped += s

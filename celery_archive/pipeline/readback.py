@@ -74,33 +74,42 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
 
 
 def read_table(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> pa.Table:
-    """The named columns of one data file as an Arrow table (a file is bounded by the roll size);
-    timestamps become naive UTC."""
+    """The named columns of one data file as an Arrow table; timestamps become naive UTC."""
+    import pyarrow as pa
+
+    tables = list(read_tables(path, fmt, compression, columns))
+    return pa.concat_tables(tables) if tables else _naive(arrow_schema().empty_table().select(list(columns)))
+
+
+def read_tables(path: Path, fmt: str, compression: str | None, columns: Sequence[str], batch_rows: int = _BATCH) -> Iterator[pa.Table]:
+    """The named columns of one data file in tables of at most ``batch_rows`` rows (memory
+    bounded by that, not by the file); timestamps become naive UTC."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if fmt == "parquet":
-        table = pq.read_table(path, columns=list(columns))
-    else:
-        schema = arrow_schema()
-        batches = [pa.table({c: pa.array(v, schema.field(c).type) for c, v in cols.items()})
-                   for cols in read_columns(path, fmt, compression, columns)]
-        table = pa.concat_tables(batches) if batches else schema.empty_table().select(list(columns))
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
+            yield _naive(pa.Table.from_batches([batch]))
+        return
+    schema = arrow_schema()
+    for cols in read_columns(path, fmt, compression, columns):
+        yield _naive(pa.table({c: pa.array(v, schema.field(c).type) for c, v in cols.items()}))
+
+
+def _naive(table: pa.Table) -> pa.Table:
+    import pyarrow as pa
+
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
     return table
 
 
-def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
-    """sha256 of the ``kind:task_id`` lines, newline-terminated, in file order: which results a
-    file holds, in the order they were extracted into it."""
-    import hashlib
-
+def feed_ids(h: Any, kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> None:
+    """Add ``kind:task_id`` lines (newline-terminated, in order) to the sha256 ``h``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    h = hashlib.sha256()
     lines = pc.binary_join_element_wise(kind, ":", task_id, "\n", "")
     for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:
         if len(chunk):
@@ -108,4 +117,13 @@ def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedA
             bounds = memoryview(offsets).cast("q" if pa.types.is_large_string(chunk.type) else "i")
             start, end = bounds[chunk.offset], bounds[chunk.offset + len(chunk)]
             h.update(memoryview(data)[start:end])  # the lines, back to back
+
+
+def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
+    """sha256 of the ``kind:task_id`` lines, newline-terminated, in file order: which results a
+    file holds, in the order they were extracted into it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    feed_ids(h, kind, task_id)
     return h.hexdigest()

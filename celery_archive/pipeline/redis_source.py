@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pyarrow as pa
 
 from celery_archive.errors import ConfigError, SourceError
+from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.schemas import arrow_schema
@@ -33,6 +34,15 @@ end
 return deleted
 """
 _CAS_CHUNK = 500
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', key) or false
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"""
+_READ_CHUNK = 1000  # keys per script call: about a millisecond of Redis time each
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,17 @@ def _connect(cfg: RedisSourceConfig) -> Any:
     return redis.Redis.from_url(url)
 
 
+_ROW_FIELDS = ("task_id", "kind", "status", "date_done", "name", "worker", "retries", "queue", "traceback", "group_id",
+               "parent_id", "result", "args", "kwargs", "children", "decode_error", "raw_value", "content_type",
+               "content_encoding", "compression", "source_table", "ttl_ms")
+_BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
+
+
 def _utc_naive(value: Any) -> dt.datetime | None:
     if not isinstance(value, str):
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) and value.tzinfo else value
+    if value.endswith("+00:00"):  # what Celery writes with enable_utc and no timezone
+        return dt.datetime.fromisoformat(value[:-6])
     ts = dt.datetime.fromisoformat(value)
     return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
 
@@ -155,12 +173,14 @@ class RedisSource:
         pattern = self.describe()[kind]
         keys: list[bytes] = []
 
+        read = self.client.register_script(_READ)
+
         def load(batch: list[bytes]) -> list[tuple[bytes, bytes | None, int]]:
+            # GET and PTTL of each key, in one script call per chunk, the calls pipelined
             pipe = self.client.pipeline(transaction=False)
-            for k in batch:
-                pipe.get(k)
-                pipe.pttl(k)
-            replies = pipe.execute()
+            for i in range(0, len(batch), _READ_CHUNK):
+                read(keys=batch[i : i + _READ_CHUNK], client=pipe)
+            replies = [item for reply in pipe.execute() for item in reply]
             return list(zip(batch, replies[0::2], replies[1::2]))
 
         try:
@@ -183,8 +203,8 @@ class RedisSource:
         expires_ms = int(self.config.result_expires.total_seconds() * 1000)
         now = archived_at
         for kind in ("task", "group"):
-            for batch in self._scan(kind, batch_size):
-                rows: list[dict[str, Any]] = []
+            for batch in ahead(self._scan(kind, batch_size), "celery-archive-extract"):  # next batch read meanwhile
+                rows: dict[str, list[Any]] = {name: [] for name in _ROW_FIELDS}
                 for key, raw, ttl in batch:
                     if raw is None:
                         continue  # expired or deleted since SCAN saw it
@@ -195,16 +215,18 @@ class RedisSource:
                     if ttl == -1:
                         self.counts["no_ttl"] += 1  # never expires by itself
                     expiring = margin_ms is not None and 0 <= ttl < margin_ms
-                    if row["date_done"] is None or not (row["date_done"] < cutoff or expiring):
+                    if row[3] is None or not (row[3] < cutoff or expiring):
                         self.counts["not_due"] += 1
                         continue
-                    rows.append(row)
-                if rows:
+                    for name, value in zip(_ROW_FIELDS, row):
+                        rows[name].append(value)
+                if rows["task_id"]:
                     yield self._table(rows, run_id, archived_at)
 
-    def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> dict[str, Any] | None:
+    def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> tuple[Any, ...] | None:
+        """One key's record values, in _ROW_FIELDS order, or None (reported) if not taken."""
         try:
-            meta, compression, ctype, refused = decode_value(raw, self.config.serializer)
+            meta, compression, ctype, _refused = decode_value(raw, self.config.serializer)
         except Exception:  # noqa: BLE001 - anything unreadable is reported, kept, never deleted
             self.counts["not_celery"] += 1
             return None
@@ -230,24 +252,24 @@ class RedisSource:
             if date_done is None:
                 self.counts["groups_undated"] += 1
                 return None
-        texts = {f: _json(meta, f, errors) for f in ("result", "args", "kwargs", "children")}
-        return {
-            "task_id": str(meta.get("task_id") or task_id), "kind": kind, "status": status, "date_done": date_done,
-            "name": meta.get("name"), "worker": meta.get("worker"), "retries": meta.get("retries"),
-            "queue": meta.get("queue"), "traceback": meta.get("traceback"), "group_id": meta.get("group_id"),
-            "parent_id": meta.get("parent_id"), **texts, "decode_error": "; ".join(errors) or None,
-            "raw_value": raw, "content_type": ctype,
-            "content_encoding": "binary" if ctype in (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0]) else "utf-8",
-            "compression": compression, "source_table": key_text, "ttl_ms": ttl,
-        }
+        texts = [_json(meta, f, errors) for f in ("result", "args", "kwargs", "children")]
+        get = meta.get
+        return (str(get("task_id") or task_id), kind, status, date_done, get("name"), get("worker"), get("retries"),
+                get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
+                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key_text, ttl)
 
-    def _table(self, rows: list[dict[str, Any]], run_id: str, archived_at: dt.datetime) -> pa.Table:
+    def _table(self, rows: dict[str, list[Any]], run_id: str, archived_at: dt.datetime) -> pa.Table:
         schema = arrow_schema()
+        n = len(rows["task_id"])
         fixed = {"storage_format": self.storage_format, "source": self.display_url, "run_id": run_id, "archived_at": archived_at}
         arrays = []
         for f in schema:
-            values = [fixed[f.name]] * len(rows) if f.name in fixed else [r.get(f.name) for r in rows]
-            arrays.append(pa.array(values, f.type))
+            if f.name in rows:
+                arrays.append(pa.array(rows[f.name], f.type))
+            elif f.name in fixed:
+                arrays.append(pa.array([fixed[f.name]] * n, f.type))
+            else:
+                arrays.append(pa.nulls(n, f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
     # -- dry run --------------------------------------------------------------------------
@@ -265,15 +287,17 @@ class RedisSource:
         atomic per call): (deleted, skipped because changed or gone)."""
         import redis
 
-        keys = batch.table.column("source_table").to_pylist()
-        values = batch.table.column("raw_value").to_pylist()
+        table = batch.table
         script = self.client.register_script(_CAS)
         deleted = 0
         try:
             pipe = self.client.pipeline(transaction=False)
-            for i in range(0, len(keys), _CAS_CHUNK):
-                script(keys=keys[i : i + _CAS_CHUNK], args=values[i : i + _CAS_CHUNK], client=pipe)
-            deleted = sum(int(n) for n in pipe.execute())
+            for i in range(0, table.num_rows, _CAS_CHUNK):
+                chunk = table.slice(i, _CAS_CHUNK)  # Python objects for a chunk at a time only
+                script(keys=chunk.column("source_table").to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
+                if len(pipe) >= 8:  # a few thousand keys in flight: client memory stays small
+                    deleted += sum(int(n) for n in pipe.execute())
+            deleted += sum(int(n) for n in pipe.execute())
         except redis.RedisError as exc:
             raise self._error("deleting archived results from", exc) from exc
-        return deleted, len(keys) - deleted
+        return deleted, table.num_rows - deleted

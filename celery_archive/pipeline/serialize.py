@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from celery_archive.errors import disk_error
-from celery_archive.pipeline.readback import ids_digest
+from celery_archive.pipeline.readback import feed_ids
 from celery_archive.schemas import arrow_schema, field_names, record_fields
 from celery_archive.sinks import Sink
 
@@ -169,7 +169,7 @@ class _OpenFile:
     writer: _FileWriter
     rows: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
-    id_chunks: list[tuple[Any, Any]] = field(default_factory=list)  # (kind, task_id) Arrow arrays
+    ids_hash: Any = field(default_factory=hashlib.sha256)  # over kind:task_id lines, fed as rows go in
     min_dd: dt.datetime | None = None
     max_dd: dt.datetime | None = None
 
@@ -222,7 +222,7 @@ class ArchiveWriter:
             self._finish(earlier)  # results come oldest first: that day is complete
         f = self._open.get(day) or self._new_file(day)
         f.writer.write(table)
-        f.id_chunks.append((table.column("kind"), table.column("task_id")))
+        feed_ids(f.ids_hash, table.column("kind"), table.column("task_id"))  # nothing of the batch is kept
         f.rows += table.num_rows
         f.kinds[kind] += table.num_rows
         lo, hi = pc.min_max(table.column("date_done")).values()
@@ -250,22 +250,19 @@ class ArchiveWriter:
         self._finishing.append(self._pool.submit(self._complete, f))
 
     def _complete(self, f: _OpenFile) -> FileEntry:
-        import pyarrow as pa
-
         try:
             f.writer.close()
             info = self.sink.put(f.key, f.path)
             return FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=file_sha256(f.path),
-                ids_sha256=ids_digest(pa.chunked_array([c for k, _ in f.id_chunks for c in k.chunks], pa.string()),
-                                      pa.chunked_array([c for _, t in f.id_chunks for c in t.chunks], pa.string())),
+                ids_sha256=f.ids_hash.hexdigest(),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )
         finally:
             f.path.unlink(missing_ok=True)
-            # a finished file's writer (codec contexts, metadata) and id slices (which keep
-            # their whole batch alive) must not outlive it: memory stays bounded per file
+            # a finished file's writer (codec contexts, metadata) must not outlive it
+            # (memory stays bounded per open file)
             self._in_flight.pop(f.key, None)
 
     def _raise_failed(self) -> None:
