@@ -42,10 +42,10 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
-def redis_app(prefix: str, serializer: str = "json", **conf: Any) -> Any:
+def redis_app(prefix: str, url: str = REDIS_URL, serializer: str = "json", **conf: Any) -> Any:
     from celery import Celery
 
-    app = Celery(f"r{secrets.token_hex(3)}", backend=REDIS_URL, set_as_current=False)
+    app = Celery(f"r{secrets.token_hex(3)}", backend=url, set_as_current=False)
     app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"], accept_content=[serializer, "json"],
                     result_extended=True, result_backend_transport_options={"global_keyprefix": prefix}, **conf)
     return app
@@ -77,9 +77,9 @@ def write_results(app: Any) -> None:
     b.set_chord_size("group-0", 3)  # chord bookkeeping: group-0.s
 
 
-@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle", "yaml"])
 def test_redis_archive_verify_compare_and_delete(prefix: str, tmp_path: Path, serializer: str) -> None:
-    app = redis_app(prefix, serializer)
+    app = redis_app(prefix, serializer=serializer)
     write_results(app)
     client = redis.Redis.from_url(REDIS_URL)
     client.set(f"{prefix}celery-task-meta-not-ours", b"\x00\x01 some other application's value")
@@ -116,7 +116,7 @@ def test_redis_archive_verify_compare_and_delete(prefix: str, tmp_path: Path, se
 
 def test_hostile_pickle_in_redis_is_not_executed(prefix: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    app = redis_app(prefix, "pickle")
+    app = redis_app(prefix, serializer="pickle")
     app.backend.store_result("evil-0", Hostile(marker), "SUCCESS")
     time.sleep(1.1)
     archive(REDIS_URL, tmp_path / "archive", older_than="1s", serializer="pickle", key_prefix=prefix)
@@ -124,6 +124,32 @@ def test_hostile_pickle_in_redis_is_not_executed(prefix: str, tmp_path: Path) ->
     rec = read_archive(tmp_path / "archive")["evil-0"]
     assert rec["status"] == "SUCCESS" and rec["result"] is None
     assert rec["decode_error"] == "result: refused to load posix.system: only plain data types are admitted"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "lzma"])
+def test_celery_57_compressed_results(prefix: str, tmp_path: Path, compression: str) -> None:
+    app = redis_app(prefix, result_compression=compression)
+    value = {"rows": list(range(200)), "text": "x" * 300}
+    app.backend.store_result("big-0", value, "SUCCESS")
+    stored = keys(prefix)[f"{prefix}celery-task-meta-big-0"]
+    assert stored.startswith(b"\x00celery-compressed\x00")
+    time.sleep(1.1)
+    archive(REDIS_URL, tmp_path / "archive", older_than="1s", key_prefix=prefix)
+    rec = read_archive(tmp_path / "archive")["big-0"]
+    assert rec["raw_value"] == stored and rec["compression"] and json.loads(rec["result"]) == value
+
+
+def test_redis_dry_run_counts_and_changes_nothing(prefix: str, tmp_path: Path) -> None:
+    app = redis_app(prefix)
+    write_results(app)
+    time.sleep(1.1)
+    before = keys(prefix)
+    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(tmp_path / "a"), "--older-than", "1s",
+              "--dry-run", "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["selected"] == 15
+    assert report["by_status"] == {"SUCCESS": 12, "FAILURE": 1, "REVOKED": 1, "(group)": 1}
+    assert keys(prefix) == before and not (tmp_path / "a").exists()
 
 
 def test_a_key_rewritten_after_it_was_read_survives(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,30 +179,77 @@ def test_results_about_to_expire_and_results_that_never_do(prefix: str, tmp_path
     assert set(read_archive(tmp_path / "a3")) == {"forever-0"} and aged.source_counts["no_ttl"] == 1
 
 
-@pytest.fixture(scope="module")
-def redis_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real Redis server of our own that requires a password."""
-    import shutil
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_server(*args: str) -> Any:
+    import shutil
     import subprocess
 
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not installed; run `bash scripts/services.sh`")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--requirepass", "the-right-one", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    return subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A real Redis server of our own that requires a password and listens on a Unix socket too."""
+    workdir = tmp_path_factory.mktemp("redis")
+    port, sock = _free_port(), workdir / "redis.sock"
+    proc = _redis_server("--bind", "127.0.0.1", "--port", str(port), "--unixsocket", str(sock), "--requirepass", "the-right-one",
+                         "--save", "", "--appendonly", "no", "--dir", str(workdir))
     for _ in range(100):
         try:
             redis.Redis(port=port, password="the-right-one").ping()
             break
         except redis.ConnectionError:
             time.sleep(0.05)
-    yield port
+    yield port, sock
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture
+def redis_with_password(own_redis: tuple[int, Path]) -> int:
+    return own_redis[0]
+
+
+def test_redis_socket_and_sentinel_urls(own_redis: tuple[int, Path], tmp_path: Path) -> None:
+    """redis+socket:// and sentinel:// as Celery writes them, against real servers."""
+    port, sock = own_redis
+    app = redis_app("", f"redis://:the-right-one@127.0.0.1:{port}/3")
+    sentinel_port = _free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {port} 1\n"
+                    "sentinel auth-pass mymaster the-right-one\n")
+    sentinel = _redis_server(str(conf), "--sentinel")
+    try:
+        for _ in range(100):
+            try:
+                if redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("mymaster"):
+                    break
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+        for n, url, extra in [
+            (0, f"redis+socket://:the-right-one@{sock}?virtual_host=3", []),
+            (1, f"sentinel://:the-right-one@127.0.0.1:{sentinel_port}/3", ["--master-name", "mymaster"]),
+        ]:
+            app.backend.store_result(f"via-{n}", n, "SUCCESS")
+            time.sleep(1.1)
+            out = cli("run", "--source", url, "--sink", str(tmp_path / f"a{n}"), "--older-than", "1s", "--json", *extra)
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["deleted"] == 1 and "the-right-one" not in out.stdout
+            assert set(read_archive(tmp_path / f"a{n}")) == {f"via-{n}"}
+    finally:
+        sentinel.terminate()
+        sentinel.wait()
 
 
 def test_a_wrong_redis_password_is_named_not_printed(tmp_path: Path, redis_with_password: int) -> None:

@@ -93,8 +93,7 @@ def _connect(cfg: RedisSourceConfig) -> Any:
         parts = [urlsplit(u) for u in url.split(";")]
         db_number = int((parts[0].path or "/0").strip("/") or 0)
         password = unquote(parts[0].password) if parts[0].password else None
-        sentinel = Sentinel([(p.hostname or "localhost", p.port or 26379) for p in parts], password=password,  # type: ignore[no-untyped-call]
-                            sentinel_kwargs={"password": password} if password else None)
+        sentinel = Sentinel([(p.hostname or "localhost", p.port or 26379) for p in parts], password=password)  # type: ignore[no-untyped-call]
         return sentinel.master_for(cfg.master_name, db=db_number)  # type: ignore[no-untyped-call]
     return redis.Redis.from_url(url)
 
