@@ -67,7 +67,9 @@ def parse_source_url(url: str) -> sa.URL:
         if not Path(u.database).is_file():
             raise ConfigError(f"no SQLite database file at {u.database}: check the path in --source (db+sqlite:///relative or db+sqlite:////absolute)")
     try:
-        u.get_dialect().import_dbapi()
+        dialect = u.get_dialect()
+        if _adbc_uri(u) is None:  # on PostgreSQL, ADBC does the work: the driver loads only if needed
+            dialect.import_dbapi()
     except (sa.exc.NoSuchModuleError, ImportError):
         raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
     return u
@@ -93,6 +95,17 @@ def _adbc_uri(url: sa.URL) -> str | None:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _sa_type(t: pa.DataType) -> Any:
+    """A SQLAlchemy type for an Arrow column type (enough to compile statements)."""
+    if pa.types.is_timestamp(t):
+        return sa.DateTime()
+    if pa.types.is_integer(t):
+        return sa.BigInteger() if t.bit_width > 32 else sa.Integer()
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return sa.LargeBinary()
+    return sa.String()
+
+
 def _last(values: Any) -> Any:
     v = values[-1]
     return v.as_py() if hasattr(v, "as_py") else v
@@ -112,7 +125,8 @@ class SqlSource:
         self._url = parse_source_url(config.url)
         self.display_url = "db+" + self._url.render_as_string(hide_password=True)
         self._secret = self._url.password
-        self.engine = sa.create_engine(self._url, pool_pre_ping=True)
+        self._engine: sa.Engine | None = None
+        self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
         self._adbc_uri = _adbc_uri(self._url)
         self._adbc_conn: Any = None
         self.tables: dict[str, sa.Table] = {}
@@ -125,28 +139,56 @@ class SqlSource:
             detail = detail.replace(str(self._secret), "***")
         return SourceError(f"{action} {self.display_url} failed: {detail}")
 
+    @property
+    def engine(self) -> sa.Engine:
+        """SQLAlchemy's engine, made on first use (on PostgreSQL only dry runs and the exact
+        delete need it)."""
+        if self._engine is None:
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True)
+        return self._engine
+
     # -- setup ----------------------------------------------------------------------------
+    def _columns(self, name: str, schema: str | None) -> list[sa.Column[Any]] | None:
+        """The table's columns (names and types), or None if there is no such table."""
+        if self._adbc_uri:
+            import adbc_driver_manager
+
+            adbc = self._adbc()
+            try:
+                fields = adbc.adbc_get_table_schema(name, db_schema_filter=schema)
+            except adbc_driver_manager.ProgrammingError as exc:
+                if "NOT_FOUND" not in str(exc):
+                    raise
+                return None
+            finally:
+                adbc.rollback()  # the catalog query's transaction, or the failed one
+            return [sa.Column(f.name, _sa_type(f.type)) for f in fields]
+        with self.engine.connect() as conn:
+            try:
+                return [sa.Column(c["name"], c["type"]) for c in sa.inspect(conn).get_columns(name, schema=schema)]
+            except sa.exc.NoSuchTableError:
+                return None
+
     def open(self) -> None:
         """Connect and find Celery's tables; raises SourceError with what to fix."""
         cfg = self.config
         try:
-            with self.engine.connect() as conn:
-                for kind, name, schema in (("task", cfg.task_table, cfg.task_schema), ("group", cfg.group_table, cfg.group_schema)):
-                    try:
-                        # the column list is all that is needed: one catalog query, not a full reflection
-                        columns = sa.inspect(conn).get_columns(name, schema=schema)
-                        table = sa.Table(name, sa.MetaData(), *(sa.Column(c["name"], c["type"]) for c in columns), schema=schema)
-                    except sa.exc.NoSuchTableError:
-                        if kind == "group":
-                            continue  # groups are optional: only apps that save GroupResults have them
-                        where = f"{schema}.{name}" if schema else name
-                        raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? "
-                                          "If you renamed it (database_table_names), pass --task-table") from None
-                    missing = _REQUIRED[kind] - set(table.c.keys())
-                    if missing:
-                        raise SourceError(f"table {table.fullname} is not a Celery result table: it has no column(s) {', '.join(sorted(missing))}")
-                    self.tables[kind] = table
-        except sa.exc.SQLAlchemyError as exc:
+            for kind, name, schema in (("task", cfg.task_table, cfg.task_schema), ("group", cfg.group_table, cfg.group_schema)):
+                columns = self._columns(name, schema)  # the column list is all that is needed
+                if columns is None:
+                    if kind == "group":
+                        continue  # groups are optional: only apps that save GroupResults have them
+                    where = f"{schema}.{name}" if schema else name
+                    raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? "
+                                      "If you renamed it (database_table_names), pass --task-table")
+                table = sa.Table(name, sa.MetaData(), *columns, schema=schema)
+                missing = _REQUIRED[kind] - set(table.c.keys())
+                if missing:
+                    raise SourceError(f"table {table.fullname} is not a Celery result table: it has no column(s) {', '.join(sorted(missing))}")
+                self.tables[kind] = table
+        except SourceError:
+            raise
+        except Exception as exc:
             raise self._error("connecting to", exc) from exc
         cols = set(self.tables["task"].c.keys())
         self.storage_format = "celery-db-5.7" if {"children", "stamps"} & cols else "celery-db-5.6"
@@ -158,7 +200,8 @@ class SqlSource:
         if self._adbc_conn is not None:
             self._adbc_conn.close()
             self._adbc_conn = None
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
     def _adbc(self) -> Any:
@@ -170,7 +213,7 @@ class SqlSource:
         return self._adbc_conn
 
     def _literal(self, stmt: sa.Select[Any] | ReturningDelete[Any]) -> str:
-        return str(stmt.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+        return str(stmt.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
 
     def _query(self, stmt: sa.Select[Any] | ReturningDelete[Any], conn: Connection | None = None) -> dict[str, Any]:
         """Run a row-returning statement: its columns by name (Arrow arrays or value tuples)."""
@@ -191,7 +234,7 @@ class SqlSource:
 
     def _after(self, table: sa.Table, last: tuple[Any, Any]) -> sa.ColumnElement[bool]:
         dd, pk = table.c.date_done, table.c.id
-        if self.engine.dialect.name in ("mysql", "mariadb"):
+        if self.dialect.name in ("mysql", "mariadb"):
             return sa.or_(dd > last[0], sa.and_(dd == last[0], pk > last[1]))
         return sa.tuple_(dd, pk) > sa.tuple_(*last)
 
@@ -272,7 +315,7 @@ class SqlSource:
         table = self.tables[batch.kind]
         total = batch.table.num_rows
         try:
-            if self.engine.dialect.delete_returning:
+            if self._adbc_uri or self.engine.dialect.delete_returning:
                 deleted = self._range_delete(batch, table)
                 if deleted is not None:
                     return deleted, total - deleted
