@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+from common import measure, write_samples
 
 URL = os.environ.get("CA_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 HERE = Path(__file__).resolve().parent
@@ -31,22 +31,12 @@ BIN = Path(sys.executable).parent
 def samples() -> list[tuple[str, bytes]]:
     """100 results as Celery's own RedisBackend stores them (json, result_extended)."""
     from celery import Celery
-    from celery.app.task import Context
 
     client = redis.from_url(URL)
     client.flushdb()
     app = Celery("bench", backend=URL, set_as_current=False)
     app.conf.result_extended = True
-    for i in range(100):
-        req = Context(id=f"sample-{i:03d}", task=f"proj.tasks.t{i % 7}", args=[i, "x"], kwargs={"k": i}, hostname="w1@h",
-                      retries=0, delivery_info={"routing_key": "celery"})
-        if i % 10 == 3:
-            try:
-                raise ValueError("boom", i)
-            except ValueError as exc:
-                app.backend.mark_as_failure(f"sample-{i:03d}", exc, traceback="Traceback ...", request=req)
-        else:
-            app.backend.store_result(f"sample-{i:03d}", {"order": i, "items": [1, 2, 3], "note": "ok " * 20}, "SUCCESS", request=req)
+    write_samples(app)
     out = [(f"sample-{i:03d}", client.get(f"celery-task-meta-sample-{i:03d}") or b"") for i in range(100)]
     client.close()
     return out
@@ -67,18 +57,6 @@ def populate(sample: list[tuple[str, bytes]], n: int) -> None:
             pipe.execute()
     pipe.execute()
     client.close()
-
-
-def measure(argv: list[str]) -> tuple[float, float, str]:
-    out = tempfile.TemporaryFile()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{argv[0]} failed:\n{proc.stderr.read().decode() if proc.stderr else ''}")
-    out.seek(0)
-    return seconds, usage.ru_maxrss / 1024, out.read().decode()
 
 
 def main() -> None:

@@ -16,13 +16,12 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from common import measure, write_samples
 
 ADMIN = os.environ.get("CA_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 HERE = Path(__file__).resolve().parent
@@ -41,7 +40,6 @@ def make_template(rows: int) -> str:
     """A database whose celery_taskmeta holds `rows` expired results cloned from 100 that
     Celery's own DatabaseBackend wrote (json serializer, result_extended)."""
     from celery import Celery
-    from celery.app.task import Context
 
     name = f"ca_bench_{secrets.token_hex(4)}"
     with admin().connect() as c:
@@ -49,16 +47,7 @@ def make_template(rows: int) -> str:
     url = url_for(name)
     app = Celery("bench", backend="db+" + url, set_as_current=False)
     app.conf.result_extended = True
-    for i in range(100):
-        req = Context(task=f"proj.tasks.t{i % 7}", args=[i, "x"], kwargs={"k": i}, hostname="w1@h", retries=0,
-                      delivery_info={"routing_key": "celery"})
-        if i % 10 == 3:
-            try:
-                raise ValueError("boom", i)
-            except ValueError as exc:
-                app.backend.mark_as_failure(f"sample-{i}", exc, traceback="Traceback (most recent call last): ...", request=req)
-        else:
-            app.backend.store_result(f"sample-{i}", {"order": i, "items": [1, 2, 3], "note": "ok " * 20}, "SUCCESS", request=req)
+    write_samples(app)
     engine = sa.create_engine(url)
     with engine.begin() as c:
         c.exec_driver_sql("CREATE TEMP TABLE sample AS SELECT *, row_number() OVER (ORDER BY id) AS rn FROM celery_taskmeta")
@@ -88,22 +77,6 @@ def clone(template: str) -> str:
 def drop(name: str) -> None:
     with admin().connect() as c:
         c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def measure(argv: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB, stdout) of one child process."""
-    out = tempfile.TemporaryFile()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    out.seek(0)
-    text = out.read().decode()
-    if proc.returncode:
-        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{err}\n{text}")
-    return seconds, usage.ru_maxrss / 1024, text
 
 
 def remaining(db: str) -> int:
