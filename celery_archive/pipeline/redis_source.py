@@ -203,7 +203,7 @@ class RedisSource:
         now = archived_at
         for kind in ("task", "group"):
             for batch in ahead(self._scan(kind, batch_size), "celery-archive-extract"):  # next batch read meanwhile
-                rows: dict[str, list[Any]] = {name: [] for name in _ROW_FIELDS}
+                rows: list[tuple[Any, ...]] = []
                 for key, raw, ttl in batch:
                     if raw is None:
                         continue  # expired or deleted since SCAN saw it
@@ -217,10 +217,9 @@ class RedisSource:
                     if row[3] is None or not (row[3] < cutoff or expiring):
                         self.counts["not_due"] += 1
                         continue
-                    for name, value in zip(_ROW_FIELDS, row):
-                        rows[name].append(value)
-                if rows["task_id"]:
-                    yield self._table(rows, run_id, archived_at)
+                    rows.append(row)
+                if rows:
+                    yield self._table(dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), run_id, archived_at)
 
     def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> tuple[Any, ...] | None:
         """One key's record values, in _ROW_FIELDS order, or None (reported) if not taken."""
