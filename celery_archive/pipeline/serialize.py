@@ -19,13 +19,12 @@ import orjson
 
 from celery_archive.errors import disk_error
 from celery_archive.pipeline.readback import feed_ids
-from celery_archive.schemas import arrow_schema, field_names, record_fields
+from celery_archive.schemas import arrow_schema, record_fields
 from celery_archive.sinks import Sink
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FORMATS = ("parquet", "jsonl")
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "jsonl": ("none", "zstd", "gzip")}
 DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "none"}
 _MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so one is usual)
@@ -33,7 +32,6 @@ _MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so
 # restore index use them: both cost time and space on ids and payloads for nothing
 _DICTIONARY = ["kind", "status", "name", "worker", "queue", "content_type", "content_encoding", "compression",
                "storage_format", "source", "source_table", "rule", "run_id"]
-_KIND, _TASK_ID = field_names().index("kind"), field_names().index("task_id")
 _STATISTICS = ["task_id", "kind", "status", "date_done", "name", "worker", "queue", "archived_at"]
 
 
@@ -95,7 +93,7 @@ class _ParquetFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self._pa, self._pool = pa, pool
+        self._pool = pool
         self._schema = arrow_schema()
         self._out = pa.OSFile(str(path), "wb")
         self._writer = pq.ParquetWriter(self._out, self._schema, compression=compression,

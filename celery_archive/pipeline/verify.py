@@ -32,10 +32,6 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
-    @property
-    def verified_rows(self) -> int:
-        return sum(int(v.entry["rows"]) for v in self.verified) if self.ok else 0
-
 
 def _fetch(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
     h, size = hashlib.sha256(), 0
