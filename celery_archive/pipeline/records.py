@@ -23,6 +23,17 @@ RAW_TYPES: dict[str, pa.DataType] = {
 RawColumns = Mapping[str, "pa.Array | Sequence[Any]"]
 
 
+def utc_naive(value: Any) -> Any:
+    """A stored date (ISO 8601 text, or a datetime) as a naive UTC datetime; other values
+    (None) as they are."""
+    if not isinstance(value, str):
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) and value.tzinfo else value
+    if value.endswith("+00:00"):  # what Celery writes with enable_utc and no timezone
+        return dt.datetime.fromisoformat(value[:-6])
+    ts = dt.datetime.fromisoformat(value)
+    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+
+
 def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
     """A stored column as an Arrow array of its RAW_TYPES type."""
     target = RAW_TYPES[name]

@@ -17,6 +17,7 @@ from celery_archive.errors import ConfigError, SourceError
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
+from celery_archive.pipeline.records import utc_naive
 from celery_archive.schemas import arrow_schema
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
@@ -102,15 +103,6 @@ _ROW_FIELDS = ("task_id", "kind", "status", "date_done", "name", "worker", "retr
                "parent_id", "result", "args", "kwargs", "children", "decode_error", "raw_value", "content_type",
                "content_encoding", "compression", "source_table", "ttl_ms")
 _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
-
-
-def _utc_naive(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) and value.tzinfo else value
-    if value.endswith("+00:00"):  # what Celery writes with enable_utc and no timezone
-        return dt.datetime.fromisoformat(value[:-6])
-    ts = dt.datetime.fromisoformat(value)
-    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
@@ -240,7 +232,7 @@ class RedisSource:
                 self.counts["unfinished"] += 1
                 return None
             try:
-                date_done = _utc_naive(meta.get("date_done"))
+                date_done = utc_naive(meta.get("date_done"))
             except ValueError:
                 date_done = None
         else:

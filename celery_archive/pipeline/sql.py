@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +19,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.errors import ConfigError, SourceError
+from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.purge import PurgeBatch
-from celery_archive.pipeline.records import build_records
+from celery_archive.pipeline.records import build_records, utc_naive
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
@@ -86,11 +86,7 @@ def redact(url: str) -> str:
 
 def _adbc_uri(url: sa.URL) -> str | None:
     """A libpq URI for ADBC when the source is PostgreSQL and the ADBC driver is installed."""
-    if url.get_backend_name() != "postgresql":
-        return None
-    import importlib.util
-
-    if importlib.util.find_spec("adbc_driver_postgresql") is None:
+    if url.get_backend_name() != "postgresql" or not _module_available("adbc_driver_postgresql"):
         return None
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -109,12 +105,6 @@ def _sa_type(t: pa.DataType) -> Any:
 def _last(values: Any) -> Any:
     v = values[-1]
     return v.as_py() if hasattr(v, "as_py") else v
-
-
-def _utc_naive(value: dt.datetime | str) -> dt.datetime:
-    """A stored date_done (naive UTC; SQLite hands back text) as a naive UTC datetime."""
-    ts = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
 class SqlSource:
@@ -261,24 +251,27 @@ class SqlSource:
             except Exception as exc:
                 raise self._error("reading results from", exc) from exc
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-extract") as pool:
-            page = pool.submit(fetch, None).result()
+        def pages() -> Iterator[dict[str, Any]]:
+            page = fetch(None)
             while page:
-                n = len(page["id"])
-                ahead = pool.submit(fetch, (_last(page["date_done"]), _last(page["id"]))) if n == batch_size else None
                 yield page
-                page = ahead.result() if ahead else {}
+                if len(page["id"]) < batch_size:
+                    return
+                page = fetch((_last(page["date_done"]), _last(page["id"])))
+
+        yield from ahead(pages(), "celery-archive-extract")
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
         for kind, table in self.tables.items():
             names = [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
-            for page in self._pages(kind, table, names, cutoff, batch_size):
+            for fetched in self._pages(kind, table, names, cutoff, batch_size):
+                page = dict(fetched)  # the prefetch thread still reads the fetched page's last key
                 if kind == "group":
                     page["task_id"] = page.pop("taskset_id")
                 dates = page["date_done"]
                 if not isinstance(dates, (pa.Array, pa.ChunkedArray)) and (isinstance(dates[0], str) or dates[0].tzinfo is not None):
-                    page["date_done"] = [_utc_naive(v) for v in dates]  # SQLite text, or an aware driver
+                    page["date_done"] = [utc_naive(v) for v in dates]  # SQLite text, or an aware driver
                 yield build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
                                     storage_format=self.storage_format, source=self.display_url,
                                     source_table=table.fullname, run_id=run_id, archived_at=archived_at)
