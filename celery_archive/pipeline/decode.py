@@ -163,26 +163,31 @@ def decompress(data: bytes) -> tuple[str, bytes]:
     raise UnsafePayload(f"unsupported result_compression {ctype!r}")
 
 
+def _load(raw: bytes, serializer: str) -> Any:
+    """A payload that is not a pickle, loaded as Celery's configured serializer writes it."""
+    if serializer == "json":
+        return json.loads(raw, object_hook=_kombu_hook) if b'"__type__"' in raw else orjson.loads(raw)
+    if serializer == "msgpack":
+        import msgpack
+
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if serializer == "yaml":
+        import yaml
+
+        return yaml.safe_load(raw)
+    if serializer == "pickle":
+        raise UnsafePayload("not a pickle (no protocol header)")
+    raise UnsafePayload(f"unknown serializer {serializer!r}")
+
+
 def decode_one(raw: bytes, serializer: str) -> bytes:
     """Decode one stored payload to UTF-8 JSON text; raises on anything unsafe or corrupt."""
     if raw[:1] == b"\x80":  # a pickle, whatever the configured serializer (Celery <= 5.6)
         return to_json_text(restricted_loads(raw))
-    if serializer == "json":
-        if b'"__type__"' in raw:
-            return to_json_text(json.loads(raw, object_hook=_kombu_hook))
+    if serializer == "json" and b'"__type__"' not in raw:
         orjson.loads(raw)  # validates JSON and UTF-8: the stored text is already the JSON copy
         return raw
-    if serializer == "msgpack":
-        import msgpack
-
-        return to_json_text(msgpack.unpackb(raw, raw=False, strict_map_key=False))
-    if serializer == "yaml":
-        import yaml
-
-        return to_json_text(yaml.safe_load(raw))
-    if serializer == "pickle":
-        raise UnsafePayload("not a pickle (no protocol header)")
-    raise UnsafePayload(f"unknown serializer {serializer!r}")
+    return to_json_text(_load(raw, serializer))
 
 
 def plain_json(values: Sequence[bytes | None]) -> bool:
@@ -242,17 +247,4 @@ def decode_value(raw: bytes, serializer: str) -> tuple[Any, str | None, str, lis
     if raw[:1] == b"\x80":
         obj, refused = lenient_loads(raw)
         return obj, compression, PICKLE_CONTENT_TYPE, refused
-    ctype = SERIALIZERS.get(serializer, ("?", ""))[0]
-    if serializer == "json":
-        if b'"__type__"' in raw:
-            return json.loads(raw, object_hook=_kombu_hook), compression, ctype, []
-        return orjson.loads(raw), compression, ctype, []
-    if serializer == "msgpack":
-        import msgpack
-
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False), compression, ctype, []
-    if serializer == "yaml":
-        import yaml
-
-        return yaml.safe_load(raw), compression, ctype, []
-    raise UnsafePayload(f"not a {serializer} payload")
+    return _load(raw, serializer), compression, SERIALIZERS.get(serializer, ("?", ""))[0], []
