@@ -68,7 +68,6 @@ def build_records(
     """Records from a batch of stored columns (``raw``: column name -> values)."""
     if serializer not in SERIALIZERS:
         raise ValueError(f"unknown serializer {serializer!r}")
-    schema = arrow_schema()
     cols: dict[str, pa.Array] = {name: as_array(name, values) for name, values in raw.items()}
     errors: list[list[str | None]] = []
     texts: dict[str, pa.Array] = {}
@@ -99,6 +98,13 @@ def build_records(
     }
     if "date_done" in cols:
         given["date_done"] = cols["date_done"]
+    return assemble(given, n)
+
+
+def assemble(given: Mapping[str, Any], n: int) -> pa.Table:
+    """A record table of ``n`` rows: each schema field from ``given`` as an Arrow array, a list,
+    or one value for every row; a field not given (or None) is null."""
+    schema = arrow_schema()
     arrays = []
     for f in schema:
         value = given.get(f.name)

@@ -17,8 +17,7 @@ from celery_archive.errors import ConfigError, SourceError
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
-from celery_archive.pipeline.records import utc_naive
-from celery_archive.schemas import arrow_schema
+from celery_archive.pipeline.records import assemble, utc_naive
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
@@ -211,7 +210,8 @@ class RedisSource:
                         continue
                     rows.append(row)
                 if rows:
-                    yield self._table(dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), run_id, archived_at)
+                    yield assemble({**dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), "storage_format": self.storage_format,
+                                    "source": self.display_url, "run_id": run_id, "archived_at": archived_at}, len(rows))
 
     def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> tuple[Any, ...] | None:
         """One key's record values, in _ROW_FIELDS order, or None (reported) if not taken."""
@@ -247,20 +247,6 @@ class RedisSource:
         return (str(get("task_id") or task_id), kind, status, date_done, get("name"), get("worker"), get("retries"),
                 get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
                 raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key_text, ttl)
-
-    def _table(self, rows: dict[str, list[Any]], run_id: str, archived_at: dt.datetime) -> pa.Table:
-        schema = arrow_schema()
-        n = len(rows["task_id"])
-        fixed = {"storage_format": self.storage_format, "source": self.display_url, "run_id": run_id, "archived_at": archived_at}
-        arrays = []
-        for f in schema:
-            if f.name in rows:
-                arrays.append(pa.array(rows[f.name], f.type))
-            elif f.name in fixed:
-                arrays.append(pa.array([fixed[f.name]] * n, f.type))
-            else:
-                arrays.append(pa.nulls(n, f.type))
-        return pa.Table.from_arrays(arrays, schema=schema)
 
     # -- dry run --------------------------------------------------------------------------
     def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
