@@ -8,6 +8,7 @@ and never contain a password or secret key.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 
 
 class ArchiveError(Exception):
@@ -57,3 +58,13 @@ def disk_error(action: str, where: object, exc: OSError) -> SinkError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return SinkError(f"permission denied on {where} while {action}: check the directory's owner and mode")
     return SinkError(f"{action} {where} failed: {exc.strerror or exc}")
+
+
+def scrubbed(exc: BaseException, secrets: Iterable[str | None]) -> str:
+    """The first line of an error's message (a driver's own, if wrapped), each secret masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    for secret in secrets:
+        if secret:
+            detail = detail.replace(secret, "***")
+    return detail

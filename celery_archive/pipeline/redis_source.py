@@ -13,16 +13,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
 
-from celery_archive.errors import ConfigError, SourceError
+from celery_archive.errors import ConfigError, SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import assemble, utc_naive
+from celery_archive.pipeline.source import REDIS_SCHEMES
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
 CHORD_SUFFIXES = (b".j", b".t", b".s", b".d", b".c")  # chord bookkeeping on group keys: never touched
-SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
 _CAS = """
 local deleted = 0
 for i, key in ipairs(KEYS) do
@@ -78,7 +78,7 @@ def _connect(cfg: RedisSourceConfig) -> Any:
 
     url = cfg.url
     scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
+    if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
     if scheme == "redis+socket":
         p = urlsplit(url)
@@ -132,9 +132,7 @@ class RedisSource:
     def _error(self, action: str, exc: Exception) -> SourceError:
         import redis
 
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
+        detail = scrubbed(exc, self._secrets)
         if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail:
             detail = f"authentication failed ({detail}): check the password in --source"
         elif "DB index is out of range" in detail:

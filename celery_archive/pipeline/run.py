@@ -24,7 +24,7 @@ from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.purge import purge_verified
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
-from celery_archive.pipeline.source import Source
+from celery_archive.pipeline.source import REDIS_SCHEMES, Source
 from celery_archive.pipeline.verify import discard, verify_run
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink, open_sink
@@ -74,7 +74,7 @@ def open_source(cfg: RunConfig) -> Source:
     """The source for ``cfg.source``, picked by URL scheme, connected. Each source's client
     library is imported only when it is used (SQLAlchemy alone costs ~0.1 s of start-up)."""
     source: Source
-    if cfg.source.split("://", 1)[0] in ("redis", "rediss", "redis+socket", "sentinel"):
+    if cfg.source.split("://", 1)[0] in REDIS_SCHEMES:
         from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
 
         source = RedisSource(RedisSourceConfig(cfg.source, cfg.serializer, cfg.key_prefix, cfg.expiring_within,
@@ -199,6 +199,6 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
         return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                          verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                          resumed, orphans, round(time.perf_counter() - started, 3),
-                         source_counts=dict(getattr(source, "counts", {})))
+                         source_counts=dict(source.counts))
     finally:
         source.close()

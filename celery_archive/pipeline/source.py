@@ -8,6 +8,7 @@
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
 * ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
+* ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...).
 * ``describe()`` names where results live (tables or key patterns), for manifests;
   ``display_url`` is the source URL without secrets; ``close()`` lets go of connections.
 """
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -24,10 +25,16 @@ if TYPE_CHECKING:
     from celery_archive.pipeline.purge import PurgeBatch
 
 
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")  # Celery's Redis result_backend URLs
+
+
 class Source(Protocol):
     display_url: str
     storage_format: str
     purge_columns: tuple[str, ...]
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
 
     def open(self) -> None: ...
 

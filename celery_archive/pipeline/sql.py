@@ -9,6 +9,7 @@ own datetimes, row ids and status names. Other databases run through SQLAlchemy.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningDelete
 
-from celery_archive.errors import ConfigError, SourceError
+from celery_archive.errors import ConfigError, SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import build_records, utc_naive
@@ -121,13 +122,11 @@ class SqlSource:
         self._adbc_conn: Any = None
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
+        self.counts: Counter[str] = Counter()  # nothing to report for SQL tables yet
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> SourceError:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if self._secret:
-            detail = detail.replace(str(self._secret), "***")
-        return SourceError(f"{action} {self.display_url} failed: {detail}")
+        return SourceError(f"{action} {self.display_url} failed: {scrubbed(exc, [self._secret])}")
 
     @property
     def engine(self) -> sa.Engine:
