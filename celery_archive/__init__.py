@@ -4,6 +4,7 @@ archive, purge only what was verified, and bring any result back later.
     from celery_archive import RunConfig, run, verify_archive, list_runs, parse_duration
     report = run(RunConfig(source="db+postgresql+psycopg://u@h/db", sink="/var/archive",
                            older_than=parse_duration("30d")))
+    found = find("/var/archive", ["0f3c...e9"])      # found.records, found.missing
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from celery_archive.errors import (
     ArchiveError,
     ConfigError,
     LockError,
+    NotArchivedError,
     SinkError,
     SourceError,
     VerifyError,
 )
 from celery_archive.pipeline.catalog import list_runs, verify_archive
+from celery_archive.pipeline.putback import TargetConfig, open_target
+from celery_archive.pipeline.restore import Found, find, restore_into
 from celery_archive.pipeline.run import DryRunReport, RunReport, run
+from celery_archive.sinks import open_sink
 
 __all__ = [
-    "ArchiveError", "ConfigError", "DryRunReport", "LockError", "RunConfig", "RunReport", "SinkError",
-    "SourceError", "VerifyError", "__version__", "list_runs", "parse_duration", "parse_size", "run",
-    "verify_archive",
+    "ArchiveError", "ConfigError", "DryRunReport", "Found", "LockError", "NotArchivedError", "RunConfig", "RunReport",
+    "SinkError", "SourceError", "TargetConfig", "VerifyError", "__version__", "find", "list_runs", "open_sink",
+    "open_target", "parse_duration", "parse_size", "restore_into", "run", "verify_archive",
 ]

@@ -1,7 +1,9 @@
 """The ``celery-archive`` command. Stages never print; this module does.
 
 Exit codes: 0 done; 1 failed (source, sink or other error); 2 bad usage or configuration;
-3 verification failed and nothing was deleted; 4 another run holds the archive's lock.
+3 verification failed and nothing was deleted; 4 another run holds the archive's lock;
+5 a task id asked for is not in the archive; 6 a result to restore is already in the backend
+(--on-conflict fail) and nothing was restored.
 """
 
 from __future__ import annotations
@@ -211,3 +213,6 @@ def demo(directory: Path, as_json: bool) -> None:
     result = run_demo(directory, say=None if as_json else click.echo)
     if as_json:
         emit({"command": "demo", **result})
+
+
+from celery_archive import cli_restore  # noqa: E402,F401  (registers restore and index)

@@ -51,6 +51,22 @@ class LockError(ArchiveError):
     exit_code = 4
 
 
+class NotArchivedError(ArchiveError):
+    """A task id asked for is not in the archive (or its restore index)."""
+
+    exit_code = 5
+
+
+class ConflictError(ArchiveError):
+    """A result to restore is already in the backend and --on-conflict fail was asked for."""
+
+    exit_code = 6
+
+
+class ConversionError(ArchiveError):
+    """A result cannot be put into this kind of backend without unpickling it."""
+
+
 def disk_error(action: str, where: object, exc: OSError) -> SinkError:
     """A SinkError that says what failed on disk and what to do about it."""
     if exc.errno == errno.ENOSPC:

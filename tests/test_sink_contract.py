@@ -36,6 +36,22 @@ def test_put_then_open_stat_list(sink: Sink, tmp_path: Path) -> None:
     assert list(sink.list("nothing/")) == []
 
 
+def test_ranged_reads_and_prefix_listing(sink: Sink) -> None:
+    data = bytes(range(256)) * 4
+    sink.put_bytes("index/log/run-a.parquet", data)
+    sink.put_bytes("index/logbook", b"x")
+    sink.put_bytes("data/date=2026-01-01/f.jsonl", b"y")
+    assert sink.read("index/log/run-a.parquet") == data
+    assert sink.read("index/log/run-a.parquet", 300, 10) == data[300:310]
+    assert sink.read("index/log/run-a.parquet", 1000) == data[1000:]
+    assert sink.read("index/log/run-a.parquet", 1020, 100) == data[1020:]  # past the end: what there is
+    assert [o.key for o in sink.list("index/log/")] == ["index/log/run-a.parquet"]
+    assert [o.key for o in sink.list("index/log")] == ["index/log/run-a.parquet", "index/logbook"]
+    assert [o.key for o in sink.list("data/date=2026")] == ["data/date=2026-01-01/f.jsonl"]
+    with pytest.raises(ObjectNotFoundError):
+        sink.read("index/log/missing")
+
+
 def test_never_overwrites(sink: Sink, tmp_path: Path) -> None:
     sink.put_bytes("k", b"first")
     with pytest.raises(ObjectExistsError):

@@ -26,7 +26,7 @@ def _open_text(path: Path, compression: str | None) -> BinaryIO:
     if compression == "zstd":
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
     if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
@@ -71,6 +71,16 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
                 out = {c: [] for c in columns}
         if out[columns[0]]:
             yield out
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Records parsed from JSONL lines as a table with the record schema."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    types = {f["name"]: f["type"] for f in record_fields()}
+    return pa.table({f.name: pa.array([_jsonl_value(f.name, types[f.name], r.get(f.name)) for r in rows], f.type)
+                     for f in schema}, schema=schema)
 
 
 def read_table(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> pa.Table:

@@ -22,6 +22,7 @@ from celery_archive import __version__
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
+from celery_archive.pipeline.index import COMPACT_AFTER, DeltaWriter, compact, state
 from celery_archive.pipeline.purge import purge_verified
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
 from celery_archive.pipeline.source import REDIS_SCHEMES, Source
@@ -102,9 +103,18 @@ def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
 
 
 def _finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cfg: RunConfig) -> tuple[int, int, int]:
-    """Verify a committed run and, if asked, purge it; writes its report. (verified, deleted, skipped)."""
-    report = verify_run(sink, manifest, spool, keep=cfg.delete)
-    if not report.ok:
+    """Verify a committed run, write its restore index entries and, if asked, purge it; writes
+    its report. (verified, deleted, skipped)."""
+    delta = DeltaWriter(sink, manifest["run_id"], spool)
+    try:
+        report = verify_run(sink, manifest, spool, keep=cfg.delete, on_located=delta.add)
+    except BaseException:
+        delta.discard()
+        raise
+    if report.ok:
+        delta.commit()  # before the purge: whatever leaves the source can be found
+    else:
+        delta.discard()
         exc = VerifyError(f"run {manifest['run_id']} failed verification, nothing was deleted: " + "; ".join(report.problems[:5]))
         exc.problems = report.problems  # type: ignore[attr-defined]
         raise exc
@@ -145,7 +155,7 @@ def _recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig) -> tuple[l
 
 
 @contextmanager
-def _spool(root: Path | None) -> Iterator[str]:
+def spool_dir(root: Path | None) -> Iterator[str]:
     """A private staging directory for one run, removed after it."""
     try:
         if root is not None:
@@ -172,7 +182,7 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
         lock = mf.Lock(sink, run_id)
         lock.acquire()
         try:
-            with _spool(cfg.spool_dir or sink.spool_root()) as tmp:
+            with spool_dir(cfg.spool_dir or sink.spool_root()) as tmp:
                 spool = Path(tmp)
                 resumed, orphans = _recover(sink, source, spool, cfg)
                 writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool)
@@ -194,6 +204,8 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
                 }
                 mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
                 verified, deleted, skipped = _finish(sink, source, manifest, spool, cfg)
+                if len(state(sink).deltas) >= COMPACT_AFTER:
+                    compact(sink, spool)
         finally:
             lock.release()
         return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),

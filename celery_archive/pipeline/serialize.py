@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "jsonl": ("none", "zstd", "gzip")}
 DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "none"}
+FRAME_ROWS = 1000  # lines per zstd frame / gzip member of a compressed JSONL file
 _MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so one is usual)
 # dictionary-encode only low-cardinality columns, and keep statistics where queries and the
 # restore index use them: both cost time and space on ids and payloads for nothing
@@ -73,12 +75,6 @@ def iso(ts: dt.datetime) -> str:
     return (ts.astimezone(dt.timezone.utc) if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
-class _Stream(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> object: ...
-    def close(self) -> object: ...
-
-
 class _FileWriter(Protocol):
     def write(self, table: pa.Table) -> None: ...
     def size(self) -> int: ...
@@ -122,19 +118,21 @@ class _ParquetFile:
 
 
 class _JsonlFile:
+    """One JSON object a line. Compressed files are a series of independent zstd frames or
+    gzip members of at most ``FRAME_ROWS`` lines each (a valid .zst / .gz file for any
+    reader), so that restore decompresses one small frame, not the file."""
+
     _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
 
     def __init__(self, path: Path, compression: str) -> None:
-        self._raw = open(path, "wb")
-        self._out: _Stream
+        self._out = open(path, "wb")
+        self._compress: Callable[[bytes], bytes] | None = None
         if compression == "zstd":
             import zstandard
 
-            self._out = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
+            self._compress = zstandard.ZstdCompressor(level=3, write_content_size=True).compress
         elif compression == "gzip":
-            self._out = gzip.GzipFile(fileobj=self._raw, mode="wb")
-        else:
-            self._out = self._raw
+            self._compress = lambda data: gzip.compress(data, compresslevel=6, mtime=0)
 
     def write(self, table: pa.Table) -> None:
         columns = []
@@ -145,19 +143,20 @@ class _JsonlFile:
             columns.append(values)
         opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         names = table.column_names
-        self._out.write(b"".join(orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)))
-        if self._out is not self._raw:
-            self._out.flush()  # end the compressed block, so size() sees what this batch added
+        lines = [orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)]
+        if self._compress is None:
+            self._out.write(b"".join(lines))
+            return
+        for i in range(0, len(lines), FRAME_ROWS):
+            self._out.write(self._compress(b"".join(lines[i:i + FRAME_ROWS])))
 
     def size(self) -> int:
-        return self._raw.tell()
+        return self._out.tell()
 
     def close(self) -> None:
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
 
 
 @dataclass

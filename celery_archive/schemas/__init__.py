@@ -2,7 +2,8 @@
 
 ``record.v<N>.arrow.json`` is the Arrow schema of an archived record (Parquet files are
 written with it); ``record.v<N>.schema.json`` is the JSON Schema of one JSONL line;
-``manifest.v<N>.schema.json`` describes a run manifest.
+``manifest.v<N>.schema.json`` describes a run manifest; ``index.v<N>.arrow.json`` is the
+Arrow schema of the restore index's entries (task id -> where its record sits).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 RECORD_VERSION = 1
 MANIFEST_VERSION = 1
+INDEX_VERSION = 1
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -26,9 +28,9 @@ def _load(name: str) -> dict[str, Any]:
 
 
 @cache
-def record_fields(version: int = RECORD_VERSION) -> tuple[dict[str, Any], ...]:
-    """The record's fields, in column order: name, type, nullable, doc."""
-    return tuple(_load(f"record.v{version}.arrow.json")["fields"])
+def record_fields(version: int = RECORD_VERSION, name: str = "record") -> tuple[dict[str, Any], ...]:
+    """The fields of ``name`` (record or index), in column order: name, type, nullable, doc."""
+    return tuple(_load(f"{name}.v{version}.arrow.json")["fields"])
 
 
 def field_names(version: int = RECORD_VERSION) -> tuple[str, ...]:
@@ -48,16 +50,16 @@ def _arrow_type(spec: str) -> pa.DataType:
         return simple[spec]
     if spec == "timestamp[us, tz=UTC]":
         return pa.timestamp("us", tz="UTC")
-    raise ValueError(f"unknown type {spec!r} in the record schema")
+    raise ValueError(f"unknown type {spec!r} in a schema file")
 
 
 @cache
-def arrow_schema(version: int = RECORD_VERSION) -> pa.Schema:
-    """The Arrow schema of a record (imports pyarrow)."""
+def arrow_schema(version: int = RECORD_VERSION, name: str = "record") -> pa.Schema:
+    """The Arrow schema of ``name``: a record, or an index entry (imports pyarrow)."""
     import pyarrow as pa
 
     fields = [
         pa.field(f["name"], _arrow_type(f["type"]), nullable=f["nullable"], metadata={"doc": f["doc"]})
-        for f in record_fields(version)
+        for f in record_fields(version, name)
     ]
-    return pa.schema(fields, metadata={"celery_archive.record_version": str(version)})
+    return pa.schema(fields, metadata={f"celery_archive.{name}_version": str(version)})

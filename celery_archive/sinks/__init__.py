@@ -7,6 +7,8 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
   exist yet; otherwise they raise :class:`ObjectExistsError` and change nothing. A reader
   never sees a partly written object: it is either absent or complete.
 * ``open(key)`` returns a seekable binary file with the object's bytes.
+* ``read(key, start, length)`` returns ``length`` bytes from offset ``start`` (all the rest
+  when ``length`` is None) in one request: the unit restore counts as one object read.
 * ``stat(key)`` returns its :class:`ObjectInfo`; a missing key raises
   :class:`ObjectNotFoundError` (as ``open`` does).
 * ``list(prefix)`` yields every complete object whose key starts with ``prefix``, in key order.
@@ -43,6 +45,8 @@ class Sink(Protocol):
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
 
     def open(self, key: str) -> BinaryIO: ...
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes: ...
 
     def stat(self, key: str) -> ObjectInfo: ...
 

@@ -99,6 +99,11 @@ class LocalSink:
         except OSError as exc:
             raise disk_error("reading", path, exc) from exc
 
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        with self.open(key) as f:
+            f.seek(start)
+            return f.read() if length is None else f.read(length)
+
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
@@ -110,7 +115,9 @@ class LocalSink:
         if not self.root.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, dirs, files in os.walk(self.root):
+        # walk only the directory the prefix names (index lookups list index/log/, not data/)
+        top = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        for dirpath, dirs, files in os.walk(top):
             dirs[:] = [d for d in dirs if not d.startswith(_TMP_PREFIX)]  # staging areas
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
