@@ -25,3 +25,10 @@ def test_redis_benchmark_runs_and_prints_its_ratios() -> None:
     text = run_bench("benchmarks/bench_redis.py", "--results", "3000", "--repeats", "1")
     for line in ("celery-archive run", "seed-style", "ratio seed-style / run", "run throughput", "peak RSS of run"):
         assert line in text
+
+
+def test_restore_benchmark_runs_and_prints_its_figures() -> None:
+    text = run_bench("benchmarks/bench_restore.py", "--results", "3000", "--runs", "3", "--lookups", "20", "--cli-lookups", "2", "--scans", "1")
+    for line in ("Python API, local sink, after compaction", "object reads per id max 3", "CLI (a fresh process each",
+                 "baseline, pyarrow dataset scan", "ratio scan / index lookup"):
+        assert line in text

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 LOG, PACKS = "index/log/", "index/packs/"
 COMPACT_AFTER = 8  # a run compacts the index once this many run files wait in the log
-_FINE = 4096  # compaction spools entries in this many partitions, then groups them into packs
+_MAX_PACKS = 4096  # beyond 4096 x 4096 entries the packs grow instead
 _PER_PACK = 4096  # entries per pack aimed at (packs stay small: one read, parsed in ~1 ms)
 
 
@@ -147,9 +147,10 @@ class CompactReport:
                 "entries": self.entries, "merged_run_files": self.merged_runs}
 
 
-def compact(sink: Sink, spool: Path, rebuilt: Iterable[pa.Table] | None = None) -> CompactReport:
+def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | None = None) -> CompactReport:
     """Merge the log's run files and the current packs into a new pack generation (or, with
-    ``rebuilt``, replace the whole index with those entries). Call under the run lock."""
+    ``rebuilt`` = (entries, how many), replace the whole index with those). Call under the
+    run lock."""
     import pyarrow as pa
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -159,36 +160,32 @@ def compact(sink: Sink, spool: Path, rebuilt: Iterable[pa.Table] | None = None) 
         if int(o.key[len(PACKS):].split("/", 1)[0]) > st.generation:
             sink.delete(o.key)
     if rebuilt is None and not st.deltas and st.generation:
-        return CompactReport(st.generation, st.buckets, _count(sink, st), 0)
+        return CompactReport(st.generation, st.buckets, _count(sink, _pack_keys(st)), 0)
     if rebuilt is not None:
-        inputs: Iterable[pa.Table] = rebuilt
+        inputs, total = rebuilt
     else:
-        old = [_pack_key(st.generation, st.buckets, b) for b in range(st.buckets)] if st.generation else []
-        inputs = (_read(sink, key) for key in [*old, *st.deltas])
-    fine_dir = spool / "index-compact"
-    schema = index_schema().append(pa.field("fine", pa.int32()))
+        keys = [*_pack_keys(st), *st.deltas]
+        inputs, total = (_read(sink, key) for key in keys), _count(sink, keys)
+    buckets = 16
+    while buckets < _MAX_PACKS and buckets * _PER_PACK < total:
+        buckets *= 2
+    spooled = spool / "index-compact"
+    schema = index_schema().append(pa.field("bucket", pa.int32()))
 
     def batches() -> Iterator[pa.RecordBatch]:
         for t in inputs:
-            fine = pa.array([zlib.crc32(x.encode()) % _FINE for x in t.column("task_id").to_pylist()], pa.int32())
-            yield from t.append_column("fine", fine).to_batches()
+            b = pa.array([bucket_of(x, buckets) for x in t.column("task_id").to_pylist()], pa.int32())
+            yield from t.cast(index_schema()).append_column("bucket", b).to_batches()
 
-    ds.write_dataset(batches(), fine_dir, schema=schema, format="parquet",
-                     partitioning=ds.partitioning(pa.schema([("fine", pa.int32())]), flavor="hive"),
-                     existing_data_behavior="delete_matching", max_partitions=_FINE)
-    fine_files: dict[int, list[str]] = {}
-    for path in fine_dir.glob("fine=*/*.parquet"):
-        fine_files.setdefault(int(path.parent.name[len("fine="):]), []).append(str(path))
-    total = sum(pq.read_metadata(p).num_rows for paths in fine_files.values() for p in paths)
-    buckets = 16
-    while buckets < _FINE and buckets * _PER_PACK < total:
-        buckets *= 2
+    ds.write_dataset(batches(), spooled, schema=schema, format="parquet", max_partitions=buckets,
+                     partitioning=ds.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive"),
+                     existing_data_behavior="delete_matching")
     gen = st.generation + 1
     names = index_schema().names
     for b in range(buckets):
-        paths = [p for f in range(b, _FINE, buckets) for p in fine_files.get(f, [])]
+        paths = sorted((spooled / f"bucket={b}").glob("*.parquet"))
         part = pa.concat_tables([pq.read_table(p, columns=names) for p in paths]) if paths else index_schema().empty_table()
-        part = part.group_by(names, use_threads=False).aggregate([]).select(names)
+        part = part.group_by(names, use_threads=False).aggregate([]).select(names)  # a run file merged twice
         part = part.sort_by([("task_id", "ascending"), ("key", "ascending")]).cast(index_schema())
         _put_table(sink, _pack_key(gen, buckets, b), part, spool)
     sink.put_bytes(f"{LOG}packs-{gen:06d}-{buckets}.ok", b"")  # the commit point
@@ -199,16 +196,23 @@ def compact(sink: Sink, spool: Path, rebuilt: Iterable[pa.Table] | None = None) 
             sink.delete(o.key)
     import shutil
 
-    shutil.rmtree(fine_dir, ignore_errors=True)
+    shutil.rmtree(spooled, ignore_errors=True)
     return CompactReport(gen, buckets, total, len(st.deltas))
 
 
-def _count(sink: Sink, st: IndexState) -> int:
-    import pyarrow as pa
+def _pack_keys(st: IndexState) -> list[str]:
+    return [_pack_key(st.generation, st.buckets, b) for b in range(st.buckets)] if st.generation else []
+
+
+def _count(sink: Sink, keys: Iterable[str]) -> int:
+    """Entries in the index objects ``keys``, from their footers."""
     import pyarrow.parquet as pq
 
-    keys = [_pack_key(st.generation, st.buckets, b) for b in range(st.buckets)]
-    return sum(pq.read_metadata(pa.BufferReader(sink.read(k))).num_rows for k in keys)
+    total = 0
+    for key in keys:
+        with sink.open(key) as f:
+            total += pq.read_metadata(f).num_rows
+    return total
 
 
 def _put_table(sink: Sink, key: str, table: pa.Table, spool: Path) -> None:
@@ -222,17 +226,22 @@ def _put_table(sink: Sink, key: str, table: pa.Table, spool: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def located(sink: Sink, spool: Path) -> Iterator[pa.Table]:
-    """Index entries of every committed data file, read from the data files themselves."""
+def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
+    """(index entries of every committed data file, read from the data files themselves;
+    how many entries that is)."""
+    files = [e for run_id in sorted(mf.committed_runs(sink)) for e in mf.load_manifest(sink, run_id)["files"]]
+    return _located(sink, spool, files), sum(int(e["rows"]) for e in files)
+
+
+def _located(sink: Sink, spool: Path, files: list[dict[str, Any]]) -> Iterator[pa.Table]:
     import pyarrow as pa
 
-    for run_id in sorted(mf.committed_runs(sink)):
-        for entry in mf.load_manifest(sink, run_id)["files"]:
-            path = spool / "index-rebuild.data"
-            with sink.open(entry["key"]) as src, open(path, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            t = locate(path, entry["format"], entry["compression"])
-            path.unlink()
-            t = t.set_column(t.schema.get_field_index("key"), "key", pa.array([entry["key"]] * t.num_rows, pa.string()))
-            yield t.cast(index_schema())
+    for entry in files:
+        path = spool / "index-rebuild.data"
+        with sink.open(entry["key"]) as src, open(path, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        t = locate(path, entry["format"], entry["compression"])
+        path.unlink()
+        t = t.set_column(t.schema.get_field_index("key"), "key", pa.array([entry["key"]] * t.num_rows, pa.string()))
+        yield t.cast(index_schema())

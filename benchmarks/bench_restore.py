@@ -1,0 +1,151 @@
+"""Restore latency: one random task id out of 1,000,000 archived results spread over 30 runs,
+found through the restore index and read back, via the Python API and the CLI, with the
+object reads counted. The baseline, measured in the same run, is what a user does without
+an index: a pyarrow dataset scan of the whole archive filtered on the id.
+
+Targets (issue 5): p50 <= 30 ms on the local sink, at most 3 object reads per id.
+
+    .venv/bin/python benchmarks/bench_restore.py [--results 1000000] [--runs 30] [--lookups 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from bench_sql import admin, drop, url_for
+from common import write_samples
+
+from celery_archive import RunConfig, find, open_sink, run
+from celery_archive.pipeline.index import state
+
+BIN = Path(sys.executable).parent
+
+
+def fill(rows: int) -> str:
+    """A PostgreSQL database holding `rows` results, cloned from 100 that Celery's own backend
+    wrote, with date_done spread evenly over the 30 days that end 30 days ago."""
+    import secrets
+
+    from celery import Celery
+
+    name = f"ca_bench_restore_{secrets.token_hex(4)}"
+    with admin().connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    app = Celery("bench", backend="db+" + url_for(name), set_as_current=False)
+    app.conf.result_extended = True
+    write_samples(app)
+    step = 30 * 86400 / rows
+    engine = sa.create_engine(url_for(name))
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TEMP TABLE sample AS SELECT *, row_number() OVER (ORDER BY id) AS rn FROM celery_taskmeta")
+        c.exec_driver_sql(f"""
+            INSERT INTO celery_taskmeta (id, task_id, status, result, date_done, traceback, children, name, args, kwargs,
+                                         worker, retries, queue, stamps)
+            SELECT nextval('task_id_sequence'), gen_random_uuid()::text, s.status, s.result,
+                   (now() at time zone 'utc') - interval '60 days' + g * interval '{step} seconds',
+                   s.traceback, s.children, s.name, s.args, s.kwargs, s.worker, s.retries, s.queue, s.stamps
+            FROM generate_series(1, {rows}) g JOIN sample s ON s.rn = mod(g, 100) + 1""")
+        c.exec_driver_sql("DELETE FROM celery_taskmeta WHERE task_id LIKE 'sample-%%'")
+    engine.dispose()
+    return name
+
+
+def sample_ids(db: str, n: int) -> list[str]:
+    engine = sa.create_engine(url_for(db))
+    with engine.connect() as c:
+        ids = [r[0] for r in c.exec_driver_sql(f"SELECT task_id FROM celery_taskmeta ORDER BY random() LIMIT {n}")]
+    engine.dispose()
+    return ids
+
+
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--lookups", type=int, default=1000)
+    ap.add_argument("--cli-lookups", type=int, default=30)
+    ap.add_argument("--scans", type=int, default=3)
+    args = ap.parse_args()
+
+    db = fill(args.results)
+    try:
+        ids = sample_ids(db, args.lookups)
+        with tempfile.TemporaryDirectory(prefix="ca-bench-restore-") as tmp:
+            sink = Path(tmp) / "archive"
+            t0 = time.perf_counter()
+            for i in range(args.runs):  # each run takes one more 30th of the results
+                older = dt.timedelta(days=60) - dt.timedelta(days=30) * (i + 1) / args.runs - dt.timedelta(seconds=1)
+                run(RunConfig(source="db+" + url_for(db), sink=str(sink), older_than=older))
+            print(f"archived {args.results:,} results in {args.runs} runs: {time.perf_counter() - t0:.1f} s")
+            st = state(open_sink(str(sink)))
+            print(f"index after the runs: generation {st.generation}, {st.buckets} packs, {len(st.deltas)} run file(s) not compacted")
+            measure_api(str(sink), ids, "before explicit compaction")
+            subprocess.run([str(BIN / "celery-archive"), "index", "compact", "--sink", str(sink)], check=True, stdout=subprocess.DEVNULL)
+            st = state(open_sink(str(sink)))
+            print(f"index after `index compact`: generation {st.generation}, {st.buckets} packs, {len(st.deltas)} run file(s)")
+            p50 = measure_api(str(sink), ids, "after compaction")
+            measure_cli(str(sink), ids[: args.cli_lookups])
+            baseline = measure_scan(sink, ids[: args.scans])
+            print(f"ratio scan / index lookup (p50): {baseline / p50:.0f}x")
+            print("S3 emulator: not measured here (the S3 sink is issue 4)")
+    finally:
+        drop(db)
+
+
+def measure_api(sink: str, ids: list[str], label: str) -> float:
+    times, reads, lists = [], [], []
+    for tid in ids:
+        t0 = time.perf_counter()
+        found = find(sink, [tid])
+        times.append((time.perf_counter() - t0) * 1000)
+        if [r["task_id"] for r in found.records] != [tid]:
+            raise SystemExit(f"lookup of {tid} returned {found.records and found.records[0]['task_id']} / missing {found.missing}")
+        reads.append(found.reads)
+        lists.append(found.lists)
+    p50 = statistics.median(times)
+    print(f"Python API, local sink, {label}: {len(ids)} random ids, p50 {p50:.1f} ms, p99 {pct(times, 0.99):.1f} ms, "
+          f"object reads per id max {max(reads)} (mean {statistics.mean(reads):.2f}), listings per id {max(lists)}")
+    return p50
+
+
+def measure_cli(sink: str, ids: list[str]) -> None:
+    times = []
+    for tid in ids:
+        t0 = time.perf_counter()
+        out = subprocess.run([str(BIN / "celery-archive"), "restore", tid, "--sink", sink, "--json"], capture_output=True, text=True)
+        times.append((time.perf_counter() - t0) * 1000)
+        if out.returncode or tid not in out.stdout:
+            raise SystemExit(f"celery-archive restore {tid} failed: {out.stderr}")
+    print(f"CLI (a fresh process each, Python start-up included), local sink: {len(ids)} random ids, "
+          f"p50 {statistics.median(times):.0f} ms, p99 {pct(times, 0.99):.0f} ms")
+
+
+def measure_scan(sink: Path, ids: list[str]) -> float:
+    import pyarrow.dataset as ds
+
+    times = []
+    for tid in ids:
+        t0 = time.perf_counter()
+        t = ds.dataset(str(sink / "data"), format="parquet", partitioning="hive").to_table(filter=ds.field("task_id") == tid)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert t.num_rows == 1
+    p50 = statistics.median(times)
+    print(f"baseline, pyarrow dataset scan of the archive for one id: {len(ids)} ids, p50 {p50:.0f} ms")
+    return p50
+
+
+if __name__ == "__main__":
+    main()
