@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import random
 import statistics
 import subprocess
 import sys
@@ -78,6 +77,7 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--cli-lookups", type=int, default=30)
     ap.add_argument("--scans", type=int, default=3)
+    ap.add_argument("--s3-lookups", type=int, default=300)
     args = ap.parse_args()
 
     db = fill(args.results)
@@ -92,21 +92,22 @@ def main() -> None:
             print(f"archived {args.results:,} results in {args.runs} runs: {time.perf_counter() - t0:.1f} s")
             st = state(open_sink(str(sink)))
             print(f"index after the runs: generation {st.generation}, {st.buckets} packs, {len(st.deltas)} run file(s) not compacted")
-            measure_api(str(sink), ids, "before explicit compaction")
+            measure_api(str(sink), ids, "local sink, before explicit compaction")
             subprocess.run([str(BIN / "celery-archive"), "index", "compact", "--sink", str(sink)], check=True, stdout=subprocess.DEVNULL)
             st = state(open_sink(str(sink)))
             print(f"index after `index compact`: generation {st.generation}, {st.buckets} packs, {len(st.deltas)} run file(s)")
-            p50 = measure_api(str(sink), ids, "after compaction")
+            p50 = measure_api(str(sink), ids, "local sink, after compaction")
             measure_cli(str(sink), ids[: args.cli_lookups])
             baseline = measure_scan(sink, ids[: args.scans])
             print(f"ratio scan / index lookup (p50): {baseline / p50:.0f}x")
-            print("S3 emulator: not measured here (the S3 sink is issue 4)")
+            measure_s3(sink, ids[: args.s3_lookups])
     finally:
         drop(db)
 
 
-def measure_api(sink: str, ids: list[str], label: str) -> float:
+def measure_api(url: str, ids: list[str], label: str) -> float:
     times, reads, lists = [], [], []
+    sink = open_sink(url)  # opened once, as a program restoring many ids would (an S3 client costs ~50 ms)
     for tid in ids:
         t0 = time.perf_counter()
         found = find(sink, [tid])
@@ -116,7 +117,7 @@ def measure_api(sink: str, ids: list[str], label: str) -> float:
         reads.append(found.reads)
         lists.append(found.lists)
     p50 = statistics.median(times)
-    print(f"Python API, local sink, {label}: {len(ids)} random ids, p50 {p50:.1f} ms, p99 {pct(times, 0.99):.1f} ms, "
+    print(f"Python API, {label}: {len(ids)} random ids, p50 {p50:.1f} ms, p99 {pct(times, 0.99):.1f} ms, "
           f"object reads per id max {max(reads)} (mean {statistics.mean(reads):.2f}), listings per id {max(lists)}")
     return p50
 
@@ -131,6 +132,36 @@ def measure_cli(sink: str, ids: list[str]) -> None:
             raise SystemExit(f"celery-archive restore {tid} failed: {out.stderr}")
     print(f"CLI (a fresh process each, Python start-up included), local sink: {len(ids)} random ids, "
           f"p50 {statistics.median(times):.0f} ms, p99 {pct(times, 0.99):.0f} ms")
+
+
+def measure_s3(local: Path, ids: list[str]) -> None:
+    """The same archive copied to moto's S3 server (its own process, real HTTP)."""
+    import os
+    import socket
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1")
+        client = boto3.client("s3")
+        for _ in range(50):
+            try:
+                client.create_bucket(Bucket="bench")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                time.sleep(0.1)
+        for path in local.rglob("*"):
+            if path.is_file() and ".tmp-" not in str(path):
+                client.upload_file(str(path), "bench", "archive/" + path.relative_to(local).as_posix())
+        measure_api("s3://bench/archive", ids, "S3 emulator (moto server)")
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def measure_scan(sink: Path, ids: list[str]) -> float:

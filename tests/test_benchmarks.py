@@ -28,7 +28,8 @@ def test_redis_benchmark_runs_and_prints_its_ratios() -> None:
 
 
 def test_restore_benchmark_runs_and_prints_its_figures() -> None:
-    text = run_bench("benchmarks/bench_restore.py", "--results", "3000", "--runs", "3", "--lookups", "20", "--cli-lookups", "2", "--scans", "1")
+    text = run_bench("benchmarks/bench_restore.py", "--results", "3000", "--runs", "3", "--lookups", "20", "--cli-lookups", "2", "--scans", "1",
+                     "--s3-lookups", "5")
     for line in ("Python API, local sink, after compaction", "object reads per id max 3", "CLI (a fresh process each",
-                 "baseline, pyarrow dataset scan", "ratio scan / index lookup"):
+                 "baseline, pyarrow dataset scan", "ratio scan / index lookup", "Python API, S3 emulator (moto server)"):
         assert line in text

@@ -14,8 +14,11 @@ from celery_archive.sinks import Sink, open_sink
 SinkFactory = Callable[[], Sink]
 
 
-@pytest.fixture(params=["path", "file-url"])
+@pytest.fixture(params=["path", "file-url", "s3"])
 def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Sink:
+    if request.param == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        return open_sink(f"s3://{bucket}/archive root")
     root = tmp_path / "sink root"
     return open_sink(str(root) if request.param == "path" else root.as_uri())
 
@@ -122,7 +125,7 @@ def test_keys_stay_inside_the_root(sink: Sink, key: str) -> None:
         sink.put_bytes(key, b"x")
 
 
-@pytest.mark.parametrize("url", ["", "s3://b/p", "ftp://h/x", "file://otherhost/x"])
+@pytest.mark.parametrize("url", ["", "s3:///no-bucket", "ftp://h/x", "file://otherhost/x"])
 def test_unsupported_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         open_sink(url)

@@ -58,12 +58,16 @@ class Sink(Protocol):
 
 
 def open_sink(url: str) -> Sink:
-    """A sink for ``url``: a filesystem path or ``file://`` URL (S3 comes later)."""
+    """A sink for ``url``: a filesystem path, a ``file://`` URL, or ``s3://bucket/prefix``."""
     from celery_archive.sinks.local import LocalSink
 
     if not url:
-        raise ConfigError("--sink is empty: give a directory path or file:// URL")
+        raise ConfigError("--sink is empty: give a directory path, file:///path or s3://bucket/prefix")
     parts = urlsplit(url)
+    if parts.scheme == "s3":
+        from celery_archive.sinks.s3 import S3Sink
+
+        return S3Sink(parts.netloc, unquote(parts.path))
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")
@@ -71,5 +75,5 @@ def open_sink(url: str) -> Sink:
     if parts.scheme in ("", ) or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
         return LocalSink(Path(url))
     raise ConfigError(
-        f"unsupported sink scheme {parts.scheme!r}: use a directory path or file:///path"
+        f"unsupported sink scheme {parts.scheme!r}: use a directory path, file:///path or s3://bucket/prefix"
     )

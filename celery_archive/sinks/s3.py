@@ -1,0 +1,186 @@
+"""An S3 bucket and prefix, through boto3 with its standard configuration (the default
+credential chain, ``AWS_ENDPOINT_URL`` for LocalStack, MinIO or any S3-compatible store,
+``AWS_REGION``/``AWS_PROFILE``), with retries in botocore's standard mode.
+
+Every object is created with ``If-None-Match: *`` (never overwritten: a second writer gets
+412 and :class:`ObjectExistsError`) and an SHA-256 checksum the store checks on receipt.
+Files above ``MULTIPART_BYTES`` go up in parts, so memory stays bounded by one part.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.sinks import ObjectInfo
+
+MULTIPART_BYTES = 64 << 20
+PART_BYTES = 16 << 20
+_READ_BUFFER = 8 << 20
+
+
+class S3Sink:
+    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
+        if not bucket:
+            raise ConfigError("s3:// URL without a bucket: use s3://bucket/prefix")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.session.Session().client("s3", config=Config(retries={"mode": "standard", "max_attempts": 8}))
+        self.client = client
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise SinkError(f"invalid object key {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, exc: Exception, key: str | None = None) -> SinkError:
+        """A SinkError that names what to fix, for a botocore error (never a secret)."""
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = f"{self.url}/{key}" if key else self.url
+        if isinstance(exc, NoCredentialsError):
+            return SinkError(f"no AWS credentials for {self.url}: set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an instance role")
+        if isinstance(exc, EndpointConnectionError):
+            return SinkError(f"cannot reach the S3 endpoint for {self.url} ({exc.kwargs.get('endpoint_url')}): check AWS_ENDPOINT_URL and the network")
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return SinkError(f"bucket {self.bucket} does not exist: create it (aws s3 mb s3://{self.bucket}) or fix --sink")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectNotFoundError(f"{where} is not in the archive")
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return SinkError(f"access denied to {where} ({code}): check the credentials and the bucket policy")
+            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301"):
+                return SinkError(f"bucket {self.bucket} is in another region: set AWS_REGION to the bucket's region")
+            return SinkError(f"S3 request on {where} failed: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+        return SinkError(f"S3 request on {where} failed: {type(exc).__name__}")
+
+    def _call(self, fn: Any, key: str | None = None, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kw)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ObjectExistsError(f"{self.url}/{key} already exists; archive objects are never overwritten") from None
+            raise self._error(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def put(self, key: str, path: Path) -> ObjectInfo:
+        try:
+            size = path.stat().st_size
+            f = open(path, "rb")
+        except OSError as exc:
+            raise SinkError(f"cannot read {path} to store it as {self.url}/{key}: {exc.strerror}") from None
+        with f:
+            if size <= MULTIPART_BYTES:
+                self._call(self.client.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=f,
+                           ChecksumAlgorithm="SHA256", IfNoneMatch="*")
+            else:
+                self._multipart(key, f)
+        return ObjectInfo(key, size)
+
+    def _multipart(self, key: str, f: BinaryIO) -> None:
+        full = self._key(key)
+        upload = self._call(self.client.create_multipart_upload, key, Bucket=self.bucket, Key=full, ChecksumAlgorithm="SHA256")
+        parts: list[dict[str, Any]] = []
+        try:
+            while chunk := f.read(PART_BYTES):
+                n = len(parts) + 1
+                r = self._call(self.client.upload_part, key, Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
+                               PartNumber=n, Body=chunk, ChecksumAlgorithm="SHA256")
+                parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]})
+            self._call(self.client.complete_multipart_upload, key, Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
+                       MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
+            except Exception:  # noqa: BLE001 - the original failure matters more
+                pass
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        self._call(self.client.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=data,
+                   ChecksumAlgorithm="SHA256", IfNoneMatch="*")
+        return ObjectInfo(key, len(data))
+
+    def stat(self, key: str) -> ObjectInfo:
+        r = self._call(self.client.head_object, key, Bucket=self.bucket, Key=self._key(key))
+        return ObjectInfo(key, int(r["ContentLength"]))
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        if length == 0:
+            return b""
+        rng = f"bytes={start}-" if length is None else f"bytes={start}-{start + length - 1}"
+        try:
+            r = self._call(self.client.get_object, key, Bucket=self.bucket, Key=self._key(key), Range=rng)
+        except SinkError as exc:
+            if "InvalidRange" in str(exc):
+                return b""  # past the end: nothing there
+            raise
+        data: bytes = r["Body"].read()
+        return data
+
+    def open(self, key: str) -> BinaryIO:
+        size = self.stat(key).size
+        return io.BufferedReader(_RangeReader(self, key, size), buffer_size=_READ_BUFFER)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][len(base):], int(obj["Size"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc) from None
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.delete_object, key, Bucket=self.bucket, Key=self._key(key))
+
+    def spool_root(self) -> Path | None:
+        return None
+
+
+class _RangeReader(io.RawIOBase):
+    """A seekable object read with ranged GETs (wrapped in a large buffer by ``open``)."""
+
+    def __init__(self, sink: S3Sink, key: str, size: int) -> None:
+        self._sink, self._key, self._size, self._pos = sink, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._sink.read(self._key, self._pos, n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
