@@ -206,3 +206,22 @@ def test_print_and_bulk_selection(sqlite_url: str, tmp_path: Path) -> None:
     assert proc.returncode == 0 and sorted(set(names)) == ["shop.charge", "shop.checkout"] and len(names) == 28
     assert cli("restore", "--until", "60d", "--sink", sink, "--json").stdout == ""  # nothing that old
     assert cli("restore", "--sink", sink).returncode == 2
+
+
+def test_redis_conflict_policies(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+    app = redis_app(prefix)
+    app.backend.store_result("c-0", "archived value", "SUCCESS")
+    app.backend.store_result("c-1", "archived too", "SUCCESS")
+    time.sleep(1.1)
+    sink = str(tmp_path / "archive")
+    archive(REDIS_URL, Path(sink), older_than="1s", key_prefix=prefix)
+    app.backend.store_result("c-0", "a newer run", "SUCCESS")  # the id is in use again
+    proc = cli("restore", "c-0", "c-1", "--sink", sink, "--into", REDIS_URL, "--on-conflict", "fail", "--json")
+    assert proc.returncode == 6 and app.AsyncResult("c-1").state == "PENDING"  # nothing was restored
+    proc = cli("restore", "c-0", "c-1", "--sink", sink, "--into", REDIS_URL, "--json")
+    assert json.loads(proc.stdout)["skipped"] == 1 and app.AsyncResult("c-0").result == "a newer run"
+    assert redis_app(prefix).AsyncResult("c-1").result == "archived too"
+    proc = cli("restore", "c-0", "--sink", sink, "--into", REDIS_URL, "--on-conflict", "overwrite", "--ttl", "0", "--json")
+    assert json.loads(proc.stdout)["overwritten"] == 1
+    assert redis_app(prefix).AsyncResult("c-0").result == "archived value"
+    assert redis.Redis.from_url(REDIS_URL).ttl(f"{prefix}celery-task-meta-c-0") == -1  # --ttl 0: kept
