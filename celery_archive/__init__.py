@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -31,10 +32,23 @@ from celery_archive.errors import (
     VerifyError,
 )
 from celery_archive.pipeline.catalog import list_runs, verify_archive
-from celery_archive.pipeline.putback import TargetConfig, open_target
-from celery_archive.pipeline.restore import Found, find, restore_into
 from celery_archive.pipeline.run import DryRunReport, RunReport, run
 from celery_archive.sinks import open_sink
+
+if TYPE_CHECKING:
+    from celery_archive.pipeline.putback import TargetConfig, open_target
+    from celery_archive.pipeline.restore import Found, find, restore_into
+
+_LAZY = {"TargetConfig": "putback", "open_target": "putback", "Found": "restore", "find": "restore", "restore_into": "restore"}
+
+
+def __getattr__(name: str) -> Any:
+    """The restore API, imported on first use (a nightly run does not pay for it)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"celery_archive.pipeline.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'celery_archive' has no attribute {name!r}")
 
 __all__ = [
     "ArchiveError", "ConfigError", "DryRunReport", "Found", "LockError", "NotArchivedError", "RunConfig", "RunReport",
