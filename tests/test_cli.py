@@ -88,7 +88,7 @@ def test_dry_run_counts_and_changes_nothing(sqlite_url: str, tmp_path: Path) -> 
     (["--source", "postgresql://postgres@127.0.0.1/x"], 2, "not a Celery database backend URL"),
     (["--source", "db+nosuchdb://h/x"], 2, "no database driver"),
     (["--source", "db+sqlite:///{tmp}/r.db", "--older-than", "thirty days"], 2, "invalid duration 'thirty days'"),
-    (["--source", "db+sqlite:///{tmp}/r.db", "--sink", "s3://bucket/x"], 2, "unsupported sink scheme 's3'"),
+    (["--source", "db+sqlite:///{tmp}/r.db", "--sink", "gs://bucket/x"], 2, "unsupported sink scheme 'gs'"),
     (["--source", "db+sqlite:///{tmp}/missing.db"], 2, "no SQLite database file at"),
 ])
 def test_bad_input_gets_a_clear_message(tmp_path: Path, args: list[str], code: int, message: str) -> None:
