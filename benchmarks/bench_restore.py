@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from bench_sql import admin, drop, url_for
-from common import write_samples
+from bench_sql import drop, make_template, url_for
 
 from celery_archive import RunConfig, find, open_sink, run
 from celery_archive.pipeline.index import state
@@ -32,30 +31,8 @@ BIN = Path(sys.executable).parent
 def fill(rows: int) -> str:
     """A PostgreSQL database holding `rows` results, cloned from 100 that Celery's own backend
     wrote, with date_done spread evenly over the 30 days that end 30 days ago."""
-    import secrets
-
-    from celery import Celery
-
-    name = f"ca_bench_restore_{secrets.token_hex(4)}"
-    with admin().connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    app = Celery("bench", backend="db+" + url_for(name), set_as_current=False)
-    app.conf.result_extended = True
-    write_samples(app)
     step = 30 * 86400 / rows
-    engine = sa.create_engine(url_for(name))
-    with engine.begin() as c:
-        c.exec_driver_sql("CREATE TEMP TABLE sample AS SELECT *, row_number() OVER (ORDER BY id) AS rn FROM celery_taskmeta")
-        c.exec_driver_sql(f"""
-            INSERT INTO celery_taskmeta (id, task_id, status, result, date_done, traceback, children, name, args, kwargs,
-                                         worker, retries, queue, stamps)
-            SELECT nextval('task_id_sequence'), gen_random_uuid()::text, s.status, s.result,
-                   (now() at time zone 'utc') - interval '60 days' + g * interval '{step} seconds',
-                   s.traceback, s.children, s.name, s.args, s.kwargs, s.worker, s.retries, s.queue, s.stamps
-            FROM generate_series(1, {rows}) g JOIN sample s ON s.rn = mod(g, 100) + 1""")
-        c.exec_driver_sql("DELETE FROM celery_taskmeta WHERE task_id LIKE 'sample-%%'")
-    engine.dispose()
-    return name
+    return make_template(rows, f"(now() at time zone 'utc') - interval '60 days' + g * interval '{step} seconds'", "ca_bench_restore")
 
 
 def sample_ids(db: str, n: int) -> list[str]:

@@ -36,12 +36,14 @@ def url_for(db: str) -> str:
     return sa.make_url(ADMIN).set(database=db).render_as_string(hide_password=False)
 
 
-def make_template(rows: int) -> str:
+def make_template(rows: int, date_done: str = "(now() at time zone 'utc') - interval '70 days' + g * interval '10 seconds'",
+                  prefix: str = "ca_bench") -> str:
     """A database whose celery_taskmeta holds `rows` expired results cloned from 100 that
-    Celery's own DatabaseBackend wrote (json serializer, result_extended)."""
+    Celery's own DatabaseBackend wrote (json serializer, result_extended); ``date_done`` is
+    the SQL for the g-th result's date."""
     from celery import Celery
 
-    name = f"ca_bench_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with admin().connect() as c:
         c.exec_driver_sql(f"CREATE DATABASE {name}")
     url = url_for(name)
@@ -55,7 +57,7 @@ def make_template(rows: int) -> str:
             INSERT INTO celery_taskmeta (id, task_id, status, result, date_done, traceback, children, name, args, kwargs,
                                          worker, retries, queue, stamps)
             SELECT nextval('task_id_sequence'), gen_random_uuid()::text, s.status, s.result,
-                   (now() at time zone 'utc') - interval '70 days' + g * interval '10 seconds',
+                   {date_done},
                    s.traceback, s.children, s.name, s.args, s.kwargs, s.worker, s.retries, s.queue, s.stamps
             FROM generate_series(1, {rows}) g JOIN sample s ON s.rn = mod(g, 100) + 1""")
         c.exec_driver_sql("DELETE FROM celery_taskmeta WHERE task_id LIKE 'sample-%%'")

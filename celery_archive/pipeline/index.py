@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.locate import index_schema, locate
+from celery_archive.sinks import download
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -234,14 +235,8 @@ def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
 
 
 def _located(sink: Sink, spool: Path, files: list[dict[str, Any]]) -> Iterator[pa.Table]:
-    import pyarrow as pa
-
+    path = spool / "index-rebuild.data"
     for entry in files:
-        path = spool / "index-rebuild.data"
-        with sink.open(entry["key"]) as src, open(path, "wb") as out:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-        t = locate(path, entry["format"], entry["compression"])
+        download(sink, entry["key"], path)
+        yield locate(path, entry["key"], entry["format"], entry["compression"])
         path.unlink()
-        t = t.set_column(t.schema.get_field_index("key"), "key", pa.array([entry["key"]] * t.num_rows, pa.string()))
-        yield t.cast(index_schema())

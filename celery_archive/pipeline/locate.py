@@ -9,9 +9,8 @@ one ranged read per block (plus, for Parquet, one read of the footer per file).
 from __future__ import annotations
 
 import gzip
-import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -20,6 +19,7 @@ import orjson
 from celery_archive.errors import SinkError
 from celery_archive.pipeline.readback import rows_to_table
 from celery_archive.schemas import INDEX_VERSION, arrow_schema
+from celery_archive.sinks import RangeReader
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,18 +40,18 @@ def _entries(cols: dict[str, Any]) -> pa.Table:
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
-def locate(path: Path, fmt: str, compression: str | None) -> pa.Table:
-    """Index entries (without ``key``, which the caller adds) for every record in the file,
-    in file order."""
+def locate(path: Path, key: str, fmt: str, compression: str | None) -> pa.Table:
+    """Index entries for every record in the file (a local copy of data file ``key``), in
+    file order."""
     if fmt == "parquet":
-        return _locate_parquet(path)
+        return _locate_parquet(path, key)
     cols: dict[str, list[Any]] = {f.name: [] for f in index_schema()}
     with open(path, "rb") as f:
         blocks = _lines(f) if not compression else _frames(f, compression)
         for offset, length, lines in blocks:
             for row, line in enumerate(lines):
                 rec = orjson.loads(line)
-                for name, value in (("task_id", rec["task_id"]), ("kind", rec["kind"]), ("key", ""), ("block", 0),
+                for name, value in (("task_id", rec["task_id"]), ("kind", rec["kind"]), ("key", key), ("block", 0),
                                     ("offset", offset), ("length", length), ("row", row),
                                     ("footer_offset", 0), ("footer_length", 0)):
                     cols[name].append(value)
@@ -97,7 +97,7 @@ def _frames(f: BinaryIO, compression: str) -> Iterator[tuple[int, int, list[byte
             start, d, out, pending = pos, _decompressor(compression), [], rest
 
 
-def _locate_parquet(path: Path) -> pa.Table:
+def _locate_parquet(path: Path, key: str) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -112,7 +112,7 @@ def _locate_parquet(path: Path) -> pa.Table:
         t = pf.read_row_group(i, columns=["task_id", "kind"])
         n = t.num_rows
         parts.append(_entries({
-            "task_id": t.column("task_id"), "kind": t.column("kind").cast(pa.string()), "key": [""] * n,
+            "task_id": t.column("task_id"), "kind": t.column("kind").cast(pa.string()), "key": [key] * n,
             "block": [i] * n, "offset": [start] * n, "length": [end - start] * n, "row": pa.array(range(n), pa.int32()),
             "footer_offset": [size - footer_length] * n, "footer_length": [footer_length] * n,
         }))
@@ -130,34 +130,17 @@ def row_group_range(rg: Any) -> tuple[int, int]:
     return int(start or 0), end
 
 
-class _Ranges(io.RawIOBase):
-    """A read-only file of ``size`` bytes of which only some ranges were fetched: enough for
-    pyarrow to decode a row group whose bytes and footer are among them."""
+def _served(pieces: dict[int, bytes]) -> Callable[[int, int], bytes]:
+    """Reads served from ranges fetched earlier: enough for pyarrow to decode a row group
+    whose bytes and footer are among them."""
 
-    def __init__(self, size: int, pieces: dict[int, bytes]) -> None:
-        self._size, self._pieces, self._pos = size, pieces, 0
+    def read_at(pos: int, n: int) -> bytes:
+        for start, data in pieces.items():
+            if start <= pos and pos + n <= start + len(data):
+                return data[pos - start:pos - start + n]
+        raise SinkError(f"restore asked for bytes {pos}..{pos + n} that the index did not point to")
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self._size - self._pos)
-        for start, data in self._pieces.items():
-            if start <= self._pos and self._pos + n <= start + len(data):
-                b[:n] = data[self._pos - start:self._pos - start + n]
-                self._pos += n
-                return n
-        raise SinkError(f"restore asked for bytes {self._pos}..{self._pos + n} that the index did not point to")
+    return read_at
 
 
 def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:
@@ -176,7 +159,7 @@ def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:
         for block in sorted({e["block"] for e in entries}):
             first = next(e for e in entries if e["block"] == block)
             pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
-            pf = pq.ParquetFile(_Ranges(size, pieces), metadata=metadata, pre_buffer=False)
+            pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False)
             rows = pf.read_row_group(block).take([e["row"] for e in entries if e["block"] == block])
             parts.append(rows)
             del pieces[first["offset"]]

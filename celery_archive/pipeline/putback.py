@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -134,6 +133,3 @@ def check_policy(on_conflict: str) -> None:
     if on_conflict not in POLICIES:
         raise ConfigError(f"--on-conflict must be one of {', '.join(POLICIES)}, not {on_conflict!r}")
 
-
-def ids(records: Iterable[dict[str, Any]]) -> list[str]:
-    return [r["task_id"] for r in records]

@@ -83,14 +83,6 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
                      for f in schema}, schema=schema)
 
 
-def read_table(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> pa.Table:
-    """The named columns of one data file as an Arrow table; timestamps become naive UTC."""
-    import pyarrow as pa
-
-    tables = list(read_tables(path, fmt, compression, columns))
-    return pa.concat_tables(tables) if tables else _naive(arrow_schema().empty_table().select(list(columns)))
-
-
 def read_tables(path: Path, fmt: str, compression: str | None, columns: Sequence[str], batch_rows: int = _BATCH) -> Iterator[pa.Table]:
     """The named columns of one data file in tables of at most ``batch_rows`` rows (memory
     bounded by that, not by the file); timestamps become naive UTC."""

@@ -17,6 +17,7 @@ from celery_archive.pipeline.locate import fetch
 from celery_archive.pipeline.putback import PutReport, Target
 from celery_archive.pipeline.readback import read_tables
 from celery_archive.schemas import field_names
+from celery_archive.sinks import download
 
 if TYPE_CHECKING:
     from celery_archive.sinks import ObjectInfo, Sink
@@ -105,9 +106,7 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
             if (since and hi < since) or (until and lo >= until):
                 continue
             path = spool / "restore-select.data"
-            with sink.open(entry["key"]) as src, open(path, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
+            download(sink, entry["key"], path)
             for t in read_tables(path, entry["format"], entry["compression"], field_names()):
                 mask = pa.array([True] * t.num_rows)
                 if since:

@@ -3,7 +3,6 @@ count and that it holds exactly the ids that were extracted into it."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from celery_archive.errors import SinkError
 from celery_archive.pipeline.locate import locate
 from celery_archive.pipeline.readback import ids_digest
-from celery_archive.sinks import Sink
+from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,24 +39,12 @@ class VerifyReport:
         return not self.problems
 
 
-def _fetch(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with sink.open(key) as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    return size, h.hexdigest()
-
-
 def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> tuple[str | None, pa.Table | None]:
     """(None, where each record sits) if the stored file matches its manifest entry, else
     (what is wrong, None)."""
-    import pyarrow as pa
-
     key = entry["key"]
     try:
-        size, sha = _fetch(sink, key, dest)
+        size, sha = download(sink, key, dest)
     except SinkError as exc:
         return f"{key}: cannot be read back: {exc}", None
     if size != entry["bytes"]:
@@ -65,7 +52,7 @@ def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> tuple[str | Non
     if sha != entry["sha256"]:
         return f"{key}: sha256 {sha} does not match the manifest's {entry['sha256']}", None
     try:
-        table = locate(dest, entry["format"], entry["compression"])
+        table = locate(dest, key, entry["format"], entry["compression"])
         digest = ids_digest(table["kind"], table["task_id"])
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not what was written
         return f"{key}: unreadable as {entry['format']}: {type(exc).__name__}: {exc}", None
@@ -73,7 +60,7 @@ def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> tuple[str | Non
         return f"{key}: holds {table.num_rows} rows, manifest says {entry['rows']}", None
     if digest != entry["ids_sha256"]:
         return f"{key}: the task ids in the file are not the ones extracted into it", None
-    return None, table.set_column(table.schema.get_field_index("key"), "key", pa.array([key] * table.num_rows, pa.string()))
+    return None, table
 
 
 def verify_run(sink: Sink, manifest: dict[str, Any], spool: Path, keep: bool = False,

@@ -21,10 +21,12 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from celery_archive.errors import ConfigError
@@ -55,6 +57,47 @@ class Sink(Protocol):
     def delete(self, key: str) -> None: ...
 
     def spool_root(self) -> Path | None: ...
+
+
+def download(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
+    """Copy an object to the local file ``dest`` in 1 MiB chunks: (bytes, sha256 hex)."""
+    h, size = hashlib.sha256(), 0
+    with sink.open(key) as src, open(dest, "wb") as out:
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return size, h.hexdigest()
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only, seekable file of ``size`` bytes whose reads are served by
+    ``read_at(offset, length)``: ranged requests, or ranges fetched earlier."""
+
+    def __init__(self, size: int, read_at: Callable[[int, int], bytes]) -> None:
+        self._size, self._read_at, self._pos = size, read_at, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._read_at(self._pos, n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def open_sink(url: str) -> Sink:

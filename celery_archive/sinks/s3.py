@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
-from celery_archive.sinks import ObjectInfo
+from celery_archive.sinks import ObjectInfo, RangeReader
 
 MULTIPART_BYTES = 64 << 20
 PART_BYTES = 16 << 20
@@ -136,7 +136,8 @@ class S3Sink:
 
     def open(self, key: str) -> BinaryIO:
         size = self.stat(key).size
-        return io.BufferedReader(_RangeReader(self, key, size), buffer_size=_READ_BUFFER)
+        reader = RangeReader(size, lambda pos, n: self.read(key, pos, n))
+        return io.BufferedReader(reader, buffer_size=_READ_BUFFER)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -156,31 +157,3 @@ class S3Sink:
     def spool_root(self) -> Path | None:
         return None
 
-
-class _RangeReader(io.RawIOBase):
-    """A seekable object read with ranged GETs (wrapped in a large buffer by ``open``)."""
-
-    def __init__(self, sink: S3Sink, key: str, size: int) -> None:
-        self._sink, self._key, self._size, self._pos = sink, key, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self._size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._sink.read(self._key, self._pos, n)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
