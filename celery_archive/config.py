@@ -9,18 +9,18 @@ from pathlib import Path
 
 from celery_archive.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _SIZES = {"b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> timedelta."""
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``, ``7y`` (365-day years) -> timedelta."""
     m = _DURATION.match(text)
     if not m:
-        raise ConfigError(f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w")
+        raise ConfigError(f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w, 7y")
     return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 

@@ -1,4 +1,5 @@
-"""The sink contract, run against every sink (local today; S3 joins this suite later)."""
+"""The sink contract, run against every sink: a local directory (path and file:// URL), S3 on
+moto's server, and S3 on LocalStack (where its Python 3.13 runtime is present)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import new_bucket, s3_client
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks import Sink, open_sink
@@ -14,8 +16,14 @@ from celery_archive.sinks import Sink, open_sink
 SinkFactory = Callable[[], Sink]
 
 
-@pytest.fixture(params=["path", "file-url", "s3"])
-def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Sink:
+@pytest.fixture(params=["path", "file-url", "s3", "localstack"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sink:
+    if request.param == "localstack":
+        endpoint = request.getfixturevalue("localstack")
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        return open_sink(f"s3://{new_bucket(s3_client(endpoint))}/archive root")
     if request.param == "s3":
         bucket = request.getfixturevalue("s3_bucket")
         return open_sink(f"s3://{bucket}/archive root")

@@ -249,10 +249,11 @@ class ArchiveWriter:
     def _complete(self, f: _OpenFile) -> FileEntry:
         try:
             f.writer.close()
-            info = self.sink.put(f.key, f.path)
+            sha256 = file_sha256(f.path)
+            info = self.sink.put(f.key, f.path, sha256)
             return FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
-                rows=f.rows, bytes=info.size, sha256=file_sha256(f.path),
+                rows=f.rows, bytes=info.size, sha256=sha256,
                 ids_sha256=f.ids_hash.hexdigest(),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )

@@ -5,7 +5,10 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 
 * ``put(key, path)`` / ``put_bytes(key, data)`` store an object only if ``key`` does not
   exist yet; otherwise they raise :class:`ObjectExistsError` and change nothing. A reader
-  never sees a partly written object: it is either absent or complete.
+  never sees a partly written object: it is either absent or complete. ``put(..., sha256=)``
+  is the digest taken when the file was written: a sink that copies the bytes refuses to
+  store others (S3 sends it as the object's checksum; the local sink checks while copying,
+  and a hard link stores the very bytes that were hashed).
 * ``open(key)`` returns a seekable binary file with the object's bytes.
 * ``read(key, start, length)`` returns ``length`` bytes from offset ``start`` (all the rest
   when ``length`` is None) in one request: the unit restore counts as one object read.
@@ -42,7 +45,7 @@ class Sink(Protocol):
     @property
     def url(self) -> str: ...
 
-    def put(self, key: str, path: Path) -> ObjectInfo: ...
+    def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo: ...
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
 
@@ -108,9 +111,9 @@ def open_sink(url: str) -> Sink:
         raise ConfigError("--sink is empty: give a directory path, file:///path or s3://bucket/prefix")
     parts = urlsplit(url)
     if parts.scheme == "s3":
-        from celery_archive.sinks.s3 import S3Sink
+        from celery_archive.sinks.s3 import S3Options, S3Sink
 
-        return S3Sink(parts.netloc, unquote(parts.path))
+        return S3Sink(parts.netloc, unquote(parts.path), options=S3Options.from_query(parts.query))
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,13 +59,19 @@ class LocalSink:
             tmp.unlink(missing_ok=True)
         return ObjectInfo(key, target.stat().st_size)
 
-    def put(self, key: str, path: Path) -> ObjectInfo:
+    def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo:
         if self._link(key, path):
             return ObjectInfo(key, self._path(key).stat().st_size)
 
         def write(out: BinaryIO) -> None:
+            h = hashlib.sha256()
             with open(path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if sha256 and h.hexdigest() != sha256:
+                raise SinkError(f"{path} no longer matches the SHA-256 taken when it was written; "
+                                f"nothing was stored as {key}, run again")
 
         return self._commit(key, write)
 

@@ -5,14 +5,24 @@ credential chain, ``AWS_ENDPOINT_URL`` for LocalStack, MinIO or any S3-compatibl
 Every object is created with ``If-None-Match: *`` (never overwritten: a second writer gets
 412 and :class:`ObjectExistsError`) and an SHA-256 checksum the store checks on receipt.
 Files above ``MULTIPART_BYTES`` go up in parts, so memory stays bounded by one part.
+
+Write options come as query parameters of the sink URL, so one URL says everything (see
+:class:`S3Options`)::
+
+    s3://bucket/prefix?sse=aws:kms&kms_key_id=alias/archive&storage_class=STANDARD_IA
+        &object_lock=COMPLIANCE&retain=400d&legal_hold=on&tag=team=billing
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, urlencode
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks import ObjectInfo, RangeReader
@@ -22,11 +32,109 @@ PART_BYTES = 16 << 20
 _READ_BUFFER = 8 << 20
 
 
+# What the archive keeps for its retention (data files, manifests, run reports) gets the Object
+# Lock retention and legal hold; data files also get the storage class. The index, which
+# compaction replaces, and the run lock stay deletable and in STANDARD (read on every lookup).
+_RETAINED = ("data/", "manifests/", "runs/")
+_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+                    "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Per-object write options, from the sink URL's query:
+
+    ``sse``           ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS); ``kms_key_id`` implies ``aws:kms``
+    ``kms_key_id``    KMS key id, ARN or alias for SSE-KMS
+    ``storage_class`` storage class of data files (``STANDARD_IA``, ``GLACIER_IR``, ...)
+    ``object_lock``   ``COMPLIANCE`` or ``GOVERNANCE``: retention mode of data files, manifests and
+                      run reports (the bucket must have Object Lock enabled)
+    ``retain``        how long they are locked from when they are written: ``400d``, ``7y``
+    ``legal_hold``    ``on``: a legal hold on the same objects
+    ``tag``           ``key=value``, repeatable: tags on every object
+    """
+
+    sse: str | None = None
+    kms_key_id: str | None = None
+    storage_class: str | None = None
+    object_lock: str | None = None
+    retain: dt.timedelta | None = None
+    legal_hold: bool = False
+    tags: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_query(cls, query: str) -> S3Options:
+        from celery_archive.config import parse_duration
+
+        opts: dict[str, Any] = {}
+        tags: list[tuple[str, str]] = []
+        for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+            if name == "tag":
+                k, eq, v = value.partition("=")
+                if not k or not eq:
+                    raise ConfigError(f"sink option tag={value!r}: use tag=key=value")
+                tags.append((k, v))
+            elif name in ("sse", "kms_key_id", "storage_class", "object_lock"):
+                opts[name] = value
+            elif name == "retain":
+                opts[name] = parse_duration(value)
+            elif name == "legal_hold":
+                if value.lower() not in ("on", "off", "true", "false", "1", "0"):
+                    raise ConfigError(f"sink option legal_hold={value!r}: use legal_hold=on")
+                opts[name] = value.lower() in ("on", "true", "1")
+            else:
+                raise ConfigError(f"unknown S3 sink option {name!r}: use sse, kms_key_id, storage_class, "
+                                  "object_lock, retain, legal_hold or tag")
+        o = cls(tags=tuple(tags), **opts)
+        o.check()
+        return o
+
+    def check(self) -> None:
+        sse = self.sse
+        if sse is not None and sse not in ("AES256", "aws:kms", "aws:kms:dsse"):
+            raise ConfigError(f"sink option sse={sse!r}: use sse=AES256 (SSE-S3) or sse=aws:kms (SSE-KMS)")
+        if self.kms_key_id and sse not in (None, "aws:kms", "aws:kms:dsse"):
+            raise ConfigError(f"sink option kms_key_id goes with sse=aws:kms, not sse={sse}")
+        if self.storage_class is not None and self.storage_class not in _STORAGE_CLASSES:
+            raise ConfigError(f"sink option storage_class={self.storage_class!r}: use one of {', '.join(_STORAGE_CLASSES)}")
+        if self.object_lock is not None and self.object_lock not in ("COMPLIANCE", "GOVERNANCE"):
+            raise ConfigError(f"sink option object_lock={self.object_lock!r}: use COMPLIANCE or GOVERNANCE")
+        if (self.object_lock is None) != (self.retain is None):
+            raise ConfigError("sink options object_lock and retain go together: e.g. object_lock=COMPLIANCE&retain=400d")
+        if self.retain is not None and self.retain <= dt.timedelta(0):
+            raise ConfigError("sink option retain must be positive")
+
+    @property
+    def locks(self) -> bool:
+        return self.object_lock is not None or self.legal_hold
+
+    def args(self, key: str, now: dt.datetime | None = None) -> dict[str, Any]:
+        """put_object / create_multipart_upload arguments for ``key`` (relative to the sink)."""
+        a: dict[str, Any] = {}
+        if self.sse or self.kms_key_id:
+            a["ServerSideEncryption"] = self.sse or "aws:kms"
+        if self.kms_key_id:
+            a["SSEKMSKeyId"] = self.kms_key_id
+        if self.tags:
+            a["Tagging"] = urlencode(self.tags)
+        if key.startswith(_RETAINED):
+            if self.object_lock and self.retain:
+                a["ObjectLockMode"] = self.object_lock
+                a["ObjectLockRetainUntilDate"] = (now or dt.datetime.now(dt.timezone.utc)) + self.retain
+            if self.legal_hold:
+                a["ObjectLockLegalHoldStatus"] = "ON"
+        if self.storage_class and key.startswith("data/"):
+            a["StorageClass"] = self.storage_class
+        return a
+
+
 class S3Sink:
-    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
+    def __init__(self, bucket: str, prefix: str, client: Any = None, options: S3Options | None = None) -> None:
         if not bucket:
             raise ConfigError("s3:// URL without a bucket: use s3://bucket/prefix")
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.options = options or S3Options()
+        self._lock_checked = not self.options.locks
         if client is None:
             import boto3
             from botocore.config import Config
@@ -61,8 +169,17 @@ class S3Sink:
                 return ObjectNotFoundError(f"{where} is not in the archive")
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 return SinkError(f"access denied to {where} ({code}): check the credentials and the bucket policy")
-            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301"):
-                return SinkError(f"bucket {self.bucket} is in another region: set AWS_REGION to the bucket's region")
+            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"):
+                region = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+                return SinkError(f"bucket {self.bucket} is in another region"
+                                 + (f" ({region})" if region else "") + ": set AWS_REGION to the bucket's region")
+            if code in ("BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"):
+                return SinkError(f"S3 refused {where}: its bytes do not match the SHA-256 taken when the file was "
+                                 "written (changed or corrupted on the way); nothing was stored, run again")
+            if code == "InvalidRequest" and "Object Lock" in str(exc.response.get("Error", {}).get("Message", "")):
+                return self._no_lock()
+            if code == "KMS.NotFoundException" or code.startswith("KMS."):
+                return SinkError(f"S3 could not use the KMS key for {where} ({code}): check kms_key_id= in --sink and the key policy")
             return SinkError(f"S3 request on {where} failed: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
         return SinkError(f"S3 request on {where} failed: {type(exc).__name__}")
 
@@ -79,7 +196,33 @@ class S3Sink:
         except BotoCoreError as exc:
             raise self._error(exc, key) from None
 
-    def put(self, key: str, path: Path) -> ObjectInfo:
+    def _check_lock(self) -> None:
+        """Before the first locked write: does the bucket have Object Lock at all?"""
+        if self._lock_checked:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                raise self._no_lock() from None
+            raise self._error(exc) from None
+        self._lock_checked = True
+
+    def _no_lock(self) -> SinkError:
+        return SinkError(f"bucket {self.bucket} does not have Object Lock enabled, but the sink asks for "
+                         "object_lock/legal_hold: use a bucket created with Object Lock "
+                         f"(aws s3api create-bucket --bucket NAME --object-lock-enabled-for-bucket) or drop those options")
+
+    def _write_args(self, key: str, sha256: str | None) -> dict[str, Any]:
+        self._check_lock()
+        a = {"Bucket": self.bucket, "Key": self._key(key), "ChecksumAlgorithm": "SHA256", **self.options.args(key)}
+        if sha256:  # the digest taken when the file was written: the store refuses other bytes
+            a["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        return a
+
+    def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo:
         try:
             size = path.stat().st_size
             f = open(path, "rb")
@@ -87,15 +230,17 @@ class S3Sink:
             raise SinkError(f"cannot read {path} to store it as {self.url}/{key}: {exc.strerror}") from None
         with f:
             if size <= MULTIPART_BYTES:
-                self._call(self.client.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=f,
-                           ChecksumAlgorithm="SHA256", IfNoneMatch="*")
+                self._call(self.client.put_object, key, Body=f, IfNoneMatch="*", **self._write_args(key, sha256))
             else:
                 self._multipart(key, f)
         return ObjectInfo(key, size)
 
     def _multipart(self, key: str, f: BinaryIO) -> None:
-        full = self._key(key)
-        upload = self._call(self.client.create_multipart_upload, key, Bucket=self.bucket, Key=full, ChecksumAlgorithm="SHA256")
+        # S3 has no whole-object SHA-256 for multipart uploads: each part carries its own
+        # (checked by the store), and verify compares the whole file with the manifest.
+        args = self._write_args(key, None)
+        full = args["Key"]
+        upload = self._call(self.client.create_multipart_upload, key, **args)
         parts: list[dict[str, Any]] = []
         try:
             while chunk := f.read(PART_BYTES):
@@ -113,8 +258,7 @@ class S3Sink:
             raise
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        self._call(self.client.put_object, key, Bucket=self.bucket, Key=self._key(key), Body=data,
-                   ChecksumAlgorithm="SHA256", IfNoneMatch="*")
+        self._call(self.client.put_object, key, Body=data, IfNoneMatch="*", **self._write_args(key, None))
         return ObjectInfo(key, len(data))
 
     def stat(self, key: str) -> ObjectInfo:
