@@ -33,3 +33,10 @@ def test_restore_benchmark_runs_and_prints_its_figures() -> None:
     for line in ("Python API, local sink, after compaction", "object reads per id max 3", "CLI (a fresh process each",
                  "baseline, pyarrow dataset scan", "ratio scan / index lookup", "Python API, S3 emulator (moto server)"):
         assert line in text
+
+
+def test_s3_benchmark_runs_and_prints_its_ratios() -> None:
+    text = run_bench("benchmarks/bench_s3.py", "--rows", "3000", "--repeats", "1", "--big-mib", "70")
+    for line in ("moto server (own process)", "raw upload_file", "archive S3Sink.put", "archive upload rate / raw boto3 rate",
+                 "one 70 MiB data file (multipart)", "what S3 adds to a whole run"):
+        assert line in text

@@ -235,3 +235,21 @@ def test_sse_kms_with_a_key_id(sqlite_url: str, localstack: str, ls_env: dict[st
     assert cli("verify", "--sink", sink, env=ls_env).returncode == 0
     proc = cli("restore", "ok-3", "--sink", sink, "--json", env=ls_env)
     assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[0])["task_id"] == "ok-3"
+
+
+def test_localstack_init_script_creates_the_buckets(localstack: str, ls_env: dict[str, str]) -> None:
+    from conftest import ROOT
+
+    env = {**os.environ, **ls_env, "AWS_CLI": str(ROOT / "localstack/.venv/bin/aws")}
+    for _ in range(2):  # idempotent
+        proc = subprocess.run(["bash", str(ROOT / "localstack/init-buckets.sh"), "ca-init"], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    s3 = s3_client(localstack, key="test", secret="test-secret")
+    assert s3.get_object_lock_configuration(Bucket="ca-init-locked")["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
+    s3.head_bucket(Bucket="ca-init")
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "localstack/compose.yaml").read_text())
+    ls = compose["services"]["localstack"]
+    assert ls["ports"] == ["127.0.0.1:4566:4566"]  # loopback only
+    assert any(v.startswith("./init-buckets.sh:/etc/localstack/init/ready.d/") for v in ls["volumes"])

@@ -4,7 +4,8 @@ credential chain, ``AWS_ENDPOINT_URL`` for LocalStack, MinIO or any S3-compatibl
 
 Every object is created with ``If-None-Match: *`` (never overwritten: a second writer gets
 412 and :class:`ObjectExistsError`) and an SHA-256 checksum the store checks on receipt.
-Files above ``MULTIPART_BYTES`` go up in parts, so memory stays bounded by one part.
+Files above ``MULTIPART_BYTES`` go up in parts, ``PART_THREADS`` at a time, so memory stays
+bounded by that many parts.
 
 Write options come as query parameters of the sink URL, so one URL says everything (see
 :class:`S3Options`)::
@@ -28,7 +29,8 @@ from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFound
 from celery_archive.sinks import ObjectInfo, RangeReader
 
 MULTIPART_BYTES = 64 << 20
-PART_BYTES = 16 << 20
+PART_BYTES = 8 << 20
+PART_THREADS = 8
 _READ_BUFFER = 8 << 20
 
 
@@ -232,27 +234,44 @@ class S3Sink:
             if size <= MULTIPART_BYTES:
                 self._call(self.client.put_object, key, Body=f, IfNoneMatch="*", **self._write_args(key, sha256))
             else:
-                self._multipart(key, f)
+                self._multipart(key, f, size)
         return ObjectInfo(key, size)
 
-    def _multipart(self, key: str, f: BinaryIO) -> None:
+    def _multipart(self, key: str, f: BinaryIO, size: int) -> None:
         # S3 has no whole-object SHA-256 for multipart uploads: each part carries its own
         # (checked by the store), and verify compares the whole file with the manifest.
+        # PART_THREADS parts go up at once; memory stays bounded by PART_THREADS parts.
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         args = self._write_args(key, None)
         full = args["Key"]
-        upload = self._call(self.client.create_multipart_upload, key, **args)
+        upload_id = self._call(self.client.create_multipart_upload, key, **args)["UploadId"]
+        part_bytes = max(PART_BYTES, -(-size // 10_000))  # S3 allows 10,000 parts
+
+        def send(n: int, chunk: bytes) -> dict[str, Any]:
+            r = self._call(self.client.upload_part, key, Bucket=self.bucket, Key=full, UploadId=upload_id,
+                           PartNumber=n, Body=chunk, ChecksumAlgorithm="SHA256")
+            return {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}
+
         parts: list[dict[str, Any]] = []
+        pending: list[Future[dict[str, Any]]] = []
         try:
-            while chunk := f.read(PART_BYTES):
-                n = len(parts) + 1
-                r = self._call(self.client.upload_part, key, Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
-                               PartNumber=n, Body=chunk, ChecksumAlgorithm="SHA256")
-                parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]})
-            self._call(self.client.complete_multipart_upload, key, Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
+            with ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-part") as pool:
+                n = 0
+                while chunk := f.read(part_bytes):
+                    n += 1
+                    if len(pending) >= PART_THREADS:
+                        parts.append(pending.pop(0).result())
+                    pending.append(pool.submit(send, n, chunk))
+                    del chunk
+                parts.extend(fut.result() for fut in pending)
+            self._call(self.client.complete_multipart_upload, key, Bucket=self.bucket, Key=full, UploadId=upload_id,
                        MultipartUpload={"Parts": parts}, IfNoneMatch="*")
         except BaseException:
+            for fut in pending:
+                fut.cancel()
             try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             except Exception:  # noqa: BLE001 - the original failure matters more
                 pass
             raise
