@@ -32,8 +32,17 @@ def test_every_command_has_help_and_a_readme_example() -> None:
         assert f"### {name}" in README
 
 
-def test_readme_examples_run_as_written(tmp_path: Path) -> None:
-    """The README's console examples, in order, in a fresh directory after the demo."""
+def test_readme_examples_run_as_written(tmp_path: Path, s3_endpoint: str) -> None:
+    """The README's console examples, in order, in a fresh directory after the demo (the S3
+    examples on moto's server, with the buckets localstack/init-buckets.sh makes)."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for bucket, lock in (("celery-archive", False), ("celery-archive-locked", True)):
+        try:
+            s3.create_bucket(Bucket=bucket, **({"ObjectLockEnabledForBucket": True} if lock else {}))
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
     for line in ["celery-archive demo", *readme_examples()]:
         out = cli(*shlex.split(line)[1:], cwd=tmp_path)
         assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
