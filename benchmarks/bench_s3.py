@@ -49,13 +49,13 @@ def start_moto() -> tuple[str, subprocess.Popen[bytes]]:
     return f"http://127.0.0.1:{port}", proc
 
 
-def start_localstack(data: Path) -> tuple[str, int] | None:
+def start_localstack(data: Path) -> str | None:
     if not (ROOT / "localstack/.venv/bin/python").exists():
         return None
     out = subprocess.run(["bash", str(ROOT / "localstack/start.sh"), str(_port()), str(data)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"LocalStack did not start: {out.stderr}")
-    return out.stdout.strip(), int((data / "localstack.pid").read_text())
+    return out.stdout.strip()
 
 
 def client(endpoint: str) -> Any:
@@ -195,9 +195,9 @@ def main() -> None:
                 print("\nLocalStack: not installed (bash localstack/install.sh), skipped")
             else:
                 try:
-                    bench_endpoint("LocalStack runtime (own process)", ls[0], source, args)
+                    bench_endpoint("LocalStack runtime (own process)", ls, source, args)
                 finally:
-                    os.kill(ls[1], 15)
+                    subprocess.run(["bash", str(ROOT / "localstack/stop.sh"), data], check=True)
     finally:
         drop(template)
 

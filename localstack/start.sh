@@ -3,7 +3,7 @@
 # Usage: bash localstack/start.sh [PORT] [DATA_DIR]   (defaults: 4566, localstack/.data)
 # Prints the endpoint once it answers, then keeps running in the background; its log is
 # DATA_DIR/localstack.log and its pid DATA_DIR/localstack.pid. Stop it with
-#   kill "$(cat DATA_DIR/localstack.pid)"
+#   bash localstack/stop.sh [DATA_DIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 port=${1:-4566}

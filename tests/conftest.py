@@ -214,14 +214,8 @@ def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.run(["bash", str(ROOT / "localstack/start.sh"), str(_free_port()), str(data)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON313": py or ""})
     assert proc.returncode == 0, f"LocalStack did not start: {proc.stderr[-2000:]}"
-    pid = int((data / "localstack.pid").read_text())
     yield proc.stdout.strip()
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    subprocess.run(["bash", str(ROOT / "localstack/stop.sh"), str(data)], check=True, timeout=30)
 
 
 def s3_client(endpoint: str, region: str = "us-east-1", **creds: str) -> Any:
