@@ -71,7 +71,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--source", required=True, metavar="URL",
-              help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db, redis://:pw@host:6379/0.")
+              help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db, redis://:pw@host:6379/0; "
+                   "for django-celery-results, django+ and the Django database's URL: django+postgresql+psycopg://user@host/db.")
 @sink_option
 @click.option("--older-than", required=True, metavar="AGE", help="Take finished results whose date_done is older than this: 30d, 12h, 90m.")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")

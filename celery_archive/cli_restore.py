@@ -68,7 +68,7 @@ def _show(rec: dict[str, Any]) -> None:
 @click.option("--since", default=None, metavar="WHEN", help="Results done at or after this (2026-01-31, 2026-01-31T12:00, or an age: 90d).")
 @click.option("--until", default=None, metavar="WHEN", help="Results done before this (same forms as --since).")
 @click.option("--name", "names", multiple=True, metavar="PATTERN", help="Only tasks whose name matches (glob; repeatable).")
-@click.option("--into", default=None, metavar="URL", help="Put the results back into this result backend (redis://..., db+postgresql://...).")
+@click.option("--into", default=None, metavar="URL", help="Put the results back into this result backend (redis://..., db+postgresql://..., django+postgresql://...).")
 @click.option("--on-conflict", type=click.Choice(["skip", "overwrite", "fail"]), default="skip", show_default=True,
               help="When a result is already in the backend: leave it, replace it, or restore nothing.")
 @click.option("--ttl", default=None, metavar="AGE", help="Redis: expire restored keys after this (default: --result-expires); 0 keeps them.")

@@ -34,8 +34,14 @@ def test_every_command_has_help_and_a_readme_example() -> None:
 
 def test_readme_examples_run_as_written(tmp_path: Path, s3_endpoint: str) -> None:
     """The README's console examples, in order, in a fresh directory after the demo (the S3
-    examples on moto's server, with the buckets localstack/init-buckets.sh makes)."""
+    examples on moto's server, with the buckets localstack/init-buckets.sh makes; the
+    django-celery-results ones on a Django project's SQLite database)."""
     import boto3
+    from test_django_results import django
+
+    db = f"sqlite:///{tmp_path / 'django.db'}"
+    for step in (["migrate"], ["write"], ["age", "40"]):
+        django(db, *step)
 
     s3 = boto3.client("s3")
     for bucket, lock in (("celery-archive", False), ("celery-archive-locked", True)):

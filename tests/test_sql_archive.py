@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import age_rows, celery_app, table_rows
+from conftest import age_rows, celery_app, cli, table_rows
 from helpers import archive, read_archive, utc
 
 
@@ -231,3 +231,16 @@ def test_no_transaction_is_left_open_on_celerys_tables(pg_backend: str, tmp_path
     engine.dispose()
     assert seen == [[]]
     assert report.deleted == 30
+
+
+def test_dry_run_counts_tasks_and_groups(backend_url: str) -> None:
+    """On every database, groups included (PostgreSQL refuses a NULL constant in GROUP BY)."""
+    app = celery_app(backend_url)
+    write_results(app)
+    age_rows(backend_url, 40)
+    age_rows(backend_url, 40, table="celery_tasksetmeta")
+    proc = cli("run", "--source", backend_url, "--sink", "/nonexistent/never-written", "--older-than", "30d", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["by_status"] == {"SUCCESS": 25, "FAILURE": 3, "REVOKED": 1, "(group)": 1}
+    assert plan["by_name"]["shop.checkout"] == 25

@@ -60,6 +60,10 @@ def open_target(cfg: TargetConfig) -> Target:
         from celery_archive.pipeline.putback_redis import RedisTarget
 
         return RedisTarget(cfg)
+    if cfg.url.startswith("django+"):
+        from celery_archive.pipeline.putback_django import DjangoTarget
+
+        return DjangoTarget(cfg)
     from celery_archive.pipeline.putback_sql import SqlTarget
 
     return SqlTarget(cfg)
@@ -86,6 +90,8 @@ def dumps_value(value: Any, serializer: str) -> bytes:
 def decoded_meta(rec: dict[str, Any]) -> dict[str, Any]:
     """The Celery meta of an archived record as Python values (no pickle is ever loaded)."""
     ctype, enc = rec["content_type"], rec["content_encoding"]
+    if rec["storage_format"] == "django-celery-results":
+        raise ConversionError("django-celery-results rows go back only into a django+ target")
     if rec["storage_format"] == "celery-redis":
         meta: dict[str, Any] = loads_value(rec["raw_value"], ctype, enc)
         return meta

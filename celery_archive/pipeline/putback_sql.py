@@ -18,7 +18,7 @@ from celery_archive.pipeline.putback import (
     loads_value,
     pickled,
 )
-from celery_archive.pipeline.sql import parse_source_url
+from celery_archive.pipeline.sql_url import parse_source_url
 
 _CHUNK = 500
 
@@ -54,10 +54,13 @@ class SqlTarget:
             self._tables[kind] = (sa.Table(name, sa.MetaData(), *columns, schema=schema), fmt)
         return self._tables[kind]
 
+    def id_column(self, kind: str) -> str:
+        return "task_id" if kind == "task" else "taskset_id"
+
     def _row(self, rec: dict[str, Any], table: sa.Table, fmt: str) -> dict[str, Any]:
-        id_col = "task_id" if rec["kind"] == "task" else "taskset_id"
+        id_col = self.id_column(rec["kind"])
         where = f"a Celery {fmt[len('celery-db-'):]} table ({table.fullname})"
-        if rec["storage_format"] == "celery-redis":
+        if rec["storage_format"] in ("celery-redis", "django-celery-results"):
             row = convert(rec, where, lambda: self._from_meta(rec, fmt))
         else:
             row = {"result": convert(rec, where, lambda: self._result(rec, fmt))}
@@ -104,7 +107,7 @@ class SqlTarget:
         try:
             with self._engine.begin() as conn:
                 for kind, table, rows in prepared:
-                    id_col = table.c["task_id" if kind == "task" else "taskset_id"]
+                    id_col = table.c[self.id_column(kind)]
                     ids = [r[id_col.name] for r in rows]
                     existing: set[str] = set()
                     for i in range(0, len(ids), _CHUNK):

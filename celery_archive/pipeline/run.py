@@ -80,6 +80,10 @@ def open_source(cfg: RunConfig) -> Source:
 
         source = RedisSource(RedisSourceConfig(cfg.source, cfg.serializer, cfg.key_prefix, cfg.expiring_within,
                                                cfg.result_expires, cfg.master_name))
+    elif cfg.source.startswith("django+"):
+        from celery_archive.pipeline.django_source import DjangoSource
+
+        source = DjangoSource(cfg.source, cfg.serializer)
     else:
         from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
 

@@ -12,23 +12,22 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningDelete
 
-from celery_archive.errors import ConfigError, SourceError, scrubbed
+from celery_archive.errors import SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import build_records, utc_naive
+from celery_archive.pipeline.sql_url import UTC_SESSION, adbc_uri, parse_source_url
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
                  "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
-_REQUIRED = {"task": {"id", "task_id", "status", "result", "date_done"},
-             "group": {"id", "taskset_id", "result", "date_done"}}
 _EXACT_CHUNK = 1000  # rows per exact DELETE ... WHERE (id, status, date_done) IN (...)
 
 
@@ -42,54 +41,6 @@ class SqlSourceConfig:
     task_schema: str | None = None  # database_table_schemas["task"]
     group_schema: str | None = None  # database_table_schemas["group"]
     serializer: str = "json"  # result_serializer
-
-
-def _module_available(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-def parse_source_url(url: str) -> sa.URL:
-    """The SQLAlchemy URL inside a Celery ``db+...`` result_backend URL."""
-    if not url.startswith("db+"):
-        raise ConfigError(f"not a Celery database backend URL: {redact(url)!r} (expected db+postgresql://, db+mysql://, db+sqlite:///...)")
-    try:
-        u = sa.make_url(url[3:])
-    except sa.exc.ArgumentError:
-        raise ConfigError("cannot parse the --source URL; expected e.g. db+postgresql+psycopg://user@host/db") from None
-    if u.drivername == "postgresql" and not _module_available("psycopg2"):
-        u = u.set(drivername="postgresql+psycopg")
-    if u.drivername == "mysql" and not _module_available("MySQLdb"):
-        u = u.set(drivername="mysql+pymysql")
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        from pathlib import Path
-
-        if not Path(u.database).is_file():
-            raise ConfigError(f"no SQLite database file at {u.database}: check the path in --source (db+sqlite:///relative or db+sqlite:////absolute)")
-    try:
-        dialect = u.get_dialect()
-        if _adbc_uri(u) is None:  # on PostgreSQL, ADBC does the work: the driver loads only if needed
-            dialect.import_dbapi()
-    except (sa.exc.NoSuchModuleError, ImportError):
-        raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
-    return u
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    prefix = "db+" if url.startswith("db+") else ""
-    try:
-        return prefix + sa.make_url(url[len(prefix):]).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparsable URL>"
-
-
-def _adbc_uri(url: sa.URL) -> str | None:
-    """A libpq URI for ADBC when the source is PostgreSQL and the ADBC driver is installed."""
-    if url.get_backend_name() != "postgresql" or not _module_available("adbc_driver_postgresql"):
-        return None
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _sa_type(t: pa.DataType) -> Any:
@@ -109,7 +60,15 @@ def _last(values: Any) -> Any:
 
 
 class SqlSource:
+    """Celery's own tables. A subclass reading other tables the same way (django_source.py)
+    sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
+
     purge_columns: tuple[str, ...] = ("source_id", "status", "date_done")
+    required: ClassVar[dict[str, set[str]]] = {"task": {"id", "task_id", "status", "result", "date_done"},
+                                               "group": {"id", "taskset_id", "result", "date_done"}}
+    name_column = "name"
+    what = "a Celery result table"
+    sized_columns: tuple[str, ...] = ("result", "args", "kwargs", "traceback", "children", "stamps")
 
     def __init__(self, config: SqlSourceConfig) -> None:
         self.config = config
@@ -118,7 +77,7 @@ class SqlSource:
         self._secret = self._url.password
         self._engine: sa.Engine | None = None
         self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
-        self._adbc_uri = _adbc_uri(self._url)
+        self._adbc_uri = adbc_uri(self._url)
         self._adbc_conn: Any = None
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
@@ -133,7 +92,8 @@ class SqlSource:
         """SQLAlchemy's engine, made on first use (on PostgreSQL only dry runs and the exact
         delete need it)."""
         if self._engine is None:
-            self._engine = sa.create_engine(self._url, pool_pre_ping=True)
+            utc = UTC_SESSION if self._url.get_backend_name() == "postgresql" else {}
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=utc)
         return self._engine
 
     # -- setup ----------------------------------------------------------------------------
@@ -167,20 +127,24 @@ class SqlSource:
                 if columns is None:
                     if kind == "group":
                         continue  # groups are optional: only apps that save GroupResults have them
-                    where = f"{schema}.{name}" if schema else name
-                    raise SourceError(f"table {where} not found in {self.display_url}: is this Celery's result database? "
-                                      "If you renamed it (database_table_names), pass --task-table")
+                    raise SourceError(self._not_found(f"{schema}.{name}" if schema else name))
                 table = sa.Table(name, sa.MetaData(), *columns, schema=schema)
-                missing = _REQUIRED[kind] - set(table.c.keys())
+                missing = self.required[kind] - set(table.c.keys())
                 if missing:
-                    raise SourceError(f"table {table.fullname} is not a Celery result table: it has no column(s) {', '.join(sorted(missing))}")
+                    raise SourceError(f"table {table.fullname} is not {self.what}: it has no column(s) {', '.join(sorted(missing))}")
                 self.tables[kind] = table
         except SourceError:
             raise
         except Exception as exc:
             raise self._error("connecting to", exc) from exc
-        cols = set(self.tables["task"].c.keys())
-        self.storage_format = "celery-db-5.7" if {"children", "stamps"} & cols else "celery-db-5.6"
+        self.storage_format = self._format(set(self.tables["task"].c.keys()))
+
+    def _format(self, columns: set[str]) -> str:
+        return "celery-db-5.7" if {"children", "stamps"} & columns else "celery-db-5.6"
+
+    def _not_found(self, where: str) -> str:
+        return (f"table {where} not found in {self.display_url}: is this Celery's result database? "
+                "If you renamed it (database_table_names), pass --task-table")
 
     def describe(self) -> dict[str, str]:
         return {kind: t.fullname for kind, t in self.tables.items()}
@@ -263,17 +227,24 @@ class SqlSource:
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
         for kind, table in self.tables.items():
-            names = [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
-            for fetched in self._pages(kind, table, names, cutoff, batch_size):
-                page = dict(fetched)  # the prefetch thread still reads the fetched page's last key
-                if kind == "group":
-                    page["task_id"] = page.pop("taskset_id")
-                dates = page["date_done"]
-                if not isinstance(dates, (pa.Array, pa.ChunkedArray)) and (isinstance(dates[0], str) or dates[0].tzinfo is not None):
-                    page["date_done"] = [utc_naive(v) for v in dates]  # SQLite text, or an aware driver
-                yield build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
-                                    storage_format=self.storage_format, source=self.display_url,
-                                    source_table=table.fullname, run_id=run_id, archived_at=archived_at)
+            for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
+                # a copy: the prefetch thread still reads the fetched page's last key
+                yield self.build(kind, dict(fetched), table, run_id, archived_at)
+
+    def columns(self, kind: str, table: sa.Table) -> list[str]:
+        """The stored columns a record is built from."""
+        return [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
+
+    def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
+        """Records from a page of stored columns."""
+        if kind == "group":
+            page["task_id"] = page.pop("taskset_id")
+        dates = page["date_done"]
+        if not isinstance(dates, (pa.Array, pa.ChunkedArray)) and (isinstance(dates[0], str) or dates[0].tzinfo is not None):
+            page["date_done"] = [utc_naive(v) for v in dates]  # SQLite text, or an aware driver
+        return build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
+                             storage_format=self.storage_format, source=self.display_url,
+                             source_table=table.fullname, run_id=run_id, archived_at=archived_at)
 
     # -- dry run ----------------------------------------------------------------------------
     def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
@@ -282,13 +253,16 @@ class SqlSource:
         try:
             with self.engine.connect() as conn:
                 for kind, t in self.tables.items():
-                    sized = [c for c in ("result", "args", "kwargs", "traceback", "children", "stamps") if c in t.c]
+                    sized = [c for c in self.sized_columns if c in t.c]
                     nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
                     day = sa.func.date(t.c.date_done)
-                    status = t.c.status if kind == "task" else sa.null()
-                    name = t.c.name if "name" in t.c else sa.null()
-                    stmt = (sa.select(status, name, day, sa.func.count(), sa.func.sum(nbytes))
-                            .where(*self._selected(kind, t, cutoff)).group_by(status, name, day))
+                    status = t.c.status if kind == "task" else None
+                    name = t.c[self.name_column] if self.name_column in t.c else None
+                    # PostgreSQL refuses a constant (NULL) in GROUP BY: group by real columns only
+                    keys = [k for k in (status, name, day) if k is not None]
+                    stmt = (sa.select(sa.null() if status is None else status, sa.null() if name is None else name, day,
+                                      sa.func.count(), sa.func.sum(nbytes))
+                            .where(*self._selected(kind, t, cutoff)).group_by(*keys))
                     for st, nm, d, n, b in conn.execute(stmt):
                         out.append((kind, st, nm, str(d)[:10], int(n), int(b or 0)))
         except sa.exc.SQLAlchemyError as exc:
