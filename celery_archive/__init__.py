@@ -36,22 +36,24 @@ from celery_archive.pipeline.run import DryRunReport, RunReport, run
 from celery_archive.sinks import open_sink
 
 if TYPE_CHECKING:
+    from celery_archive.integration import setup_beat
     from celery_archive.pipeline.putback import TargetConfig, open_target
     from celery_archive.pipeline.restore import Found, find, restore_into
 
-_LAZY = {"TargetConfig": "putback", "open_target": "putback", "Found": "restore", "find": "restore", "restore_into": "restore"}
+_LAZY = {"TargetConfig": "pipeline.putback", "open_target": "pipeline.putback", "Found": "pipeline.restore",
+         "find": "pipeline.restore", "restore_into": "pipeline.restore", "setup_beat": "integration"}
 
 
 def __getattr__(name: str) -> Any:
-    """The restore API, imported on first use (a nightly run does not pay for it)."""
+    """The restore API and the Celery integration, imported on first use (a nightly run does not pay for them)."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"celery_archive.pipeline.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(f"celery_archive.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'celery_archive' has no attribute {name!r}")
 
 __all__ = [
     "ArchiveError", "ConfigError", "DryRunReport", "Found", "LockError", "NotArchivedError", "RunConfig", "RunReport",
     "SinkError", "SourceError", "TargetConfig", "VerifyError", "__version__", "find", "list_runs", "open_sink",
-    "open_target", "parse_duration", "parse_size", "restore_into", "run", "verify_archive",
+    "open_target", "parse_duration", "parse_size", "restore_into", "run", "setup_beat", "verify_archive",
 ]

@@ -8,9 +8,11 @@ Exit codes: 0 done; 1 failed (source, sink or other error); 2 bad usage or confi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +20,6 @@ import click
 import orjson
 
 from celery_archive import __version__
-from celery_archive.config import RunConfig, parse_duration, parse_size
 from celery_archive.errors import ArchiveError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +54,36 @@ def handle_errors(command: str) -> Callable[[F], F]:
     return wrap
 
 
+@contextlib.contextmanager
+def progress_reporter(as_json: bool, every: float = 10.0) -> Iterator[Callable[[int], None]]:
+    """Progress of a long run on stderr: a live counter on a terminal, a log line every
+    ``every`` seconds otherwise (cron, systemd, CI logs)."""
+    started = last = time.monotonic()
+    if sys.stderr.isatty() and not as_json:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
+                      console=Console(stderr=True)) as bar:
+            task = bar.add_task("taking results", total=None)
+
+            def show(n: int) -> None:
+                rate = n / max(time.monotonic() - started, 1e-9)
+                bar.update(task, description=f"{n:,} results taken ({rate:,.0f}/s)")
+
+            yield show
+        return
+
+    def log(n: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            click.echo(f"celery-archive: {n:,} results taken in {now - started:,.0f} s ({n / (now - started):,.0f}/s)", err=True)
+
+    yield log
+
+
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -64,63 +95,108 @@ def _human_bytes(n: int) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="celery-archive")
-def main() -> None:
+@click.option("-A", "--app", default=None, envvar="CELERY_ARCHIVE_APP", show_envvar=True, metavar="MODULE[:ATTR]",
+              help="A Celery app, as for `celery -A`: its result_backend, result_expires, table names, transport "
+                   "options and serializer become the defaults of run, stats and rules check.")
+def main(app: str | None) -> None:
     """Archive Celery task results before cleanup deletes them, verify the archive,
     and purge from the result backend only what was verified."""
 
 
+def opt(*decls: str, key: str, **kw: Any) -> Callable[[F], F]:
+    """An option that the environment (CELERY_ARCHIVE_<KEY>) and the --config file can set too."""
+    from celery_archive.settings import envvar
+
+    return click.option(*decls, envvar=envvar(key), show_envvar=True, **kw)
+
+
+def _load_settings(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager: the -A app's settings and the --config file become the defaults of the other
+    options (click then applies, strongest first: flags, environment, these, built-ins)."""
+    from celery_archive.settings import default_map
+
+    try:
+        defaults, data = default_map(ctx.find_root().params.get("app"), value)
+    except ArchiveError as exc:
+        raise click.UsageError(str(exc)) from None
+    if "format" in defaults:
+        defaults["fmt"] = defaults.pop("format")  # --format's parameter name
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["celery_archive.file"] = data
+    return value
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, is_eager=True,
+                             envvar="CELERY_ARCHIVE_CONFIG", show_envvar=True, callback=_load_settings, expose_value=True,
+                             help="TOML file with settings, [[rules]] and [hold] (see the README).")
+source_option = opt("--source", key="source", metavar="URL",
+                    help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db, "
+                         "redis://:pw@host:6379/0; for django-celery-results, django+ and the Django database's URL: "
+                         "django+postgresql+psycopg://user@host/db. Default: -A's result_backend.")
+
+
+def source_options(f: F) -> F:
+    """The options that say where results are and how the app stores them: run, stats, rules check."""
+    for decorator in reversed([
+        config_option, source_option,
+        opt("--older-than", key="older_than", metavar="AGE",
+            help="Take finished results whose date_done is older than this: 30d, 12h, 90m (default: -A's result_expires). "
+                 "With [[rules]], the age of results no rule matches."),
+        opt("--serializer", key="serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True,
+            help="The app's result_serializer, used to decode the queryable copy."),
+        opt("--task-table", key="task_table", default="celery_taskmeta", show_default=True, metavar="[SCHEMA.]NAME",
+            help="Task result table (database_table_names / database_table_schemas)."),
+        opt("--group-table", key="group_table", default="celery_tasksetmeta", show_default=True, metavar="[SCHEMA.]NAME",
+            help="Group result table."),
+        opt("--key-prefix", key="key_prefix", default="", metavar="PREFIX", help="Redis: result_backend_transport_options['global_keyprefix']."),
+        opt("--result-expires", key="result_expires", default="1d", show_default=True, metavar="AGE",
+            help="Redis: the app's result_expires; dates saved groups, which Celery stores without a date."),
+        opt("--master-name", key="master_name", default=None, help="Redis sentinel:// sources: the master's name (transport option master_name)."),
+        opt("--batch-size", key="batch_size", type=click.IntRange(1), default=10_000, show_default=True, help="Results read per query."),
+    ]):
+        f = decorator(f)
+    return f
+
+
 @main.command()
-@click.option("--source", required=True, metavar="URL",
-              help="The app's result_backend URL: db+postgresql+psycopg://user@host/db, db+sqlite:///results.db, redis://:pw@host:6379/0; "
-                   "for django-celery-results, django+ and the Django database's URL: django+postgresql+psycopg://user@host/db.")
-@sink_option
-@click.option("--older-than", required=True, metavar="AGE", help="Take finished results whose date_done is older than this: 30d, 12h, 90m.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
-@click.option("--compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
-              help="Data file compression (default: zstd for parquet, none for jsonl).",
-              )
-@click.option("--serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True,
-              help="The app's result_serializer, used to decode the queryable copy.")
-@click.option("--task-table", default="celery_taskmeta", show_default=True, metavar="[SCHEMA.]NAME",
-              help="Task result table (database_table_names / database_table_schemas).")
-@click.option("--group-table", default="celery_tasksetmeta", show_default=True, metavar="[SCHEMA.]NAME", help="Group result table.")
-@click.option("--batch-size", type=click.IntRange(1), default=10_000, show_default=True, help="Results read per query.")
-@click.option("--max-file-size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
-@click.option("--key-prefix", default="", metavar="PREFIX", help="Redis: result_backend_transport_options['global_keyprefix'].")
-@click.option("--expiring-within", default=None, metavar="AGE",
-              help="Redis: also take finished results whose remaining TTL is below this (archive them before Redis expires them).")
-@click.option("--result-expires", default="1d", show_default=True, metavar="AGE",
-              help="Redis: the app's result_expires; dates saved groups, which Celery stores without a date.")
-@click.option("--master-name", default=None, help="Redis sentinel:// sources: the master's name (transport option master_name).")
+@source_options
+@opt("--sink", key="sink", metavar="URL",
+     help="Archive location: a directory path, file:///path or s3://bucket/prefix[?options] (see the README).")
+@opt("--format", "fmt", key="format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
+@opt("--compression", key="compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
+     help="Data file compression (default: zstd for parquet, none for jsonl).")
+@opt("--max-file-size", key="max_file_size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
+@opt("--expiring-within", key="expiring_within", default=None, metavar="AGE",
+     help="Redis: also take finished results whose remaining TTL is below this (archive them before Redis expires them).")
+@opt("--max-rate", key="max_rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+     help="Take at most N results per second (throttles the reads and so the whole run).")
+@opt("--max-runtime", key="max_runtime", default=None, metavar="AGE",
+     help="Stop taking new results after this long (2h), at a batch boundary; what was taken is archived, "
+          "verified and purged as usual, the rest is left for the next run.")
+@opt("--metrics-file", key="metrics_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+     help="Write the run's figures here in Prometheus text format (node_exporter's textfile collector).")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
-@click.option("--no-delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
-@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where data files are staged before they are stored (default: .tmp-spool in a local sink, else the system temp dir).")
+@opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
+@opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+     help="Where data files are staged before they are stored (default: .tmp-spool in a local sink, else the system temp dir).")
 @json_option
 @handle_errors("run")
-def run(source: str, sink: str, older_than: str, fmt: str, compression: str | None, serializer: str,
-        task_table: str, group_table: str, batch_size: int, max_file_size: str, key_prefix: str,
-        expiring_within: str | None, result_expires: str, master_name: str | None, dry_run: bool,
-        no_delete: bool, spool_dir: Path | None, as_json: bool) -> None:
+def run(config: Path | None, as_json: bool, **values: Any) -> None:
     """Archive expired results, verify the archive, then delete them from the backend.
 
     \b
     celery-archive run --source db+postgresql+psycopg://user@host/db \\
         --sink /var/archive --older-than 30d --format parquet
+    celery-archive -A proj.celery run --config archive.toml
     """
     from celery_archive.pipeline.run import DryRunReport
     from celery_archive.pipeline.run import run as run_archive
+    from celery_archive.settings import run_config
 
-    task_schema, _, task_name = task_table.rpartition(".")
-    group_schema, _, group_name = group_table.rpartition(".")
-    cfg = RunConfig(source=source, sink=sink, older_than=parse_duration(older_than), format=fmt,
-                    compression=compression, serializer=serializer, task_table=task_name,
-                    group_table=group_name, task_schema=task_schema or None, group_schema=group_schema or None,
-                    batch_size=batch_size, max_file_bytes=parse_size(max_file_size), delete=not no_delete,
-                    dry_run=dry_run, spool_dir=spool_dir, key_prefix=key_prefix,
-                    expiring_within=parse_duration(expiring_within) if expiring_within else None,
-                    result_expires=parse_duration(result_expires), master_name=master_name)
-    report = run_archive(cfg)
+    values["format"] = values.pop("fmt")
+    cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
+    with progress_reporter(as_json) as progress:
+        report = run_archive(cfg, progress=progress)
     if as_json:
         emit(report.to_json())
         return
@@ -141,7 +217,13 @@ def run(source: str, sink: str, older_than: str, fmt: str, compression: str | No
                    f"{counts.get('not_celery', 0):,} key(s) under the prefix are not Celery results and were left alone")
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
+               + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")
                + ("" if report.delete else " (--no-delete)"))
+    for rule, c in report.rules.items():
+        click.echo(f"  rule {rule}: archived {c['archived']:,}, deleted without archive {c['deleted']:,}, "
+                   f"kept {c['kept']:,}, not yet due {c['not_due']:,}")
+    if report.stopped_early:
+        click.echo("stopped at --max-runtime; the next run takes the rest")
 
 
 @main.command()
@@ -217,4 +299,4 @@ def demo(directory: Path, as_json: bool) -> None:
         emit({"command": "demo", **result})
 
 
-from celery_archive import cli_restore  # noqa: E402,F401  (registers restore and index)
+from celery_archive import cli_monitor, cli_restore  # noqa: E402,F401  (register their commands)

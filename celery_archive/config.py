@@ -6,8 +6,12 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery_archive.errors import ConfigError
+
+if TYPE_CHECKING:
+    from celery_archive.pipeline.rules import Policy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
@@ -65,6 +69,11 @@ class RunConfig:
     expiring_within: dt.timedelta | None = None  # also take results whose TTL is below this margin
     result_expires: dt.timedelta = dt.timedelta(days=1)  # the app's result_expires (dates saved groups)
     master_name: str | None = None  # sentinel:// master
+    # retention rules and the legal hold (config file); None: everything past older_than is archived
+    policy: Policy | None = None
+    max_rate: float | None = None  # results per second
+    max_runtime: dt.timedelta | None = None  # stop taking new results after this, at a batch boundary
+    metrics_file: Path | None = None  # Prometheus text format, written after each run
 
     def check(self) -> None:
         from celery_archive.pipeline.decode import SERIALIZERS
@@ -78,6 +87,10 @@ class RunConfig:
             raise ConfigError(f"unknown --serializer {self.serializer!r}: use one of {', '.join(SERIALIZERS)}")
         if self.older_than < dt.timedelta(0):
             raise ConfigError("--older-than must not be negative")
+        if self.max_rate is not None and self.max_rate <= 0:
+            raise ConfigError("--max-rate must be a positive number of results per second")
+        if self.max_runtime is not None and self.max_runtime <= dt.timedelta(0):
+            raise ConfigError("--max-runtime must be positive, e.g. 2h")
         for name in ("batch_size", "max_file_bytes", "purge_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

@@ -247,8 +247,12 @@ class RedisSource:
                 raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key_text, ttl)
 
     # -- dry run --------------------------------------------------------------------------
-    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
+    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
+        """(kind, status, name, day, count, bytes) of what a run would take, or with
+        ``everything`` of every finished result (unfinished ones are in ``counts``)."""
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        if everything:
+            cutoff = dt.datetime.max
         out: list[tuple[str, str | None, str | None, str, int, int]] = []
         for table in self.extract(cutoff, 1000, "dry-run", now):
             for kind, status, name, done, raw in zip(*(table.column(c).to_pylist() for c in ("kind", "status", "name", "date_done", "raw_value"))):

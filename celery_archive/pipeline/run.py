@@ -12,23 +12,29 @@ import datetime as dt
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery_archive import __version__
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ConfigError, VerifyError, disk_error
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.index import COMPACT_AFTER, DeltaWriter, compact, state
-from celery_archive.pipeline.purge import purge_verified
+from celery_archive.pipeline.metrics import write_metrics
+from celery_archive.pipeline.purge import PurgeBatch, purge_verified
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
 from celery_archive.pipeline.source import REDIS_SCHEMES, Source
 from celery_archive.pipeline.verify import discard, verify_run
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink, open_sink
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from celery_archive.pipeline.rules import Applied
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class RunReport:
     ok: bool = True
     problems: list[str] = field(default_factory=list)
     source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery (Redis)
+    rules: dict[str, dict[str, int]] = field(default_factory=dict)  # per rule: archived, deleted, kept, not_due
+    deleted_by_rules: int = 0  # deleted without an archive (action = "delete")
+    stopped_early: bool = False  # --max-runtime reached: the rest is left for the next run
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -171,12 +180,47 @@ def spool_dir(root: Path | None) -> Iterator[str]:
         yield path
 
 
-def run(cfg: RunConfig) -> RunReport | DryRunReport:
-    """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted."""
+Progress = Callable[[int], None]  # called with the number of results taken so far
+
+
+def _extract(source: Source, cfg: RunConfig, cutoff: dt.datetime, run_id: str, now: dt.datetime,
+             applied: Applied | None, progress: Progress | None, started: float) -> Iterator[pa.Table]:
+    """The run's record batches: the policy applied, throttled to --max-rate, ended at a batch
+    boundary once --max-runtime has passed (``StopEarly`` is then raised after the last one)."""
+    taken = 0
+    for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
+        if applied is not None:
+            cols = applied.apply(cols)
+        taken += cols.num_rows
+        yield cols
+        if progress is not None:
+            progress(taken)
+        elapsed = time.perf_counter() - started
+        if cfg.max_rate and taken / cfg.max_rate > elapsed:
+            time.sleep(taken / cfg.max_rate - elapsed)
+        if cfg.max_runtime and time.perf_counter() - started >= cfg.max_runtime.total_seconds():
+            raise StopEarly
+
+
+class StopEarly(Exception):
+    """--max-runtime reached at a batch boundary."""
+
+
+def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig) -> int:
+    """Purge what delete rules took (no archive, by the user's rule), only where unchanged."""
+    deleted = 0
+    for kind, keys in applied.deletions(cfg.purge_batch):
+        deleted += source.purge(PurgeBatch.of(kind, [keys]))[0]
+    return deleted
+
+
+def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunReport:
+    """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
+    ``progress`` is called after each batch with the number of results taken so far."""
     cfg.check()
     started = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    cutoff = now - cfg.older_than
+    cutoff = now - (cfg.policy.widest_age() if cfg.policy else cfg.older_than)
     sink = open_sink(cfg.sink)
     source = open_source(cfg)
     try:
@@ -190,11 +234,19 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
                 spool = Path(tmp)
                 resumed, orphans = _recover(sink, source, spool, cfg)
                 writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool)
-                selected = 0
+                applied = None
+                if cfg.policy is not None:
+                    from celery_archive.pipeline.rules import Applied
+
+                    applied = Applied(cfg.policy, now, spool, source.purge_columns)
+                selected, stopped = 0, False
                 try:
-                    for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
-                        selected += cols.num_rows
-                        writer.write(cols)
+                    try:
+                        for cols in _extract(source, cfg, cutoff, run_id, now, applied, progress, started):
+                            selected += cols.num_rows
+                            writer.write(cols)
+                    except StopEarly:
+                        stopped = True
                     entries = writer.close()
                 except BaseException:
                     writer.abort()
@@ -208,13 +260,18 @@ def run(cfg: RunConfig) -> RunReport | DryRunReport:
                 }
                 mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
                 verified, deleted, skipped = _finish(sink, source, manifest, spool, cfg)
+                by_rules = _delete_by_rules(source, applied, cfg) if applied is not None and cfg.delete else 0
                 if len(state(sink).deltas) >= COMPACT_AFTER:
                     compact(sink, spool)
         finally:
             lock.release()
-        return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
-                         verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
-                         resumed, orphans, round(time.perf_counter() - started, 3),
-                         source_counts=dict(source.counts))
+        report = RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
+                           verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
+                           resumed, orphans, round(time.perf_counter() - started, 3),
+                           source_counts=dict(source.counts), rules=applied.counts() if applied else {},
+                           deleted_by_rules=by_rules, stopped_early=stopped)
+        if cfg.metrics_file:
+            write_metrics(cfg.metrics_file, report)
+        return report
     finally:
         source.close()

@@ -4,7 +4,8 @@
 * ``extract(cutoff, batch_size, run_id, archived_at)`` yields record tables (the Arrow record
   schema) of finished results older than ``cutoff`` (naive UTC), oldest first where the backend
   can order them; it never changes the backend.
-* ``stats(cutoff)`` gives (kind, status, name, day, count, bytes) of what extract would take.
+* ``stats(cutoff, everything=False)`` gives (kind, status, name, day, count, bytes) of what
+  extract would take, or with ``everything`` of every result the backend holds.
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
 * ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
@@ -42,7 +43,7 @@ class Source(Protocol):
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]: ...
 
-    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]: ...
+    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]: ...
 
     def purge(self, batch: PurgeBatch) -> tuple[int, int]: ...
 

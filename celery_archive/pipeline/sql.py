@@ -247,8 +247,9 @@ class SqlSource:
                              source_table=table.fullname, run_id=run_id, archived_at=archived_at)
 
     # -- dry run ----------------------------------------------------------------------------
-    def stats(self, cutoff: dt.datetime) -> list[tuple[str, str | None, str | None, str, int, int]]:
-        """(kind, status, name, day, count, bytes) for what a run would take."""
+    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
+        """(kind, status, name, day, count, bytes) for what a run would take, or with
+        ``everything`` for every result in the tables (day "" when there is no date_done)."""
         out: list[tuple[str, str | None, str | None, str, int, int]] = []
         try:
             with self.engine.connect() as conn:
@@ -262,9 +263,9 @@ class SqlSource:
                     keys = [k for k in (status, name, day) if k is not None]
                     stmt = (sa.select(sa.null() if status is None else status, sa.null() if name is None else name, day,
                                       sa.func.count(), sa.func.sum(nbytes))
-                            .where(*self._selected(kind, t, cutoff)).group_by(*keys))
+                            .where(*([] if everything else self._selected(kind, t, cutoff))).group_by(*keys))
                     for st, nm, d, n, b in conn.execute(stmt):
-                        out.append((kind, st, nm, str(d)[:10], int(n), int(b or 0)))
+                        out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
         except sa.exc.SQLAlchemyError as exc:
             raise self._error("counting results in", exc) from exc
         return out

@@ -1,0 +1,117 @@
+"""Read-only views of a result backend: ``stats`` (what it holds, for monitoring) and
+``rules check`` (which rule takes what). Neither writes anything anywhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from celery_archive.config import RunConfig, format_duration
+from celery_archive.pipeline.run import open_source
+from celery_archive.pipeline.serialize import iso
+
+AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
+
+
+def age_bucket(day: str, today: dt.date) -> str:
+    if not day:
+        return "(no date)"
+    age = (today - dt.date.fromisoformat(day)).days
+    return next((label for limit, label in AGE_BUCKETS if age < limit), ">=90d")
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    source: str
+    results: int
+    bytes: int
+    oldest: str | None  # the oldest date_done (a day)
+    by_kind: dict[str, int]
+    by_status: dict[str, int]
+    by_name: dict[str, int]  # the 20 most frequent
+    by_age: dict[str, int]
+    retention: str  # --older-than
+    past_retention: int  # finished results older than the retention: what a run would archive now
+    no_ttl: int | None  # Redis: finished results whose key never expires
+    unfinished: int | None  # Redis: pending/started results (not dated, not counted above)
+    warn_above: int | None = None
+    over: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "stats", **asdict(self)}
+
+
+def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    source = open_source(cfg)
+    try:
+        rows = source.stats(now, everything=True)
+        counts = dict(source.counts)
+        due = sum(n for *_, n, _b in source.stats(now - cfg.older_than))
+    finally:
+        source.close()
+    kinds, statuses, names, ages = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
+    total = nbytes = 0
+    days = []
+    for kind, status, name, day, n, b in rows:
+        total += n
+        nbytes += b
+        kinds[kind] += n
+        statuses[status or "(group)"] += n
+        names[name or "(unnamed)"] += n
+        ages[age_bucket(day, now.date())] += n
+        if day:
+            days.append(day)
+    redis = "scanned" in counts or source.display_url.split("://")[0] in ("redis", "rediss", "redis+socket", "sentinel")
+    over = warn_above is not None and total > warn_above
+    return StatsReport(source.display_url, total, nbytes, min(days) if days else None, dict(kinds), dict(statuses.most_common()),
+                       dict(names.most_common(20)), {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)"))
+                                                     if ages[label]},
+                       format_duration(cfg.older_than), due, counts.get("no_ttl", 0) if redis else None,
+                       counts.get("unfinished", 0) if redis else None, warn_above, over)
+
+
+@dataclass(frozen=True)
+class RulesReport:
+    source: str
+    checked_at: str
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "rules check", **asdict(self)}
+
+
+def check_rules(cfg: RunConfig) -> RulesReport:
+    """Every finished result classified by the policy, as a run now would: per rule, how many
+    it would archive, delete or keep, and how many are not due yet."""
+    from celery_archive.pipeline.rules import DEFAULT, HOLD, Applied, Policy
+
+    policy = cfg.policy or Policy(cfg.older_than)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    source = open_source(cfg)
+    applied = Applied(policy, now, None, source.purge_columns)
+    try:
+        for table in source.extract(now, cfg.batch_size, "rules-check", now):
+            applied.apply(table)
+    finally:
+        source.close()
+    counts = applied.counts()
+    out = []
+    for r in policy.rules:
+        out.append({"rule": r.name, "match": r.match, "status": list(r.status), "larger_than": r.larger_than,
+                    "smaller_than": r.smaller_than, "older_than": format_duration(r.older_than or policy.default_age),
+                    "action": r.action, **_zero(counts.get(r.name))})
+    out.append({"rule": DEFAULT, "match": "(no rule matched)", "older_than": format_duration(policy.default_age),
+                "action": "archive", **_zero(counts.get(DEFAULT))})
+    if policy.hold:
+        out.append({"rule": HOLD, "match": ", ".join([*sorted(policy.hold.task_ids)[:5], *policy.hold.names]),
+                    "action": "keep", **_zero(counts.get(HOLD))})
+    return RulesReport(source.display_url, iso(now), out)
+
+
+def _zero(counts: dict[str, int] | None) -> dict[str, int]:
+    c = counts or {}
+    return {"would_archive": c.get("archived", 0), "would_delete": c.get("deleted", 0), "would_keep": c.get("kept", 0),
+            "not_due": c.get("not_due", 0)}
