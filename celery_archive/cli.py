@@ -55,9 +55,12 @@ def handle_errors(command: str) -> Callable[[F], F]:
 
 
 @contextlib.contextmanager
-def progress_reporter(as_json: bool, every: float = 10.0) -> Iterator[Callable[[int], None]]:
-    """Progress of a long run on stderr: a live counter on a terminal, a log line every
-    ``every`` seconds otherwise (cron, systemd, CI logs)."""
+def progress_reporter(as_json: bool) -> Iterator[Callable[[int], None]]:
+    """Progress of a long run on stderr: a live counter on a terminal, a log line every 10 s
+    (CELERY_ARCHIVE_PROGRESS_EVERY) otherwise (cron, systemd, CI logs)."""
+    import os
+
+    every = float(os.environ.get("CELERY_ARCHIVE_PROGRESS_EVERY", "10"))
     started = last = time.monotonic()
     if sys.stderr.isatty() and not as_json:
         from rich.console import Console

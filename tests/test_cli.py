@@ -42,6 +42,7 @@ def test_readme_examples_run_as_written(tmp_path: Path, s3_endpoint: str) -> Non
     db = f"sqlite:///{tmp_path / 'django.db'}"
     for step in (["migrate"], ["write"], ["age", "40"]):
         django(db, *step)
+    (tmp_path / "archive.toml").write_text(re.search(r"```toml\n(.*?)```", README, re.S).group(1))  # type: ignore[union-attr]
 
     s3 = boto3.client("s3")
     for bucket, lock in (("celery-archive", False), ("celery-archive-locked", True)):

@@ -248,3 +248,15 @@ def test_max_runtime_stops_at_a_batch_boundary_and_the_next_run_goes_on(sqlite_u
 def test_bad_limits_are_named(sqlite_url: str, tmp_path: Path, args: list[str], message: str) -> None:
     proc = cli("run", "--source", sqlite_url, "--sink", str(tmp_path), "--older-than", "1d", *args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_progress_lines_on_stderr_when_not_a_terminal(sqlite_url: str, tmp_path: Path) -> None:
+    app = celery_app(sqlite_url)
+    for i in range(30):
+        app.backend.store_result(f"p{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    proc = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--batch-size", "5",
+               "--max-rate", "40", "--json", env={"CELERY_ARCHIVE_PROGRESS_EVERY": "0.2"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "results taken" in line]
+    assert len(lines) >= 2 and lines[-1].startswith("celery-archive: ") and json.loads(proc.stdout)["deleted"] == 30
