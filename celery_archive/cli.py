@@ -178,6 +178,10 @@ def source_options(f: F) -> F:
           "verified and purged as usual, the rest is left for the next run.")
 @opt("--metrics-file", key="metrics_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
      help="Write the run's figures here in Prometheus text format (node_exporter's textfile collector).")
+@opt("--iceberg-table", key="iceberg_table", default=None, metavar="NAMESPACE.TABLE",
+     help="Append each run's Parquet files to this Apache Iceberg table, one snapshot a run (needs pyiceberg).")
+@opt("--iceberg-catalog", key="iceberg_catalog", default="default", show_default=True, metavar="NAME",
+     help="The pyiceberg catalog (configured in ~/.pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__*).")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -302,4 +306,4 @@ def demo(directory: Path, as_json: bool) -> None:
         emit({"command": "demo", **result})
 
 
-from celery_archive import cli_monitor, cli_restore  # noqa: E402,F401  (register their commands)
+from celery_archive import cli_monitor, cli_query, cli_restore  # noqa: E402,F401  (register their commands)

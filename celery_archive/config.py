@@ -74,6 +74,8 @@ class RunConfig:
     max_rate: float | None = None  # results per second
     max_runtime: dt.timedelta | None = None  # stop taking new results after this, at a batch boundary
     metrics_file: Path | None = None  # Prometheus text format, written after each run
+    iceberg_table: str | None = None  # NAMESPACE.TABLE: append each run's files to it
+    iceberg_catalog: str = "default"  # the pyiceberg catalog's name (its own configuration)
 
     def check(self) -> None:
         from celery_archive.pipeline.decode import SERIALIZERS

@@ -55,7 +55,11 @@ def test_readme_examples_run_as_written(tmp_path: Path, s3_endpoint: str) -> Non
         assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
         if "--json" in line:
             lines = out.stdout.strip().splitlines()
-            assert len(lines) == 1 and json.loads(lines[0])["command"] == line.split()[1]
+            if line.split()[1] == "query":  # one object per result row
+                assert lines and all(isinstance(json.loads(x), dict) for x in lines)
+            else:
+                command = {"rules": "rules check"}.get(line.split()[1], line.split()[1])
+                assert len(lines) == 1 and json.loads(lines[0])["command"] == command
 
 
 def test_readme_first_command_installs_and_runs_the_demo() -> None:

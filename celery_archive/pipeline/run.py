@@ -60,6 +60,7 @@ class RunReport:
     rules: dict[str, dict[str, int]] = field(default_factory=dict)  # per rule: archived, deleted, kept, not_due
     deleted_by_rules: int = 0  # deleted without an archive (action = "delete")
     stopped_early: bool = False  # --max-runtime reached: the rest is left for the next run
+    iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -263,13 +264,18 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                 by_rules = _delete_by_rules(source, applied, cfg) if applied is not None and cfg.delete else 0
                 if len(state(sink).deltas) >= COMPACT_AFTER:
                     compact(sink, spool)
+                iceberg: list[str] = []
+                if cfg.iceberg_table:
+                    from celery_archive.pipeline.iceberg import append_runs
+
+                    iceberg = append_runs(sink, cfg.iceberg_catalog, cfg.iceberg_table)
         finally:
             lock.release()
         report = RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                            verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                            resumed, orphans, round(time.perf_counter() - started, 3),
                            source_counts=dict(source.counts), rules=applied.counts() if applied else {},
-                           deleted_by_rules=by_rules, stopped_early=stopped)
+                           deleted_by_rules=by_rules, stopped_early=stopped, iceberg_runs=iceberg)
         if cfg.metrics_file:
             write_metrics(cfg.metrics_file, report)
         return report
