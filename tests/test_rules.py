@@ -260,3 +260,30 @@ def test_progress_lines_on_stderr_when_not_a_terminal(sqlite_url: str, tmp_path:
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "results taken" in line]
     assert len(lines) >= 2 and lines[-1].startswith("celery-archive: ") and json.loads(proc.stdout)["deleted"] == 30
+
+
+def test_app_table_names_and_redis_options_come_from_the_app(sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "tabled.py").write_text(textwrap.dedent(f"""
+        from celery import Celery
+        app = Celery("tabled", backend="{sqlite_url}")
+        app.conf.update(database_table_names={{"task": "my_tasks", "group": "my_groups"}}, result_extended=True,
+                        result_expires=3600 * 24 * 30)
+    """))
+    from celery import Celery
+
+    app = Celery("tabled", backend=sqlite_url, set_as_current=False)
+    app.conf.update(database_table_names={"task": "my_tasks", "group": "my_groups"}, result_extended=True)
+    for i in range(4):
+        app.backend.store_result(f"m{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40, table="my_tasks")
+    proc = cli("-A", "tabled", "run", "--sink", str(tmp_path / "a"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deleted"] == 4 and table_rows(sqlite_url, "my_tasks") == {}
+
+    from celery_archive.settings import from_app
+
+    redis_app = Celery("r", backend="redis://127.0.0.1:6379/3", set_as_current=False)
+    redis_app.conf.update(result_backend_transport_options={"global_keyprefix": "prod_", "master_name": "mymaster"},
+                          result_serializer="msgpack", result_expires=7200)
+    assert from_app(redis_app) == {"source": "redis://127.0.0.1:6379/3", "result_expires": "2h", "older_than": "2h",
+                                   "key_prefix": "prod_", "master_name": "mymaster", "serializer": "msgpack"}
