@@ -94,6 +94,48 @@ def test_rules_order_actions_and_the_legal_hold(sqlite_url: str, tmp_path: Path)
     assert check["fire and forget"]["would_delete"] == 2 and check["hold"]["would_keep"] == 5
     assert check["old failures"]["not_due"] == 1
     assert cli("verify", "--sink", str(tmp_path / "arch")).returncode == 0
+    # the manifest records the rules' counts, and still validates against its schema
+    import jsonschema
+
+    from celery_archive.schemas import json_schema
+
+    manifest = json.loads((tmp_path / "arch" / "manifests" / f"{report['run_id']}.json").read_text())
+    jsonschema.Draft202012Validator(json_schema("manifest")).validate(manifest)
+    assert manifest["rules"]["big"]["archived"] == 1 and manifest["rules"]["fire and forget"]["deleted"] == 2
+    proc = cli("run", "--config", str(config), "--dry-run")
+    assert proc.returncode == 2 and "rules check" in proc.stderr
+
+
+def test_rules_on_redis(tmp_path: Path) -> None:
+    """A delete rule and a keep rule on Redis: deleted keys are gone without an archive."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    prefix = f"ca_rules_{tmp_path.name[-8:]}_"
+    app = celery_app(url, result_backend_transport_options={"global_keyprefix": prefix})
+    from celery.app.task import Context
+
+    client = redis.Redis.from_url(url)
+    try:
+        for i in range(3):
+            for name in ("mail.send", "shop.checkout", "reports.monthly"):
+                tid = f"{name.split('.')[0]}-{i}"
+                app.backend.store_result(tid, i, "SUCCESS", request=Context(id=tid, task=name, args=[], kwargs={}))
+        config = tmp_path / "r.toml"
+        config.write_text(f'source = "{url}"\nsink = "{tmp_path / "arch"}"\nolder_than = "0s"\nkey_prefix = "{prefix}"\n'
+                          '[[rules]]\nmatch = "mail.*"\naction = "delete"\nolder_than = "0s"\n'
+                          '[[rules]]\nmatch = "reports.*"\naction = "keep"\n')
+        proc = cli("run", "--config", str(config), "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["deleted"] == 3 and report["deleted_by_rules"] == 3
+        left = sorted(k.decode().removeprefix(prefix + "celery-task-meta-") for k in client.scan_iter(f"{prefix}*"))
+        assert left == ["reports-0", "reports-1", "reports-2"]
+        archived = ds.dataset(tmp_path / "arch" / "data", format="parquet", partitioning="hive").to_table(columns=["task_id"])
+        assert sorted(archived["task_id"].to_pylist()) == ["shop-0", "shop-1", "shop-2"]
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
 
 
 def test_bad_rules_are_named(sqlite_url: str, tmp_path: Path) -> None:

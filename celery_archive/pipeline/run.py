@@ -226,6 +226,9 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
     source = open_source(cfg)
     try:
         if cfg.dry_run:
+            if cfg.policy is not None:
+                raise ConfigError("--dry-run counts by one age; with [[rules]] or [hold], "
+                                  "`celery-archive rules check --config ...` shows what a run would take, rule by rule")
             return dry_run(source, cutoff)
         run_id = mf.new_run_id(now)
         lock = mf.Lock(sink, run_id)
@@ -257,6 +260,7 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                     "created_at": iso(now), "source": source.display_url, "source_tables": source.describe(),
                     "cutoff": iso(cutoff), "older_than": format_duration(cfg.older_than), "serializer": cfg.serializer,
                     "delete": cfg.delete, "tool_version": __version__, "files": [e.to_json() for e in entries],
+                    "rules": applied.counts() if applied else None,
                     "totals": {"files": len(entries), "rows": selected, "bytes": sum(e.bytes for e in entries)},
                 }
                 mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
