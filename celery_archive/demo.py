@@ -125,6 +125,7 @@ def run_demo(directory: Path, say: Say = None) -> dict[str, Any]:
         out(f"   a failure, queryable: task {failure[0]['task_id']} {failure[0]['name']} -> {failure[0]['result']}")
     after = _remaining(db)
     out(f"6. the backend kept {after} results (newer than 7 days, or not finished)")
-    out(f"next: celery-archive runs --sink {archive}   |   celery-archive verify --sink {archive}")
+    out(f"next: celery-archive runs --sink {archive}   |   celery-archive restore demo-00087 --sink {archive}   |   "
+        f"celery-archive query --sink {archive} \"select name, status, count(*) from results group by all\"")
     return {"directory": str(directory), "written": written, "run": report.to_json(), "verify_ok": check.ok,
             "archived_rows": table.num_rows, "by_status": by_status, "backend_before": before, "backend_after": after}
