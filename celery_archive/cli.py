@@ -22,10 +22,6 @@ import orjson
 from celery_archive import __version__
 from celery_archive.errors import ArchiveError
 
-# adbc's DB-API module imports polars whenever it is installed (~0.1 s of start-up); the command
-# line never uses polars, so that import is skipped here (the library API leaves it alone)
-sys.modules.setdefault("polars", None)  # type: ignore[arg-type]
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on one line instead of text.")
@@ -311,3 +307,11 @@ def demo(directory: Path, as_json: bool) -> None:
 
 
 from celery_archive import cli_monitor, cli_query, cli_restore  # noqa: E402,F401  (register their commands)
+
+
+def entry() -> None:
+    """The ``celery-archive`` console script. adbc's DB-API module imports polars whenever it is
+    installed (~0.1 s of start-up); the command line never uses polars, so a command-line
+    process skips that import (importing celery_archive, or this module, leaves it alone)."""
+    sys.modules.setdefault("polars", None)  # type: ignore[arg-type]
+    main()

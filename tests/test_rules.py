@@ -121,18 +121,21 @@ def test_rules_on_redis(tmp_path: Path) -> None:
             for name in ("mail.send", "shop.checkout", "reports.monthly"):
                 tid = f"{name.split('.')[0]}-{i}"
                 app.backend.store_result(tid, i, "SUCCESS", request=Context(id=tid, task=name, args=[], kwargs={}))
+        client.pexpire(f"{prefix}celery-task-meta-shop-0", 20_000)  # Redis drops it in 20 s
         config = tmp_path / "r.toml"
         config.write_text(f'source = "{url}"\nsink = "{tmp_path / "arch"}"\nolder_than = "0s"\nkey_prefix = "{prefix}"\n'
+                          'expiring_within = "1m"\n'
                           '[[rules]]\nmatch = "mail.*"\naction = "delete"\nolder_than = "0s"\n'
-                          '[[rules]]\nmatch = "reports.*"\naction = "keep"\n')
+                          '[[rules]]\nmatch = "reports.*"\naction = "keep"\n'
+                          '[[rules]]\nmatch = "shop.*"\nolder_than = "30d"\n')
         proc = cli("run", "--config", str(config), "--json")
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
-        assert report["deleted"] == 3 and report["deleted_by_rules"] == 3
+        assert report["deleted"] == 1 and report["deleted_by_rules"] == 3
         left = sorted(k.decode().removeprefix(prefix + "celery-task-meta-") for k in client.scan_iter(f"{prefix}*"))
-        assert left == ["reports-0", "reports-1", "reports-2"]
+        assert left == ["reports-0", "reports-1", "reports-2", "shop-1", "shop-2"]  # shop.* not due for 30 days
         archived = ds.dataset(tmp_path / "arch" / "data", format="parquet", partitioning="hive").to_table(columns=["task_id"])
-        assert sorted(archived["task_id"].to_pylist()) == ["shop-0", "shop-1", "shop-2"]
+        assert archived["task_id"].to_pylist() == ["shop-0"]  # not due by its rule, but about to expire
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)

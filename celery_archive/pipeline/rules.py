@@ -66,9 +66,10 @@ class Policy:
     def labels(self) -> list[str]:
         return [*(r.name for r in self.rules), DEFAULT, HOLD]
 
-    def classify(self, table: pa.Table, now: dt.datetime) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """(rule label, action, due) per record: due when it is older than its rule's age.
-        ``now`` is naive UTC, as the records' dates are compared."""
+    def classify(self, table: pa.Table, now: dt.datetime, expiring: dt.timedelta | None = None) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(rule label, action, due) per record: due when it is older than its rule's age, or
+        (Redis, ``expiring``) when its key expires sooner than that margin. ``now`` is naive UTC,
+        as the records' dates are compared."""
         n = table.num_rows
         names = pc.fill_null(table["name"], "")
         status = pc.fill_null(table["status"], "")
@@ -98,6 +99,10 @@ class Policy:
         cutoffs = pa.array([now - a for a in ages], pa.timestamp("us"))
         dates = table["date_done"].cast(pa.timestamp("us"))  # UTC wall time, as ``now``
         due = pc.fill_null(pc.less(dates, pc.take(cutoffs, chosen)), False)
+        if expiring is not None:  # archived before Redis expires it, whatever its rule's age
+            ttl = table["ttl_ms"]
+            soon = pc.and_(pc.greater_equal(ttl, 0), pc.less(ttl, int(expiring.total_seconds() * 1000)))
+            due = pc.or_(due, pc.fill_null(soon, False))
         return pc.take(labels, chosen), pc.take(actions, chosen), due
 
 
@@ -145,8 +150,9 @@ class Applied:
     archives (its ``rule`` column filled in); what ``delete`` rules take is spooled to an Arrow
     file (memory stays bounded) and purged after the run's own purge; counts per rule."""
 
-    def __init__(self, policy: Policy, now: dt.datetime, spool: Path | None, keys: tuple[str, ...]) -> None:
-        self.policy, self.now, self._keys = policy, now, ("kind", *keys)
+    def __init__(self, policy: Policy, now: dt.datetime, spool: Path | None, keys: tuple[str, ...],
+                 expiring: dt.timedelta | None = None) -> None:
+        self.policy, self.now, self._keys, self._expiring = policy, now, ("kind", *keys), expiring
         self.archived: Counter[str] = Counter()
         self.deleted: Counter[str] = Counter()  # due under a delete rule
         self.kept: Counter[str] = Counter()  # due, but keep or held
@@ -155,7 +161,7 @@ class Applied:
         self._writer: Any = None
 
     def apply(self, table: pa.Table) -> pa.Table:
-        labels, actions, due = self.policy.classify(table, self.now)
+        labels, actions, due = self.policy.classify(table, self.now, self._expiring)
         for name, counter in (("archive", self.archived), ("delete", self.deleted), ("keep", self.kept)):
             _count(counter, labels.filter(pc.and_(due, pc.equal(actions, name))))
         _count(self.not_due, labels.filter(pc.invert(due)))

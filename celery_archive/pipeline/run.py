@@ -242,7 +242,7 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                 if cfg.policy is not None:
                     from celery_archive.pipeline.rules import Applied
 
-                    applied = Applied(cfg.policy, now, spool, source.purge_columns)
+                    applied = Applied(cfg.policy, now, spool, source.purge_columns, cfg.expiring_within)
                 selected, stopped = 0, False
                 try:
                     try:
