@@ -25,7 +25,7 @@ from celery_archive.errors import ArchiveError
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on one line instead of text.")
-sink_option = click.option("--sink", required=True, metavar="URL",
+sink_option = click.option("--sink", required=True, metavar="URL", envvar="CELERY_ARCHIVE_SINK", show_envvar=True,
                            help="Archive location: a directory path, file:///path or s3://bucket/prefix[?options] (see the README).")
 
 

@@ -190,6 +190,9 @@ def test_flags_override_env_override_file_override_app(sqlite_url: str, tmp_path
     assert json.loads(proc.stdout)["source"] == sqlite_url  # the source came from the app
     proc = cli("run", "--dry-run", "--sink", "x", "--older-than", "1d", cwd=tmp_path, env={"CELERY_ARCHIVE_SOURCE": ""})
     assert proc.returncode == 2 and "no --source" in proc.stderr and "CELERY_ARCHIVE_SOURCE" in proc.stderr
+    assert cli("-A", "proj.celery", "run", "--sink", str(tmp_path / "arch"), cwd=tmp_path).returncode == 0
+    proc = cli("runs", "--json", env={"CELERY_ARCHIVE_SINK": str(tmp_path / "arch")})  # every command's --sink
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)["runs"]) == 1
     proc = cli("-A", "nothere.celery", "run", "--dry-run", "--sink", "x", cwd=tmp_path)
     assert proc.returncode == 2 and "cannot load the Celery app 'nothere.celery'" in proc.stderr
 
