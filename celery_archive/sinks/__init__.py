@@ -111,7 +111,8 @@ def open_sink(url: str) -> Sink:
         raise ConfigError("--sink is empty: give a directory path, file:///path or s3://bucket/prefix")
     parts = urlsplit(url)
     if parts.scheme == "s3":
-        from celery_archive.sinks.s3 import S3Options, S3Sink
+        from celery_archive.sinks.s3 import S3Sink
+        from celery_archive.sinks.s3_options import S3Options
 
         return S3Sink(parts.netloc, unquote(parts.path), options=S3Options.from_query(parts.query))
     if parts.scheme == "file":
