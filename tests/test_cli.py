@@ -172,3 +172,21 @@ def test_full_disk_fails_before_any_delete(sqlite_url: str, tmp_path: Path) -> N
         subprocess.run(["umount", str(small)], check=True)
     ok = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "big"), "--older-than", "30d", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["deleted"] == 300
+
+
+def test_run_ids_sort_in_the_order_runs_started(sqlite_url: str, tmp_path: Path) -> None:
+    """Runs in the same second still sort in order: "the latest run" (restore, ddl) is the last one."""
+    import datetime as dt
+
+    from celery_archive.pipeline.manifest import new_run_id
+
+    second = dt.datetime(2026, 11, 25, 3, 30, 0)
+    within = [new_run_id(second.replace(microsecond=us)) for us in (0, 9, 10, 65_535, 65_536, 999_999)]
+    assert within == sorted(within) and len(set(within)) == 6
+    celery_app(sqlite_url).backend.store_result("x", 1, "SUCCESS")
+    ids = []
+    for _ in range(4):
+        out = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json")
+        assert out.returncode == 0, out.stderr
+        ids.append(json.loads(out.stdout)["run_id"])
+    assert ids == sorted(ids) and len(set(ids)) == 4

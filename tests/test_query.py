@@ -186,22 +186,19 @@ def test_iceberg_snapshot_per_run(sqlite_url: str, tmp_path: Path) -> None:
                  "--iceberg-table", "celery.results", "--iceberg-catalog", "local", env=env)
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
-    runs = sorted([json.loads(first.stdout)["run_id"], report["run_id"]])
-    assert sorted(report["iceberg_runs"]) == runs  # the earlier run is appended too
-    os.environ.update(env)
-    try:
-        from pyiceberg.catalog import load_catalog
+    runs = [json.loads(first.stdout)["run_id"], report["run_id"]]
+    assert report["iceberg_runs"] == runs  # the earlier run is appended too, first
+    from pyiceberg.catalog import load_catalog
 
-        table = load_catalog("local").load_table("celery.results")
-        assert sorted(s.summary["celery-archive.run-id"] for s in table.snapshots()) == runs
-        scanned = table.scan().to_arrow()
-        archived = query_json(sink, "select task_id, kind from results")
-        assert sorted(zip(scanned["task_id"].to_pylist(), scanned["kind"].to_pylist())) == sorted(
-            (r["task_id"], r["kind"]) for r in archived)
-        assert scanned.num_rows == 30
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
+    # pyiceberg reads its environment once per process: the same settings, given
+    props = {k.removeprefix("PYICEBERG_CATALOG__LOCAL__").lower(): v for k, v in env.items()}
+    table = load_catalog("local", **props).load_table("celery.results")
+    assert [s.summary["celery-archive.run-id"] for s in table.snapshots()] == runs
+    scanned = table.scan().to_arrow()
+    archived = query_json(sink, "select task_id, kind from results")
+    assert sorted(zip(scanned["task_id"].to_pylist(), scanned["kind"].to_pylist())) == sorted(
+        (r["task_id"], r["kind"]) for r in archived)
+    assert scanned.num_rows == 30
     again = cli("run", "--source", sqlite_url, "--sink", sink, "--older-than", "30d", "--json",
                 "--iceberg-table", "celery.results", "--iceberg-catalog", "local", env=env)
     assert json.loads(again.stdout)["iceberg_runs"] == [json.loads(again.stdout)["run_id"]]  # nothing twice
@@ -232,3 +229,26 @@ def test_a_v1_archive_still_reads(tmp_path: Path) -> None:
     table = dataset.to_table()
     assert table.num_rows == 26 and table["added_in_v2"].null_count == 26
     assert isinstance(files, ArchiveFiles) and parquet_dataset(files) is not None
+
+
+def test_iceberg_on_s3(sqlite_url: str, s3_bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """The archive and the Iceberg warehouse on S3 (moto), the catalog configured as pyiceberg's."""
+    env = {"PYICEBERG_CATALOG__S3CAT__TYPE": "sql", "PYICEBERG_CATALOG__S3CAT__URI": f"sqlite:///{tmp_path / 'cat.db'}",
+           "PYICEBERG_CATALOG__S3CAT__WAREHOUSE": f"s3://{s3_bucket}/warehouse", "PYICEBERG_CATALOG__S3CAT__S3__ENDPOINT": s3_endpoint,
+           "PYICEBERG_CATALOG__S3CAT__S3__ACCESS_KEY_ID": "testing", "PYICEBERG_CATALOG__S3CAT__S3__SECRET_ACCESS_KEY": "testing-secret",
+           "PYICEBERG_CATALOG__S3CAT__S3__REGION": "us-east-1"}
+    app = celery_app(sqlite_url)
+    for i in range(10):
+        app.backend.store_result(f"t{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    proc = cli("run", "--source", sqlite_url, "--sink", f"s3://{s3_bucket}/arch", "--older-than", "30d", "--json",
+               "--iceberg-table", "ns.results", "--iceberg-catalog", "s3cat", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["iceberg_runs"]) == 1
+    from pyiceberg.catalog import load_catalog
+
+    # this process read pyiceberg's environment when it first imported it: the same settings, given
+    props = {k.removeprefix("PYICEBERG_CATALOG__S3CAT__").lower().replace("__", "."): v for k, v in env.items()}
+    table = load_catalog("s3cat", **props).load_table("ns.results")
+    assert sorted(table.scan().to_arrow()["task_id"].to_pylist()) == [f"t{i}" for i in range(10)]
+    assert all(f.startswith(f"s3://{s3_bucket}/arch/data/date=") for f in table.inspect.files()["file_path"].to_pylist())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,10 @@ MANIFESTS, RUNS, DATA, LOCK = "manifests/", "runs/", "data/", "locks/run.lock"
 
 
 def new_run_id(now: dt.datetime) -> str:
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    """``YYYYMMDDTHHMMSSZ-uuuuuu``: the suffix is the microsecond in hex, so run ids sort in the
+    order the runs started even within one second ("the latest run" means the same everywhere);
+    runs on one archive are serialized by its lock, and manifests are create-only besides."""
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06x}"
 
 
 def run_id_of(data_key: str) -> str:
