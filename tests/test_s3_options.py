@@ -122,6 +122,20 @@ def test_throttling_and_server_errors_are_retried(sqlite_url: str, s3_endpoint: 
     assert cli("verify", "--sink", f"s3://{bucket}/r").returncode == 0
 
 
+def test_retry_attempts_follow_aws_max_attempts(s3_endpoint: str) -> None:
+    """An S3 that keeps answering 503: AWS_MAX_ATTEMPTS requests, then a clear error."""
+    def rule(method: str, path: str) -> tuple[int, dict[str, str], bytes] | None:
+        return s3_error(503, "SlowDown", "Please reduce your request rate.")
+
+    for attempts in ("2", "3"):
+        with fault_proxy(s3_endpoint, rule) as (proxy, log):
+            proc = cli("runs", "--sink", "s3://busy-bucket/p", env={"AWS_ENDPOINT_URL": proxy, "AWS_MAX_ATTEMPTS": attempts})
+        assert proc.returncode == 1 and "SlowDown" in proc.stderr, proc.stderr
+        assert len(log) == int(attempts)  # the first request, retried until the attempts ran out
+    proc = cli("runs", "--sink", "s3://b/p", env={"AWS_MAX_ATTEMPTS": "many"})
+    assert proc.returncode == 2 and "AWS_MAX_ATTEMPTS='many'" in proc.stderr
+
+
 def test_wrong_region_is_named(s3_endpoint: str) -> None:
     def rule(method: str, path: str) -> tuple[int, dict[str, str], bytes] | None:
         return s3_error(301, "PermanentRedirect", "The bucket you are attempting to access must be addressed using the "

@@ -32,6 +32,20 @@ PART_THREADS = 8
 _READ_BUFFER = 8 << 20
 
 
+def _retries() -> Any:
+    """botocore's standard retry mode, 8 attempts in all, unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS
+    say otherwise (an explicit Config would otherwise hide them). ``total_max_attempts`` counts
+    the first request, as AWS_MAX_ATTEMPTS does (Config's ``max_attempts`` counts retries only)."""
+    import os
+
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "8")
+    try:
+        attempts = int(raw)
+    except ValueError:
+        raise ConfigError(f"AWS_MAX_ATTEMPTS={raw!r} is not a number of attempts") from None
+    return {"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "total_max_attempts": max(attempts, 1)}
+
+
 class S3Sink:
     def __init__(self, bucket: str, prefix: str, client: Any = None, options: S3Options | None = None) -> None:
         if not bucket:
@@ -43,7 +57,7 @@ class S3Sink:
             import boto3
             from botocore.config import Config
 
-            client = boto3.session.Session().client("s3", config=Config(retries={"mode": "standard", "max_attempts": 8}))
+            client = boto3.session.Session().client("s3", config=Config(retries=_retries()))
         self.client = client
 
     @property
