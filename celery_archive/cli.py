@@ -25,8 +25,8 @@ from celery_archive.errors import ArchiveError
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on one line instead of text.")
-sink_option = click.option("--sink", required=True, metavar="URL", envvar="CELERY_ARCHIVE_SINK", show_envvar=True,
-                           help="Archive location: a directory path, file:///path or s3://bucket/prefix[?options] (see the README).")
+SINK_HELP = "Archive location: a directory path, file:///path or s3://bucket/prefix[?options] (see the README)."
+sink_option = click.option("--sink", required=True, metavar="URL", envvar="CELERY_ARCHIVE_SINK", show_envvar=True, help=SINK_HELP)
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -122,8 +122,6 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: Path | No
         defaults, data = default_map(ctx.find_root().params.get("app"), value)
     except ArchiveError as exc:
         raise click.UsageError(str(exc)) from None
-    if "format" in defaults:
-        defaults["fmt"] = defaults.pop("format")  # --format's parameter name
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["celery_archive.file"] = data
     return value
@@ -163,9 +161,8 @@ def source_options(f: F) -> F:
 
 @main.command()
 @source_options
-@opt("--sink", key="sink", metavar="URL",
-     help="Archive location: a directory path, file:///path or s3://bucket/prefix[?options] (see the README).")
-@opt("--format", "fmt", key="format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
+@opt("--sink", key="sink", metavar="URL", help=SINK_HELP)
+@opt("--format", key="format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
 @opt("--compression", key="compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
      help="Data file compression (default: zstd for parquet, none for jsonl).")
 @opt("--max-file-size", key="max_file_size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
@@ -200,7 +197,6 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     from celery_archive.pipeline.run import run as run_archive
     from celery_archive.settings import run_config
 
-    values["format"] = values.pop("fmt")
     cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
     with progress_reporter(as_json) as progress:
         report = run_archive(cfg, progress=progress)

@@ -54,6 +54,8 @@ def append_runs(sink: Sink, catalog_name: str, ident: str) -> list[str]:
     """Append the data files of every committed run not in the table yet; returns their run ids."""
     import logging
 
+    from pyarrow.fs import S3FileSystem
+
     from celery_archive.pipeline.query import filesystem
 
     # pyiceberg warns for every column the archive writes no Parquet statistics for (the raw
@@ -63,7 +65,7 @@ def append_runs(sink: Sink, catalog_name: str, ident: str) -> list[str]:
         table = _table(catalog_name, ident)
         done = committed_in(table)
         fs, root = filesystem(sink)
-        scheme = "s3://" if type(fs).__name__ == "S3FileSystem" else ""
+        scheme = "s3://" if isinstance(fs, S3FileSystem) else ""
         added = []
         for run_id in mf.committed_runs(sink):
             if run_id in done:

@@ -11,6 +11,7 @@ from typing import Any
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.pipeline.run import open_source
 from celery_archive.pipeline.serialize import iso
+from celery_archive.pipeline.source import REDIS_SCHEMES
 
 AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
 
@@ -64,7 +65,7 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
         ages[age_bucket(day, now.date())] += n
         if day:
             days.append(day)
-    redis = "scanned" in counts or source.display_url.split("://")[0] in ("redis", "rediss", "redis+socket", "sentinel")
+    redis = source.display_url.split("://", 1)[0] in REDIS_SCHEMES
     over = warn_above is not None and total > warn_above
     return StatsReport(source.display_url, total, nbytes, min(days) if days else None, dict(kinds), dict(statuses.most_common()),
                        dict(names.most_common(20)), {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)"))

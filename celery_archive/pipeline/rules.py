@@ -53,11 +53,6 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     hold: Hold = field(default_factory=Hold)
 
-    @property
-    def plain(self) -> bool:
-        """No rules and no hold: everything past the default age is archived."""
-        return not self.rules and not self.hold
-
     def widest_age(self) -> dt.timedelta:
         """The youngest age any rule acts at: what a run must read."""
         ages = [self.default_age] + [r.older_than or self.default_age for r in self.rules if r.action != "keep"]
