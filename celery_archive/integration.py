@@ -26,14 +26,11 @@ def archive_with(app: Any, **options: Any) -> dict[str, Any]:
     """One run with the app's settings, overridden by a ``config`` file and then ``options``
     (the command line's names: ``sink``, ``older_than="30d"``, ``format``, ``no_delete``, ...)."""
     from celery_archive.pipeline.run import run
-    from celery_archive.settings import from_app, load_file, run_config
+    from celery_archive.settings import load_file, merged, run_config
 
     config = options.pop("config", None)
     data = load_file(Path(config)) if config else {}
-    values = {**from_app(app), **{k: v for k, v in data.items() if k not in ("rules", "hold")}, **options}
-    if data.get("delete") is False:
-        values.setdefault("no_delete", True)
-    report: dict[str, Any] = run(run_config(values, data)).to_json()
+    report: dict[str, Any] = run(run_config({**merged(app, data), **options}, data)).to_json()
     return report
 
 

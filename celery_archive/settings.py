@@ -108,16 +108,21 @@ def _django_url() -> str:
     return "django+" + url.render_as_string(hide_password=False)
 
 
+def merged(app: Any | None, data: dict[str, Any]) -> dict[str, Any]:
+    """Settings from the app, overridden by the config file's (its rules and hold aside), in the
+    command line's names (``delete = false`` is ``no_delete``)."""
+    out = from_app(app) if app is not None else {}
+    out.update({k: v for k, v in data.items() if k not in ("rules", "hold", "delete")})
+    if data.get("delete") is False:
+        out["no_delete"] = True
+    return out
+
+
 def default_map(app_spec: str | None, config: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(click default_map for the flags, the whole file) from the app and the config file."""
-    merged: dict[str, Any] = {}
-    if app_spec:
-        merged.update(from_app(load_app(app_spec)))
     data = load_file(config) if config else {}
-    merged.update({k: v for k, v in data.items() if k not in ("rules", "hold", "delete")})
-    if data.get("delete") is False:
-        merged["no_delete"] = True
-    return {k: _flag_value(v) for k, v in merged.items()}, data
+    values = merged(load_app(app_spec) if app_spec else None, data)
+    return {k: _flag_value(v) for k, v in values.items()}, data
 
 
 def _flag_value(v: Any) -> Any:
