@@ -71,6 +71,12 @@ def committed_runs(sink: Sink) -> list[str]:
     return [o.key[len(MANIFESTS):-len(".json")] for o in sink.list(MANIFESTS) if o.key.endswith(".json")]
 
 
+def committed_files(sink: Sink, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """The data file entries of every committed run (or of ``run_id``), oldest run first."""
+    for rid in [run_id] if run_id else sorted(committed_runs(sink)):
+        yield from load_manifest(sink, rid)["files"]
+
+
 def reports(sink: Sink) -> dict[str, dict[str, Any]]:
     """run id -> its latest report (a purge report wins over a --no-delete one)."""
     out: dict[str, dict[str, Any]] = {}

@@ -40,9 +40,8 @@ def archive_files(sink: Sink) -> ArchiveFiles:
     """The data files of committed runs only (a run counts once its manifest exists)."""
     parquet: list[str] = []
     jsonl: list[str] = []
-    for run_id in mf.committed_runs(sink):
-        for f in mf.load_manifest(sink, run_id)["files"]:
-            (parquet if f["format"] == "parquet" else jsonl).append(f["key"])
+    for f in mf.committed_files(sink):
+        (parquet if f["format"] == "parquet" else jsonl).append(f["key"])
     fs, root = filesystem(sink)
     return ArchiveFiles(fs, f"{root}/data", [f"{root}/{k}" for k in parquet], [f"{root}/{k}" for k in jsonl])
 

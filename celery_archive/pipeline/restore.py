@@ -98,28 +98,26 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
     import pyarrow.compute as pc
 
     patterns = list(names)
-    runs = [run_id] if run_id else sorted(mf.committed_runs(sink))
-    for rid in runs:
-        for entry in mf.load_manifest(sink, rid)["files"]:
-            lo = dt.datetime.fromisoformat(entry["min_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
-            hi = dt.datetime.fromisoformat(entry["max_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
-            if (since and hi < since) or (until and lo >= until):
-                continue
-            path = spool / "restore-select.data"
-            download(sink, entry["key"], path)
-            for t in read_tables(path, entry["format"], entry["compression"], field_names()):
-                mask = pa.array([True] * t.num_rows)
-                if since:
-                    mask = pc.and_(mask, pc.greater_equal(t.column("date_done"), pa.scalar(since, t.column("date_done").type)))
-                if until:
-                    mask = pc.and_(mask, pc.less(t.column("date_done"), pa.scalar(until, t.column("date_done").type)))
-                if patterns:
-                    names_col = t.column("name").to_pylist()
-                    mask = pc.and_(mask, pa.array([n is not None and any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names_col]))
-                rows = t.filter(mask).to_pylist()
-                if rows:
-                    yield [_plain(r, entry["key"]) for r in rows]
-            path.unlink()
+    for entry in mf.committed_files(sink, run_id):
+        lo = dt.datetime.fromisoformat(entry["min_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
+        hi = dt.datetime.fromisoformat(entry["max_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
+        if (since and hi < since) or (until and lo >= until):
+            continue
+        path = spool / "restore-select.data"
+        download(sink, entry["key"], path)
+        for t in read_tables(path, entry["format"], entry["compression"], field_names()):
+            mask = pa.array([True] * t.num_rows)
+            if since:
+                mask = pc.and_(mask, pc.greater_equal(t.column("date_done"), pa.scalar(since, t.column("date_done").type)))
+            if until:
+                mask = pc.and_(mask, pc.less(t.column("date_done"), pa.scalar(until, t.column("date_done").type)))
+            if patterns:
+                names_col = t.column("name").to_pylist()
+                mask = pc.and_(mask, pa.array([n is not None and any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names_col]))
+            rows = t.filter(mask).to_pylist()
+            if rows:
+                yield [_plain(r, entry["key"]) for r in rows]
+        path.unlink()
 
 
 @dataclass(frozen=True)
