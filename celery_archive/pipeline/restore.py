@@ -4,7 +4,6 @@ in bulk by run, date range and task name (straight from the committed data files
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +96,8 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from celery_archive.pipeline.rules import glob_mask
+
     patterns = list(names)
     for entry in mf.committed_files(sink, run_id):
         lo = dt.datetime.fromisoformat(entry["min_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
@@ -112,8 +113,7 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
             if until:
                 mask = pc.and_(mask, pc.less(t.column("date_done"), pa.scalar(until, t.column("date_done").type)))
             if patterns:
-                names_col = t.column("name").to_pylist()
-                mask = pc.and_(mask, pa.array([n is not None and any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names_col]))
+                mask = pc.and_(mask, glob_mask(t.column("name"), patterns))
             rows = t.filter(mask).to_pylist()
             if rows:
                 yield [_plain(r, entry["key"]) for r in rows]

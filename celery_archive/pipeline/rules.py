@@ -11,10 +11,10 @@ record batches in Arrow (no Python object per row).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ class Policy:
         chosen = pa.array([len(self.rules)] * n, pa.int32())  # index of the default
         unassigned = pa.array([True] * n)
         for i, r in enumerate(self.rules):
-            m = _glob(names, r.match)
+            m = glob_mask(names, [r.match])
             if r.status:
                 m = pc.and_(m, pc.is_in(status, value_set=pa.array(r.status)))
             if r.larger_than is not None:
@@ -84,9 +84,8 @@ class Policy:
             chosen = pc.if_else(hit, i, chosen)
             unassigned = pc.and_(unassigned, pc.invert(hit))
         if self.hold:
-            held: Any = pc.is_in(table["task_id"], value_set=pa.array(sorted(self.hold.task_ids), pa.string()))
-            for g in self.hold.names:
-                held = pc.or_(held, _glob(names, g))
+            held = pc.or_(pc.is_in(table["task_id"], value_set=pa.array(sorted(self.hold.task_ids), pa.string())),
+                          glob_mask(names, list(self.hold.names)))
             chosen = pc.if_else(held, len(self.rules) + 1, chosen)
         labels = pa.array(self.labels())
         actions = pa.array([r.action for r in self.rules] + ["archive", "keep"])
@@ -101,12 +100,11 @@ class Policy:
         return pc.take(labels, chosen), pc.take(actions, chosen), due
 
 
-def _glob(values: Any, pattern: str) -> Any:
-    """Task names matching a glob (``*`` any run of characters, ``?`` one), as RE2 runs it."""
-    if pattern == "*":
-        return pa.array([True] * len(values))
-    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
-    return pc.match_substring_regex(values, f"(?s)^{regex}$")
+def glob_mask(values: Any, patterns: list[str]) -> Any:
+    """Which values (task names) match any of the globs, as fnmatch matches them (case
+    sensitive); a null matches none. Each distinct value is matched once."""
+    hits = [v for v in pc.unique(values).to_pylist() if v is not None and any(fnmatchcase(v, p) for p in patterns)]
+    return pc.is_in(values, value_set=pa.array(hits, pa.string()))
 
 
 def policy_from(default_age: dt.timedelta, rules: list[dict[str, Any]], hold: dict[str, Any]) -> Policy:
