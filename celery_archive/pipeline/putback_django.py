@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from celery_archive.errors import ConversionError, SourceError
+from celery_archive.errors import ConversionError
 from celery_archive.pipeline.django_source import DATES, GROUP_TABLE, STORAGE_FORMAT, TASK_TABLE, celery_db_url
-from celery_archive.pipeline.putback import TargetConfig, backend_error, convert
+from celery_archive.pipeline.putback import TargetConfig, convert
 from celery_archive.pipeline.putback_sql import SqlTarget
 
 
@@ -27,14 +27,7 @@ class DjangoTarget(SqlTarget):
     def _table(self, kind: str) -> tuple[sa.Table, str]:
         if kind not in self._tables:
             name = TASK_TABLE if kind == "task" else GROUP_TABLE
-            try:
-                with self._engine.connect() as conn:
-                    cols = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(name)}
-            except sa.exc.NoSuchTableError:
-                raise SourceError(f"no table {name} in {self.display_url}: apply django-celery-results' migrations "
-                                  "(manage.py migrate django_celery_results)") from None
-            except sa.exc.SQLAlchemyError as exc:
-                raise backend_error(self.display_url, "connecting to", exc, self._url.password) from exc
+            cols = self._columns(name, None, "apply django-celery-results' migrations (manage.py migrate django_celery_results)")
             columns = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)]
             columns += [sa.Column(n, t) for n, t in cols.items() if n != "id"]
             self._tables[kind] = (sa.Table(name, sa.MetaData(), *columns), STORAGE_FORMAT)

@@ -31,19 +31,23 @@ class SqlTarget:
         self._engine = sa.create_engine(self._url, pool_pre_ping=True)
         self._tables: dict[str, tuple[sa.Table, str]] = {}
 
+    def _columns(self, name: str, schema: str | None, missing: str) -> dict[str, Any]:
+        """The table's columns (name -> type); ``missing`` says what to do if there is no table."""
+        try:
+            with self._engine.connect() as conn:
+                return {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(name, schema=schema)}
+        except sa.exc.NoSuchTableError:
+            raise SourceError(f"no table {name} in {self.display_url}: {missing}") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise backend_error(self.display_url, "connecting to", exc, self._url.password) from exc
+
     def _table(self, kind: str) -> tuple[sa.Table, str]:
         """Celery's table for ``kind`` with its id sequence, and its storage format."""
         if kind not in self._tables:
             name, schema = ((self.cfg.task_table, self.cfg.task_schema) if kind == "task"
                             else (self.cfg.group_table, self.cfg.group_schema))
-            try:
-                with self._engine.connect() as conn:
-                    cols = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(name, schema=schema)}
-            except sa.exc.NoSuchTableError:
-                raise SourceError(f"no table {name} in {self.display_url}: start the Celery app against it once "
-                                  "(Celery creates its tables), or pass --task-table/--group-table") from None
-            except sa.exc.SQLAlchemyError as exc:
-                raise backend_error(self.display_url, "connecting to", exc, self._url.password) from exc
+            cols = self._columns(name, schema, "start the Celery app against it once (Celery creates its tables), "
+                                               "or pass --task-table/--group-table")
             seq = sa.Sequence("task_id_sequence" if kind == "task" else "taskset_id_sequence", schema=schema)
             columns = [sa.Column("id", sa.Integer, seq, primary_key=True)]
             columns += [sa.Column(n, t) for n, t in cols.items() if n != "id"]
