@@ -33,11 +33,18 @@ def index_schema() -> pa.Schema:
     return arrow_schema(INDEX_VERSION, "index")
 
 
-def _entries(cols: dict[str, Any]) -> pa.Table:
+def _entries(cols: dict[str, Any], n: int | None = None) -> pa.Table:
+    """Index entries from columns: arrays, lists or (given ``n``) one value for all ``n`` rows."""
     import pyarrow as pa
 
     schema = index_schema()
-    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)
+
+    def column(value: Any, type_: pa.DataType) -> pa.Array:
+        if n is not None and not isinstance(value, (list, pa.Array, pa.ChunkedArray)):
+            return pa.repeat(pa.scalar(value, type_), n)
+        return value.cast(type_) if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array(value, type_)
+
+    return pa.table({f.name: column(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
 def locate(path: Path, key: str, fmt: str, compression: str | None) -> pa.Table:
@@ -112,10 +119,10 @@ def _locate_parquet(path: Path, key: str) -> pa.Table:
         t = pf.read_row_group(i, columns=["task_id", "kind"])
         n = t.num_rows
         parts.append(_entries({
-            "task_id": t.column("task_id"), "kind": t.column("kind").cast(pa.string()), "key": [key] * n,
-            "block": [i] * n, "offset": [start] * n, "length": [end - start] * n, "row": pa.array(range(n), pa.int32()),
-            "footer_offset": [size - footer_length] * n, "footer_length": [footer_length] * n,
-        }))
+            "task_id": t.column("task_id"), "kind": t.column("kind"), "key": key, "block": i, "offset": start,
+            "length": end - start, "row": pa.array(range(n), pa.int32()),
+            "footer_offset": size - footer_length, "footer_length": footer_length,
+        }, n))
     return pa.concat_tables(parts) if parts else index_schema().empty_table()
 
 

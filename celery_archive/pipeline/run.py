@@ -27,7 +27,7 @@ from celery_archive.pipeline.metrics import write_metrics
 from celery_archive.pipeline.purge import PurgeBatch, purge_verified
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
 from celery_archive.pipeline.source import REDIS_SCHEMES, Source
-from celery_archive.pipeline.verify import discard, verify_run
+from celery_archive.pipeline.verify import Verifier, discard
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink, open_sink
 
@@ -116,19 +116,33 @@ def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
                         dict(statuses.most_common()), dict(names.most_common()), dict(sorted(days.items())))
 
 
-def _finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cfg: RunConfig) -> tuple[int, int, int]:
-    """Verify a committed run, write its restore index entries and, if asked, purge it; writes
-    its report. (verified, deleted, skipped)."""
-    delta = DeltaWriter(sink, manifest["run_id"], spool)
+class Checks:
+    """A run's verification and its restore index entries, begun before its manifest exists:
+    each data file is verified as soon as it is put, while extraction goes on."""
+
+    def __init__(self, sink: Sink, run_id: str, spool: Path, cfg: RunConfig, workers: int = 1) -> None:
+        self.delta = DeltaWriter(sink, run_id, spool)
+        self.verifier = Verifier(sink, run_id, spool, keep=cfg.delete, on_located=self.delta.add, workers=workers)
+
+    def abandon(self) -> None:
+        self.verifier.abandon()
+        self.delta.discard()
+
+
+def _finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cfg: RunConfig,
+            checks: Checks | None = None) -> tuple[int, int, int]:
+    """Verify a committed run (its files not checked yet by ``checks``), write its restore
+    index entries and, if asked, purge it; writes its report. (verified, deleted, skipped)."""
+    checks = checks or Checks(sink, manifest["run_id"], spool, cfg, workers=2)
     try:
-        report = verify_run(sink, manifest, spool, keep=cfg.delete, on_located=delta.add)
+        report = checks.verifier.report(manifest)
     except BaseException:
-        delta.discard()
+        checks.abandon()
         raise
     if report.ok:
-        delta.commit()  # before the purge: whatever leaves the source can be found
+        checks.delta.commit()  # before the purge: whatever leaves the source can be found
     else:
-        delta.discard()
+        checks.delta.discard()
         exc = VerifyError(f"run {manifest['run_id']} failed verification, nothing was deleted: " + "; ".join(report.problems[:5]))
         exc.problems = report.problems  # type: ignore[attr-defined]
         raise exc
@@ -237,7 +251,9 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
             with spool_dir(cfg.spool_dir or sink.spool_root()) as tmp:
                 spool = Path(tmp)
                 resumed, orphans = _recover(sink, source, spool, cfg)
-                writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool)
+                checks = Checks(sink, run_id, spool, cfg)
+                writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool,
+                                       on_put=checks.verifier.submit)
                 applied = None
                 if cfg.policy is not None:
                     from celery_archive.pipeline.rules import Applied
@@ -254,6 +270,7 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                     entries = writer.close()
                 except BaseException:
                     writer.abort()
+                    checks.abandon()
                     raise
                 manifest: dict[str, Any] = {
                     "manifest_version": MANIFEST_VERSION, "schema_version": RECORD_VERSION, "run_id": run_id,
@@ -263,8 +280,12 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                     "rules": applied.counts() if applied else None,
                     "totals": {"files": len(entries), "rows": selected, "bytes": sum(e.bytes for e in entries)},
                 }
-                mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
-                verified, deleted, skipped = _finish(sink, source, manifest, spool, cfg)
+                try:
+                    mf.write_json(sink, mf.manifest_key(run_id), manifest)  # the commit point
+                except BaseException:
+                    checks.abandon()
+                    raise
+                verified, deleted, skipped = _finish(sink, source, manifest, spool, cfg, checks)
                 by_rules = _delete_by_rules(source, applied, cfg) if applied is not None and cfg.delete else 0
                 if len(state(sink).deltas) >= COMPACT_AFTER:
                     compact(sink, spool)

@@ -176,8 +176,8 @@ class ArchiveWriter:
     each finished file to the sink. ``close()`` returns the committed files' entries."""
 
     def __init__(self, sink: Sink, run_id: str, fmt: str, compression: str | None,
-                 max_file_bytes: int, spool_dir: Path) -> None:
-        self.sink, self.run_id, self.fmt = sink, run_id, fmt
+                 max_file_bytes: int, spool_dir: Path, on_put: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.sink, self.run_id, self.fmt, self.on_put = sink, run_id, fmt, on_put
         self.compression = compression or DEFAULT_COMPRESSION[fmt]
         self.max_file_bytes, self.spool_dir = max_file_bytes, spool_dir
         self.entries: list[FileEntry] = []
@@ -251,12 +251,15 @@ class ArchiveWriter:
             f.writer.close()
             sha256 = file_sha256(f.path)
             info = self.sink.put(f.key, f.path, sha256)
-            return FileEntry(
+            entry = FileEntry(
                 key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=sha256,
                 ids_sha256=f.ids_hash.hexdigest(),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )
+            if self.on_put is not None:
+                self.on_put(entry.to_json())  # e.g. verify it while the run goes on
+            return entry
         finally:
             f.path.unlink(missing_ok=True)
             # a finished file's writer (codec contexts, metadata) must not outlive it

@@ -4,7 +4,7 @@ count and that it holds exactly the ids that were extracted into it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,34 +63,85 @@ def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> tuple[str | Non
     return None, table
 
 
+class Verifier:
+    """Checks data files on threads of its own. A run in progress submits each file as soon as
+    it is put, so that verification overlaps extraction; ``report`` then checks whatever file
+    of the manifest was not submitted and waits for all. ``on_located`` gets each verified
+    file's index entries in submission order, one file at a time."""
+
+    def __init__(self, sink: Sink, run_id: str, spool: Path, keep: bool = False,
+                 on_located: OnLocated | None = None, workers: int = 1) -> None:
+        self.sink, self.run_id, self.spool, self.keep, self.on_located = sink, run_id, spool, keep, on_located
+        # reading, hashing and decoding release the GIL: files can be checked side by side
+        self._checks = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="celery-archive-verify")
+        self._ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-located")
+        self._files: dict[str, tuple[dict[str, Any], Path, Future[str | None]]] = {}
+
+    def submit(self, entry: dict[str, Any]) -> None:
+        """Check the file ``entry`` describes (as its manifest will list it)."""
+        dest = self.spool / f"verify-{self.run_id}-{len(self._files):05d}"
+        check = self._checks.submit(check_file, self.sink, entry, dest)
+        self._files[entry["key"]] = (dict(entry), dest, self._ordered.submit(self._deliver, check, dest))
+
+    def _deliver(self, check: Future[tuple[str | None, pa.Table | None]], dest: Path) -> str | None:
+        problem, located = check.result()
+        if problem is None and located is not None and self.on_located is not None:
+            self.on_located(located)
+        if problem is not None or not self.keep:
+            dest.unlink(missing_ok=True)
+        return problem
+
+    def report(self, manifest: dict[str, Any]) -> VerifyReport:
+        """Every file of ``manifest`` checked against its entry there."""
+        report = VerifyReport(manifest["run_id"])
+        listed = {e["key"] for e in manifest["files"]}
+        report.problems += [f"{key}: was written by the run but is not in its manifest" for key in self._files if key not in listed]
+        for entry in manifest["files"]:
+            if entry["key"] not in self._files:
+                self.submit(entry)
+        total = 0
+        try:
+            for entry in manifest["files"]:
+                checked, dest, outcome = self._files[entry["key"]]
+                report.files += 1
+                total += int(entry["rows"])
+                problem = outcome.result()
+                if problem is None and checked != entry:
+                    problem = f"{entry['key']}: the manifest's entry is not the one the file was written with"
+                if problem:
+                    report.problems.append(problem)
+                elif self.keep:
+                    report.verified.append(VerifiedFile(entry, dest))
+        except BaseException:
+            self.abandon()
+            raise
+        expected = manifest["totals"]["rows"]
+        if total != expected:
+            report.problems.append(f"manifest lists {total} rows in its files but {expected} were extracted")
+        report.rows = total
+        if report.ok:
+            self._shutdown()
+        else:
+            report.verified.clear()
+            self.abandon()
+        return report
+
+    def _shutdown(self) -> None:
+        self._checks.shutdown(wait=True)
+        self._ordered.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Wait for the checks under way and remove every local copy (the run failed)."""
+        self._shutdown()
+        for _, dest, _ in self._files.values():
+            dest.unlink(missing_ok=True)
+
+
 def verify_run(sink: Sink, manifest: dict[str, Any], spool: Path, keep: bool = False,
                on_located: OnLocated | None = None) -> VerifyReport:
     """Check every file of ``manifest``; with ``keep`` the verified copies stay in ``spool``;
     ``on_located`` gets each verified file's index entries, in manifest order."""
-    report = VerifyReport(manifest["run_id"])
-    total = 0
-    dests = [spool / f"verify-{manifest['run_id']}-{i:05d}" for i in range(len(manifest["files"]))]
-    # reading, hashing and decoding release the GIL: check two files at a time
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="celery-archive-verify") as pool:
-        checks = pool.map(lambda ed: check_file(sink, *ed), zip(manifest["files"], dests))
-        for entry, dest, (problem, located) in zip(manifest["files"], dests, checks):
-            report.files += 1
-            total += int(entry["rows"])
-            if problem:
-                report.problems.append(problem)
-            elif on_located is not None and located is not None:
-                on_located(located)
-            if not problem and keep:
-                report.verified.append(VerifiedFile(entry, dest))
-                continue
-            dest.unlink(missing_ok=True)
-    expected = manifest["totals"]["rows"]
-    if total != expected:
-        report.problems.append(f"manifest lists {total} rows in its files but {expected} were extracted")
-    report.rows = total
-    if not report.ok:
-        discard(report)
-    return report
+    return Verifier(sink, manifest["run_id"], spool, keep, on_located, workers=2).report(manifest)
 
 
 def discard(report: VerifyReport) -> None:
