@@ -168,3 +168,43 @@ def test_pickle_restricted_unpickler_admits_plain_data_only() -> None:
     for hostile in (pickle.dumps(Hostile(Path("/tmp/x"))), pickle.dumps(sa.Table), pickle.dumps(Path("/etc"))):
         with pytest.raises(UnsafePayload):
             restricted_loads(hostile)
+
+
+def test_plain_json_check_accepts_what_a_json_parser_accepts() -> None:
+    """The fast check that lets stored JSON text be its own queryable copy (msgspec's syntax
+    check + Arrow's UTF-8 check) accepts exactly what orjson's full parse does, on valid
+    payloads and on many corrupted ones: bad syntax, bad UTF-8, encoded surrogates, controls."""
+    import random
+
+    import orjson
+
+    from celery_archive.pipeline.decode import plain_json
+
+    rng = random.Random(7)
+    samples = [{"order": 1, "items": [1, 2.5, -3e5, None, True, False], "note": 'ok é ☃ 𝄞 \\ " \n'},
+               [1, "x"], {"k": {"a": []}}, "text", 12, 1.5, None, [], {}]
+    base = [json.dumps(s, ensure_ascii=False).encode() for s in samples]
+    alphabet = b'{}[]",:0123456789.eE+-\\ntrufals \t\x00\x1f\x7f\x80\xc0\xed\xa0\xff\xf4\x90\xf0\x9dab/u'
+    accepted = rejected = 0
+    for _ in range(20_000):
+        b = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 3)):
+            i, c = rng.randrange(len(b) + 1), alphabet[rng.randrange(len(alphabet))]
+            op = rng.random()
+            if op < 0.4 and b:
+                b[min(i, len(b) - 1)] = c
+            elif op < 0.7:
+                b.insert(i, c)
+            elif b:
+                del b[min(i, len(b) - 1)]
+        value = bytes(b)
+        try:
+            orjson.loads(value)
+            valid = True
+        except orjson.JSONDecodeError:
+            valid = False
+        assert plain_json([value]) is valid, value
+        accepted, rejected = accepted + valid, rejected + (not valid)
+    assert accepted > 1000 and rejected > 1000  # both sides were exercised
+    assert plain_json(base + [None]) and not plain_json([*base, b'"\xed\xa0\x80"'])
+    assert not plain_json([b'{"__type__": "datetime", "__value__": "2020-01-01T00:00:00"}'])

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from celery_archive.pipeline.decode import SERIALIZERS, decode_column, plain_json
+from celery_archive.pipeline.decode import SERIALIZERS, decode_column, json_text
 from celery_archive.schemas import arrow_schema
 
 RAW_TYPES: dict[str, pa.DataType] = {
@@ -46,11 +47,9 @@ def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> p
 
 def _decode(arr: pa.Array, serializer: str, field: str) -> tuple[pa.Array, list[str | None] | None, list[str | None] | None]:
     """(JSON text column, errors or None, compression types or None) for a stored column."""
-    values: list[bytes | None] = arr.to_pylist()
-    if serializer == "json" and plain_json(values):
-        # the stored text is the JSON copy; orjson has checked it is UTF-8, so no cast checks it again
-        return arr.view(pa.string()), None, None
-    texts, errors, compressions = decode_column(values, serializer, field)
+    if serializer == "json" and (text := json_text(arr)) is not None:
+        return text, None, None  # the stored text is the JSON copy
+    texts, errors, compressions = decode_column(arr.to_pylist(), serializer, field)
     return pa.array(texts, pa.string()), errors, compressions
 
 
@@ -84,9 +83,9 @@ def build_records(
     formats: Any = storage_format
     if storage_format == "celery-db-5.7" and serializer != "pickle" and "result" in cols:
         # a pickle in a 5.7 table was written by Celery <= 5.6 before the table was migrated
-        legacy = [r is not None and r[:1] == b"\x80" for r in cols["result"].to_pylist()]
-        if any(legacy):
-            formats = ["celery-db-5.6" if old else storage_format for old in legacy]
+        legacy = pc.starts_with(cols["result"], pattern=b"\x80")
+        if pc.any(legacy).as_py():
+            formats = pc.if_else(legacy.fill_null(False), "celery-db-5.6", storage_format)
     ctype, cenc = SERIALIZERS[serializer]
     given: dict[str, Any] = {
         **{k: cols[k] for k in ("task_id", "status", "name", "worker", "retries", "queue", "traceback") if k in cols},

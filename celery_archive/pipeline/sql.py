@@ -9,14 +9,15 @@ own datetimes, row ids and status names. Other databases run through SQLAlchemy.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.errors import SourceError, scrubbed
@@ -78,7 +79,8 @@ class SqlSource:
         self._engine: sa.Engine | None = None
         self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
         self._adbc_uri = adbc_uri(self._url)
-        self._adbc_conn: Any = None
+        self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
+        self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
         self.counts: Counter[str] = Counter()  # nothing to report for SQL tables yet
@@ -102,15 +104,15 @@ class SqlSource:
         if self._adbc_uri:
             import adbc_driver_manager
 
-            adbc = self._adbc()
-            try:
-                fields = adbc.adbc_get_table_schema(name, db_schema_filter=schema)
-            except adbc_driver_manager.ProgrammingError as exc:
-                if "NOT_FOUND" not in str(exc):
-                    raise
-                return None
-            finally:
-                adbc.rollback()  # the catalog query's transaction, or the failed one
+            with self._adbc() as adbc:
+                try:
+                    fields = adbc.adbc_get_table_schema(name, db_schema_filter=schema)
+                except adbc_driver_manager.ProgrammingError as exc:
+                    if "NOT_FOUND" not in str(exc):
+                        raise
+                    return None
+                finally:
+                    adbc.rollback()  # the catalog query's transaction, or the failed one
             return [sa.Column(f.name, _sa_type(f.type)) for f in fields]
         with self.engine.connect() as conn:
             try:
@@ -146,42 +148,66 @@ class SqlSource:
         return (f"table {where} not found in {self.display_url}: is this Celery's result database? "
                 "If you renamed it (database_table_names), pass --task-table")
 
+    @property
+    def purge_workers(self) -> int:
+        """PostgreSQL deletes two batches at once, each on its own connection (the server then
+        works on two cores); MySQL's range locks and SQLite's single writer take one at a time."""
+        return 2 if self._adbc_uri else 1
+
     def describe(self) -> dict[str, str]:
         return {kind: t.fullname for kind, t in self.tables.items()}
 
     def close(self) -> None:
-        if self._adbc_conn is not None:
-            self._adbc_conn.close()
-            self._adbc_conn = None
+        while self._adbc_all:
+            self._adbc_all.pop().close()
+        self._adbc_idle.clear()
         if self._engine is not None:
             self._engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _adbc(self) -> Any:
-        """The ADBC connection (PostgreSQL), opened on first use."""
-        if self._adbc_conn is None:
+    def _spare(self) -> None:
+        """One more ADBC connection, ready for the next user that needs one."""
+        import adbc_driver_postgresql.dbapi as adbc
+
+        try:
+            conn = adbc.connect(self._adbc_uri)
+        except Exception:  # noqa: BLE001 - only a head start: a purge that needs it connects again and says why
+            return
+        self._adbc_all.append(conn)
+        self._adbc_idle.append(conn)
+
+    @contextmanager
+    def _adbc(self) -> Iterator[Any]:
+        """An ADBC connection (PostgreSQL) of the source's own: one for each thread using
+        one at the same time, opened on first need and kept for the next user."""
+        try:
+            conn = self._adbc_idle.pop()
+        except IndexError:
             import adbc_driver_postgresql.dbapi as adbc
 
-            self._adbc_conn = adbc.connect(self._adbc_uri)
-        return self._adbc_conn
+            conn = adbc.connect(self._adbc_uri)
+            self._adbc_all.append(conn)
+        try:
+            yield conn
+        finally:
+            self._adbc_idle.append(conn)
 
     def _literal(self, stmt: sa.Select[Any] | ReturningDelete[Any]) -> str:
         return str(stmt.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
 
-    def _query(self, stmt: sa.Select[Any] | ReturningDelete[Any], conn: Connection | None = None) -> dict[str, Any]:
-        """Run a row-returning statement: its columns by name (Arrow arrays or value tuples)."""
+    def _query(self, stmt: sa.Select[Any] | ReturningDelete[Any], conn: Any) -> dict[str, Any]:
+        """Run a row-returning statement on ``conn`` (ADBC's on PostgreSQL, else SQLAlchemy's):
+        its columns by name (Arrow arrays or value tuples)."""
         names = [c.name for c in (stmt.selected_columns if isinstance(stmt, sa.Select) else stmt.exported_columns)]
         if self._adbc_uri:
-            adbc = self._adbc()
-            with adbc.cursor() as cur:
+            with conn.cursor() as cur:
                 cur.execute(self._literal(stmt))
                 table = cur.fetch_arrow_table()
             if isinstance(stmt, sa.Select):
                 # end the read's transaction: an idle open one would hold a lock on Celery's
                 # table all run long (blocking, say, Celery 5.7's own ALTER TABLE migration)
-                adbc.rollback()
+                conn.rollback()
             return {n: table.column(i) for i, n in enumerate(names)} if table.num_rows else {}
-        assert conn is not None
         rows = conn.execute(stmt).all()
         return dict(zip(names, zip(*rows))) if rows else {}
 
@@ -207,9 +233,7 @@ class SqlSource:
         def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
             stmt = base if last is None else base.where(self._after(table, last))
             try:
-                if self._adbc_uri:
-                    return self._query(stmt)
-                with self.engine.connect() as conn:
+                with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
                     return self._query(stmt, conn)
             except Exception as exc:
                 raise self._error("reading results from", exc) from exc
@@ -226,6 +250,9 @@ class SqlSource:
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
+        if self.purge_workers > 1:
+            # the purge's second connection, opened while extraction goes on (it takes ~50 ms)
+            threading.Thread(target=self._spare, name="celery-archive-connect", daemon=True).start()
         for kind, table in self.tables.items():
             for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
                 # a copy: the prefetch thread still reads the fetched page's last key
@@ -301,16 +328,16 @@ class SqlSource:
             delete = delete.where(table.c.status.in_(FINISHED))
         stmt = delete.returning(*(table.c.id.label("source_id") if k == "source_id" else table.c[k] for k in batch.keys))
         if self._adbc_uri:
-            conn = self._adbc()
-            try:
-                got = self._query(stmt)
-                if batch.outside(got) == 0:
-                    conn.commit()
-                    return len(next(iter(got.values()), []))
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.rollback()  # something not verified (new or changed) is in range
+            with self._adbc() as conn:
+                try:
+                    got = self._query(stmt, conn)
+                    if batch.outside(got) == 0:
+                        conn.commit()
+                        return len(next(iter(got.values()), []))
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.rollback()  # something not verified (new or changed) is in range
             return None
         with self.engine.connect() as sconn:
             with sconn.begin() as tx:
