@@ -38,8 +38,8 @@ def utc_naive(value: Any) -> Any:
 def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
     """A stored column as an Arrow array of its RAW_TYPES type."""
     target = RAW_TYPES[name]
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    if isinstance(values, pa.ChunkedArray):  # one chunk is the rule: then no copy
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
     if isinstance(values, pa.Array):
         return values if values.type == target else values.cast(target)
     return pa.array(values, target)
