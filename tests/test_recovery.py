@@ -132,3 +132,36 @@ def test_a_live_lock_refuses_a_second_run_and_a_dead_ones_is_taken_over(sqlite_u
         holder.wait()
     report = archive(sqlite_url, sink)  # the holder is dead now: its lock is stale
     assert report.deleted == 60
+
+
+def test_files_checked_while_a_run_goes_on_count_only_against_their_manifest_entries(sqlite_url: str, tmp_path: Path) -> None:
+    """A run verifies each data file as soon as it is put (Verifier.submit), before its manifest
+    exists; the manifest's entries decide: a file checked against anything else fails the run,
+    and no verified copy is left behind. Index entries come out in manifest order."""
+    from celery_archive.pipeline.verify import Verifier
+
+    fill(sqlite_url)
+    sink = LocalSink(tmp_path / "archive")
+    archive(sqlite_url, tmp_path / "archive", delete=False)
+    (run_id,) = mf.committed_runs(sink)
+    manifest = mf.load_manifest(sink, run_id)
+    files = manifest["files"]
+    assert len(files) == 3  # one a day
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    located: list[str] = []
+    good = Verifier(sink, run_id, spool, keep=True, on_located=lambda t: located.append(t["key"][0].as_py()))
+    for entry in files[:2]:  # the last one is left for report() to check
+        good.submit(entry)
+    report = good.report(manifest)
+    assert report.ok and report.rows == 60 and located == [e["key"] for e in files]
+    assert sorted(p.name for p in spool.iterdir()) == sorted(v.path.name for v in report.verified) and len(report.verified) == 3
+    for v in report.verified:
+        v.path.unlink()
+
+    bad = Verifier(sink, run_id, spool, keep=True)
+    bad.submit({**files[1], "max_date_done": "1999-01-01T00:00:00Z"})  # the file is fine, its entry is not the manifest's
+    report = bad.report(manifest)
+    assert not report.ok and report.verified == [] and list(spool.iterdir()) == []
+    assert report.problems == [f"{files[1]['key']}: the manifest's entry is not the one the file was written with"]

@@ -112,21 +112,27 @@ class DeltaWriter:
     the log (a resumed run wrote it) is left as it is."""
 
     def __init__(self, sink: Sink, run_id: str, spool: Path) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.sink, self.run_id, self.entries = sink, run_id, 0
         self._path = spool / f"index-{run_id}.parquet"
         # task ids are unique and random: no dictionary and no statistics for them (half the
         # time, a third smaller); lookups read these files whole
-        self._writer = pq.ParquetWriter(self._path, index_schema(), compression="zstd", use_dictionary=["kind", "key"],
+        self._out = pa.BufferedOutputStream(pa.OSFile(str(self._path), "wb"), buffer_size=1 << 20)
+        self._writer = pq.ParquetWriter(self._out, index_schema(), compression="zstd", use_dictionary=["kind", "key"],
                                         write_statistics=False)
 
     def add(self, table: pa.Table) -> None:
         self._writer.write_table(table.cast(index_schema()))
         self.entries += table.num_rows
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self._writer.close()
+        self._out.close()
+
+    def commit(self) -> None:
+        self._close()
         try:
             self.sink.put(delta_key(self.run_id), self._path)
         except ObjectExistsError:
@@ -135,7 +141,8 @@ class DeltaWriter:
             self._path.unlink(missing_ok=True)
 
     def discard(self) -> None:
-        self._writer.close()
+        if not self._out.closed:
+            self._close()
         self._path.unlink(missing_ok=True)
 
 

@@ -91,7 +91,8 @@ class _ParquetFile:
 
         self._pool = pool
         self._schema = arrow_schema()
-        self._out = pa.OSFile(str(path), "wb")
+        # buffered: the writer asks where it is (tell) and writes each page, a system call each
+        self._out = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
         self._writer = pq.ParquetWriter(self._out, self._schema, compression=compression,
                                         use_dictionary=_DICTIONARY, write_statistics=_STATISTICS)
         self._pending: Future[None] | None = None
