@@ -84,8 +84,7 @@ class SqlSource:
         self._adbc_first: Future[Any] | None = None
         if self._adbc_uri:  # the first connection is made while SQLAlchemy loads its dialect (~40 ms each)
             self._adbc_first = Future()
-            threading.Thread(target=self._connect_first, args=(self._adbc_first,), name="celery-archive-connect",
-                             daemon=True).start()
+            threading.Thread(target=self._connect_first, name="celery-archive-connect", daemon=True).start()
         self.dialect = check_driver(self._url)()  # compiles statements; needs no connection
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
@@ -175,13 +174,14 @@ class SqlSource:
             self._engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _connect_first(self, made: Future[Any]) -> None:
+    def _connect_first(self) -> None:
+        assert self._adbc_first is not None
         try:
             import adbc_driver_postgresql.dbapi as adbc
 
-            made.set_result(adbc.connect(self._adbc_uri))
+            self._adbc_first.set_result(adbc.connect(self._adbc_uri))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the connection
-            made.set_exception(exc)
+            self._adbc_first.set_exception(exc)
 
     def _spare(self) -> None:
         """One more ADBC connection, ready for the next user that needs one."""
