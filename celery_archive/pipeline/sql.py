@@ -12,8 +12,7 @@ import datetime as dt
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +24,7 @@ from celery_archive.errors import SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import build_records, utc_naive
-from celery_archive.pipeline.sql_url import UTC_SESSION, adbc_uri, check_driver, parse_source_url
+from celery_archive.pipeline.sql_url import UTC_SESSION, adbc_uri, parse_source_url
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
@@ -74,18 +73,14 @@ class SqlSource:
 
     def __init__(self, config: SqlSourceConfig) -> None:
         self.config = config
-        self._url = parse_source_url(config.url, check=False)
+        self._url = parse_source_url(config.url)
         self.display_url = "db+" + self._url.render_as_string(hide_password=True)
         self._secret = self._url.password
         self._engine: sa.Engine | None = None
+        self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
         self._adbc_uri = adbc_uri(self._url)
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []
-        self._adbc_first: Future[Any] | None = None
-        if self._adbc_uri:  # the first connection is made while SQLAlchemy loads its dialect (~40 ms each)
-            self._adbc_first = Future()
-            threading.Thread(target=self._connect_first, name="celery-archive-connect", daemon=True).start()
-        self.dialect = check_driver(self._url)()  # compiles statements; needs no connection
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
         self.counts: Counter[str] = Counter()  # nothing to report for SQL tables yet
@@ -163,10 +158,6 @@ class SqlSource:
         return {kind: t.fullname for kind, t in self.tables.items()}
 
     def close(self) -> None:
-        first, self._adbc_first = self._adbc_first, None
-        if first is not None:  # made, never used
-            with suppress(Exception):
-                first.result().close()
         while self._adbc_all:
             self._adbc_all.pop().close()
         self._adbc_idle.clear()
@@ -174,15 +165,6 @@ class SqlSource:
             self._engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _connect_first(self) -> None:
-        assert self._adbc_first is not None
-        try:
-            import adbc_driver_postgresql.dbapi as adbc
-
-            self._adbc_first.set_result(adbc.connect(self._adbc_uri))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the connection
-            self._adbc_first.set_exception(exc)
-
     def _spare(self) -> None:
         """One more ADBC connection, ready for the next user that needs one."""
         import adbc_driver_postgresql.dbapi as adbc
@@ -198,18 +180,13 @@ class SqlSource:
     def _adbc(self) -> Iterator[Any]:
         """An ADBC connection (PostgreSQL) of the source's own: one for each thread using
         one at the same time, opened on first need and kept for the next user."""
-        first, self._adbc_first = self._adbc_first, None
-        if first is not None:
-            conn = first.result()  # raises what connecting raised
-            self._adbc_all.append(conn)
-        else:
-            try:
-                conn = self._adbc_idle.pop()
-            except IndexError:
-                import adbc_driver_postgresql.dbapi as adbc
+        try:
+            conn = self._adbc_idle.pop()
+        except IndexError:
+            import adbc_driver_postgresql.dbapi as adbc
 
-                conn = adbc.connect(self._adbc_uri)
-                self._adbc_all.append(conn)
+            conn = adbc.connect(self._adbc_uri)
+            self._adbc_all.append(conn)
         try:
             yield conn
         finally:

@@ -17,9 +17,8 @@ def _module_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def parse_source_url(url: str, check: bool = True) -> sa.URL:
-    """The SQLAlchemy URL inside a Celery ``db+...`` result_backend URL; ``check`` (or a later
-    ``check_driver``) makes sure its database driver is installed."""
+def parse_source_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL inside a Celery ``db+...`` result_backend URL."""
     if not url.startswith("db+"):
         raise ConfigError(f"not a Celery database backend URL: {redact(url)!r} (expected db+postgresql://, db+mysql://, db+sqlite:///...)")
     try:
@@ -35,20 +34,13 @@ def parse_source_url(url: str, check: bool = True) -> sa.URL:
 
         if not Path(u.database).is_file():
             raise ConfigError(f"no SQLite database file at {u.database}: check the path in --source (db+sqlite:///relative or db+sqlite:////absolute)")
-    if check:
-        check_driver(u)
-    return u
-
-
-def check_driver(u: sa.URL) -> type[sa.Dialect]:
-    """The URL's SQLAlchemy dialect, once its database driver is known to be installed."""
     try:
         dialect = u.get_dialect()
         if adbc_uri(u) is None:  # on PostgreSQL, ADBC does the work: the driver loads only if needed
             dialect.import_dbapi()
     except (sa.exc.NoSuchModuleError, ImportError):
         raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
-    return dialect
+    return u
 
 
 def redact(url: str) -> str:
