@@ -4,9 +4,7 @@ memory of the extract), so a resumed run purges the same way; it stays in Arrow 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,22 +108,11 @@ def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] 
 
 
 def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int,
-                   columns: Sequence[str] = KEY_COLUMNS, workers: int = 1) -> PurgeReport:
-    """Delete what ``files`` hold through ``purge``, up to ``workers`` batches at once;
-    ``columns`` are what the source needs. Memory holds ``workers`` + 1 batches at most."""
+                   columns: Sequence[str] = KEY_COLUMNS) -> PurgeReport:
+    """Delete what ``files`` hold through ``purge``; ``columns`` are what the source needs."""
     deleted = skipped = 0
-    running: deque[Future[tuple[int, int]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="celery-archive-purge") as pool:
-        try:
-            for batch in ahead(plan(files, batch_size, columns), "celery-archive-plan"):  # the next batch is read while the source deletes
-                if len(running) >= workers:
-                    d, s = running.popleft().result()
-                    deleted, skipped = deleted + d, skipped + s
-                running.append(pool.submit(purge, batch))
-            while running:
-                d, s = running.popleft().result()
-                deleted, skipped = deleted + d, skipped + s
-        finally:
-            for f in running:
-                f.cancel()
+    for batch in ahead(plan(files, batch_size, columns), "celery-archive-plan"):  # the next batch is read while the source deletes
+        d, s = purge(batch)
+        deleted += d
+        skipped += s
     return PurgeReport(deleted, skipped)

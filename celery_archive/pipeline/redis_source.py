@@ -118,7 +118,6 @@ def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
 class RedisSource:
     storage_format = "celery-redis"
     purge_columns: tuple[str, ...] = ("source_table", "raw_value")
-    purge_workers = 1
 
     def __init__(self, config: RedisSourceConfig) -> None:
         if config.serializer not in SERIALIZERS:

@@ -149,8 +149,7 @@ def _finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, c
     deleted = skipped = 0
     try:
         if cfg.delete:
-            pr = purge_verified(source.purge, report.verified, cfg.purge_batch, source.purge_columns,
-                                source.purge_workers)
+            pr = purge_verified(source.purge, report.verified, cfg.purge_batch, source.purge_columns)
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)

@@ -8,8 +8,7 @@
   extract would take, or with ``everything`` of every result the backend holds.
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
-* ``purge_columns`` names the record columns ``purge`` needs (read back from verified files);
-  ``purge_workers`` is how many batches ``purge`` may be given at once, from as many threads.
+* ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
 * ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...).
 * ``describe()`` names where results live (tables or key patterns), for manifests;
   ``display_url`` is the source URL without secrets; ``close()`` lets go of connections.
@@ -34,9 +33,6 @@ class Source(Protocol):
     display_url: str
     storage_format: str
     purge_columns: tuple[str, ...]
-
-    @property
-    def purge_workers(self) -> int: ...
 
     @property
     def counts(self) -> Mapping[str, int]: ...

@@ -9,7 +9,6 @@ own datetimes, row ids and status names. Other databases run through SQLAlchemy.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,12 +147,6 @@ class SqlSource:
         return (f"table {where} not found in {self.display_url}: is this Celery's result database? "
                 "If you renamed it (database_table_names), pass --task-table")
 
-    @property
-    def purge_workers(self) -> int:
-        """PostgreSQL deletes two batches at once, each on its own connection (the server then
-        works on two cores); MySQL's range locks and SQLite's single writer take one at a time."""
-        return 2 if self._adbc_uri else 1
-
     def describe(self) -> dict[str, str]:
         return {kind: t.fullname for kind, t in self.tables.items()}
 
@@ -165,17 +158,6 @@ class SqlSource:
             self._engine.dispose()
 
     # -- helpers --------------------------------------------------------------------------
-    def _spare(self) -> None:
-        """One more ADBC connection, ready for the next user that needs one."""
-        import adbc_driver_postgresql.dbapi as adbc
-
-        try:
-            conn = adbc.connect(self._adbc_uri)
-        except Exception:  # noqa: BLE001 - only a head start: a purge that needs it connects again and says why
-            return
-        self._adbc_all.append(conn)
-        self._adbc_idle.append(conn)
-
     @contextmanager
     def _adbc(self) -> Iterator[Any]:
         """An ADBC connection (PostgreSQL) of the source's own: one for each thread using
@@ -250,9 +232,6 @@ class SqlSource:
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
-        if self.purge_workers > 1:
-            # the purge's second connection, opened while extraction goes on (it takes ~50 ms)
-            threading.Thread(target=self._spare, name="celery-archive-connect", daemon=True).start()
         for kind, table in self.tables.items():
             for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
                 # a copy: the prefetch thread still reads the fetched page's last key
