@@ -237,6 +237,13 @@ def decode_column(
     if serializer == "json" and plain_json(values):
         nulls: list[str | None] = [None] * len(values)
         return list(values), nulls, nulls
+    return decode_each(values, serializer, field)
+
+
+def decode_each(
+    values: Sequence[bytes | None], serializer: str, field: str
+) -> tuple[list[bytes | None], list[str | None], list[str | None]]:
+    """``decode_column`` value by value, for a column known not to be all plain JSON."""
     texts: list[bytes | None] = []
     errors: list[str | None] = []
     compressions: list[str | None] = []

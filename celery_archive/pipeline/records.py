@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from celery_archive.pipeline.decode import SERIALIZERS, decode_column, json_text
+from celery_archive.pipeline.decode import SERIALIZERS, decode_each, json_text
 from celery_archive.schemas import arrow_schema
 
 RAW_TYPES: dict[str, pa.DataType] = {
@@ -49,7 +49,7 @@ def _decode(arr: pa.Array, serializer: str, field: str) -> tuple[pa.Array, list[
     """(JSON text column, errors or None, compression types or None) for a stored column."""
     if serializer == "json" and (text := json_text(arr)) is not None:
         return text, None, None  # the stored text is the JSON copy
-    texts, errors, compressions = decode_column(arr.to_pylist(), serializer, field)
+    texts, errors, compressions = decode_each(arr.to_pylist(), serializer, field)
     return pa.array(texts, pa.string()), errors, compressions
 
 
