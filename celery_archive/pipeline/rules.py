@@ -70,8 +70,8 @@ class Policy:
         status = pc.fill_null(table["status"], "")
         raw = pc.coalesce(table["raw_value"], table["raw_result"]) if "raw_value" in table.column_names else table["raw_result"]
         size = pc.fill_null(pc.binary_length(raw), 0)
-        chosen = pa.array([len(self.rules)] * n, pa.int32())  # index of the default
-        unassigned = pa.array([True] * n)
+        chosen = pa.repeat(pa.scalar(len(self.rules), pa.int32()), n)  # index of the default
+        unassigned = pa.repeat(pa.scalar(True), n)
         for i, r in enumerate(self.rules):
             m = glob_mask(names, [r.match])
             if r.status:
