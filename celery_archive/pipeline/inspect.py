@@ -11,7 +11,7 @@ from typing import Any
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.pipeline.run import open_source
 from celery_archive.pipeline.serialize import iso
-from celery_archive.pipeline.source import REDIS_SCHEMES
+from celery_archive.pipeline.source import REDIS_SCHEMES, Tally
 
 AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
 
@@ -53,23 +53,16 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
         due = sum(n for *_, n, _b in source.stats(now - cfg.older_than))
     finally:
         source.close()
-    kinds, statuses, names, ages = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
-    total = nbytes = 0
-    days = []
-    for kind, status, name, day, n, b in rows:
-        total += n
-        nbytes += b
-        kinds[kind] += n
-        statuses[status or "(group)"] += n
-        names[name or "(unnamed)"] += n
+    t = Tally.of(rows)
+    ages = Counter[str]()
+    for day, n in t.by_day.items():
         ages[age_bucket(day, now.date())] += n
-        if day:
-            days.append(day)
+    days = [day for day in t.by_day if day]
     redis = source.display_url.split("://", 1)[0] in REDIS_SCHEMES
-    over = warn_above is not None and total > warn_above
-    return StatsReport(source.display_url, total, nbytes, min(days) if days else None, dict(kinds), dict(statuses.most_common()),
-                       dict(names.most_common(20)), {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)"))
-                                                     if ages[label]},
+    over = warn_above is not None and t.results > warn_above
+    return StatsReport(source.display_url, t.results, t.bytes, min(days) if days else None, dict(t.by_kind),
+                       dict(t.by_status.most_common()), dict(t.by_name.most_common(20)),
+                       {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)")) if ages[label]},
                        format_duration(cfg.older_than), due, counts.get("no_ttl", 0) if redis else None,
                        counts.get("unfinished", 0) if redis else None, warn_above, over)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from celery_archive.pipeline.index import COMPACT_AFTER, DeltaWriter, compact, s
 from celery_archive.pipeline.metrics import write_metrics
 from celery_archive.pipeline.purge import PurgeBatch, purge_verified
 from celery_archive.pipeline.serialize import ArchiveWriter, iso
-from celery_archive.pipeline.source import REDIS_SCHEMES, Source
+from celery_archive.pipeline.source import REDIS_SCHEMES, Source, Tally
 from celery_archive.pipeline.verify import Verifier, discard
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink, open_sink
@@ -104,16 +103,9 @@ def open_source(cfg: RunConfig) -> Source:
 
 
 def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
-    kinds, statuses, names, days = Counter[str](), Counter[str](), Counter[str](), Counter[str]()
-    total_bytes = 0
-    for kind, status, name, day, n, nbytes in source.stats(cutoff):
-        kinds[kind] += n
-        statuses[status or "(group)"] += n
-        names[name or "(unnamed)"] += n
-        days[day] += n
-        total_bytes += nbytes
-    return DryRunReport(source.display_url, iso(cutoff), sum(kinds.values()), total_bytes, dict(kinds),
-                        dict(statuses.most_common()), dict(names.most_common()), dict(sorted(days.items())))
+    t = Tally.of(source.stats(cutoff))
+    return DryRunReport(source.display_url, iso(cutoff), t.results, t.bytes, dict(t.by_kind),
+                        dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())))
 
 
 class Checks:

@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -27,6 +29,32 @@ if TYPE_CHECKING:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")  # Celery's Redis result_backend URLs
+
+StatsRow = tuple[str, str | None, str | None, str, int, int]  # kind, status, name, day, count, bytes
+
+
+@dataclass
+class Tally:
+    """``stats`` rows added up: results and stored bytes, by kind, status, task name and day."""
+
+    results: int = 0
+    bytes: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_name: Counter[str] = field(default_factory=Counter)
+    by_day: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, rows: Iterable[StatsRow]) -> Tally:
+        t = cls()
+        for kind, status, name, day, n, nbytes in rows:
+            t.results += n
+            t.bytes += nbytes
+            t.by_kind[kind] += n
+            t.by_status[status or "(group)"] += n
+            t.by_name[name or "(unnamed)"] += n
+            t.by_day[day] += n
+        return t
 
 
 class Source(Protocol):
@@ -43,7 +71,7 @@ class Source(Protocol):
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]: ...
 
-    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]: ...
+    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[StatsRow]: ...
 
     def purge(self, batch: PurgeBatch) -> tuple[int, int]: ...
 
