@@ -15,7 +15,7 @@ from conftest import age_rows, celery_app, table_rows
 from helpers import archive, data_files, read_archive
 
 from celery_archive.pipeline.readback import read_columns
-from celery_archive.schemas import arrow_schema, field_names, json_schema, record_fields
+from celery_archive.schemas import RECORD_VERSION, arrow_schema, field_names, json_schema, record_fields
 
 GLOBS = {"parquet": "*.parquet", ("jsonl", None): "*.jsonl", ("jsonl", "zstd"): "*.jsonl.zst", ("jsonl", "gzip"): "*.jsonl.gz"}
 
@@ -64,7 +64,7 @@ def test_parquet_files_carry_the_record_schema(sqlite_url: str, tmp_path: Path) 
     for path in data_files(tmp_path / "a"):
         schema = pq.read_schema(path)
         assert schema.equals(arrow_schema(), check_metadata=False)
-        assert schema.metadata[b"celery_archive.record_version"] == b"1"
+        assert schema.metadata[b"celery_archive.record_version"] == str(RECORD_VERSION).encode()
         meta = pq.ParquetFile(path).metadata
         assert meta.row_group(0).column(0).compression == "ZSTD"
 

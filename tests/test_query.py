@@ -252,3 +252,37 @@ def test_iceberg_on_s3(sqlite_url: str, s3_bucket: str, s3_endpoint: str, tmp_pa
     table = load_catalog("s3cat", **props).load_table("ns.results")
     assert sorted(table.scan().to_arrow()["task_id"].to_pylist()) == [f"t{i}" for i in range(10)]
     assert all(f.startswith(f"s3://{s3_bucket}/arch/data/date=") for f in table.inspect.files()["file_path"].to_pylist())
+
+
+def test_iceberg_table_of_an_earlier_record_version_gains_the_new_columns(sqlite_url: str, tmp_path: Path) -> None:
+    """A table created for record schema v1 (before raw_date_done and raw_key) is evolved by
+    name when a run appends v2 files; the v1 fixture's files and the new run's both scan."""
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.transforms import DayTransform
+
+    from celery_archive.schemas import arrow_schema
+
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": f"file://{tmp_path / 'warehouse'}"}
+    env = {f"PYICEBERG_CATALOG__OLD__{k.upper()}": v for k, v in props.items()}
+    sink = tmp_path / "archive"
+    shutil.copytree(FIXTURE, sink)
+    for jsonl_run in sink.rglob("*68939b*"):  # the fixture's JSONL run: an Iceberg table holds Parquet
+        jsonl_run.unlink()
+    catalog = load_catalog("old", **props)
+    catalog.create_namespace("celery")
+    old = catalog.create_table("celery.results", schema=arrow_schema(1))
+    with old.update_spec() as spec:
+        spec.add_field("date_done", DayTransform(), "date_done_day")
+    app = celery_app(sqlite_url)
+    for i in range(5):
+        app.backend.store_result(f"new-{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    proc = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d", "--json",
+               "--iceberg-table", "celery.results", "--iceberg-catalog", "old", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["iceberg_runs"]) == 2  # the fixture's Parquet run, then this one
+    table = load_catalog("old", **props).load_table("celery.results")
+    assert {"raw_date_done", "raw_key"} <= {f.name for f in table.schema().fields}
+    scanned = table.scan().to_arrow()
+    assert sorted(t for t in scanned["task_id"].to_pylist() if t.startswith("new-")) == [f"new-{i}" for i in range(5)]
+    assert scanned.num_rows == 26 + 5

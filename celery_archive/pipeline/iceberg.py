@@ -32,9 +32,15 @@ def _table(catalog_name: str, ident: str) -> Any:
         raise ConfigError(f"--iceberg-table {ident!r}: use NAMESPACE.TABLE")
     catalog = load_catalog(catalog_name)
     try:
-        return catalog.load_table(ident)
+        table = catalog.load_table(ident)
     except NoSuchTableError:
         pass
+    else:
+        if set(arrow_schema().names) - {f.name for f in table.schema().fields}:
+            with table.update_schema() as update:  # a table made for an earlier record version
+                update.union_by_name(arrow_schema())
+            table = table.refresh()
+        return table
     namespace = ident.rsplit(".", 1)[0]
     try:
         catalog.create_namespace(namespace)

@@ -18,7 +18,7 @@ import orjson
 
 from celery_archive.errors import SinkError
 from celery_archive.pipeline.readback import rows_to_table
-from celery_archive.schemas import INDEX_VERSION, arrow_schema
+from celery_archive.schemas import INDEX_VERSION, arrow_schema, conform
 from celery_archive.sinks import RangeReader
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:
             rows = pf.read_row_group(block).take([e["row"] for e in entries if e["block"] == block])
             parts.append(rows)
             del pieces[first["offset"]]
-        return pa.concat_tables(parts)
+        return conform(pa.concat_tables(parts))  # a file of an earlier record version: its new columns null
     compression = "zstd" if key.endswith(".zst") else "gzip" if key.endswith(".gz") else None
     lines: list[bytes] = []
     for (offset, length), group in _by_block(entries).items():

@@ -49,8 +49,9 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=_BATCH, columns=list(columns)):
-            arrays = {}
+        present = [c for c in columns if c in pf.schema_arrow.names]  # a column of a later version: null
+        for batch in pf.iter_batches(batch_size=_BATCH, columns=present):
+            arrays: dict[str, list[Any]] = {c: [None] * batch.num_rows for c in columns}
             for name, col in zip(batch.schema.names, batch.columns):
                 if pa.types.is_timestamp(col.type) and col.type.tz is not None:
                     col = col.cast(pa.timestamp(col.type.unit))  # same instants, as naive UTC
@@ -65,7 +66,7 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
                 continue
             row = orjson.loads(line)
             for c in columns:
-                out[c].append(_jsonl_value(c, types[c], row[c]))
+                out[c].append(_jsonl_value(c, types[c], row.get(c)))  # absent in earlier versions: null
             if len(out[columns[0]]) >= _BATCH:
                 yield out
                 out = {c: [] for c in columns}
@@ -90,8 +91,14 @@ def read_tables(path: Path, fmt: str, compression: str | None, columns: Sequence
     import pyarrow.parquet as pq
 
     if fmt == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
-            yield _naive(pa.Table.from_batches([batch]))
+        schema = arrow_schema()
+        pf = pq.ParquetFile(path)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+            t = pa.Table.from_batches([batch])
+            # a column of a later record version than the file's comes back null
+            t = pa.table({c: t.column(c) if c in present else pa.nulls(t.num_rows, schema.field(c).type) for c in columns})
+            yield _naive(t)
         return
     schema = arrow_schema()
     for cols in read_columns(path, fmt, compression, columns):

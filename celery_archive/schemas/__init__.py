@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # v2 adds raw_date_done and raw_key; v1 files read them as null
 MANIFEST_VERSION = 1
 INDEX_VERSION = 1
 
@@ -37,9 +37,10 @@ def field_names(version: int = RECORD_VERSION) -> tuple[str, ...]:
     return tuple(f["name"] for f in record_fields(version))
 
 
-def json_schema(name: str = "record", version: int = RECORD_VERSION) -> dict[str, Any]:
-    """A JSON Schema: ``record`` (one JSONL line) or ``manifest``."""
-    return _load(f"{name}.v{version}.schema.json")
+def json_schema(name: str = "record", version: int | None = None) -> dict[str, Any]:
+    """A JSON Schema: ``record`` (one JSONL line) or ``manifest``; the current version by default."""
+    current = {"record": RECORD_VERSION, "manifest": MANIFEST_VERSION}
+    return _load(f"{name}.v{version or current[name]}.schema.json")
 
 
 def _arrow_type(spec: str) -> pa.DataType:
@@ -63,3 +64,15 @@ def arrow_schema(version: int = RECORD_VERSION, name: str = "record") -> pa.Sche
         for f in record_fields(version, name)
     ]
     return pa.schema(fields, metadata={f"celery_archive.{name}_version": str(version)})
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A record table read from a file of any record version, with the current schema: columns
+    a file of an earlier version lacks come back null (versions only ever add columns)."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    have = set(table.column_names)
+    n = table.num_rows
+    arrays = [table.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
