@@ -1,9 +1,10 @@
 """The ``celery-archive`` command. Stages never print; this module does.
 
 Exit codes: 0 done; 1 failed (source, sink or other error); 2 bad usage or configuration;
-3 verification failed and nothing was deleted; 4 another run holds the archive's lock;
-5 a task id asked for is not in the archive; 6 a result to restore is already in the backend
-(--on-conflict fail) and nothing was restored.
+3 verification failed and nothing was deleted; 4 another run holds the archive's lease (or the
+backend's archiver lock), or this run lost the lease; 5 a task id asked for is not in the
+archive; 6 a result to restore is already in the backend (--on-conflict fail) and nothing was
+restored; 7 stats --warn-above exceeded; 130 stopped at once by a second SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import contextlib
 import functools
 import gc
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -34,6 +36,40 @@ def emit(obj: dict[str, Any]) -> None:
     click.echo(orjson.dumps(obj).decode())
 
 
+INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+
+
+def fail(command: str, error: str, error_type: str, code: int, as_json: bool, problems: list[str]) -> NoReturn:
+    if as_json:
+        emit({"command": command, "ok": False, "error": error, "error_type": error_type, "exit_code": code, "problems": problems})
+    else:
+        click.echo(f"error: {error}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT ask for a safe stop (the event is set: a run takes nothing more and
+    finishes what it took, releasing the lease); a second one stops at once."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(f"celery-archive: {signal.Signals(signum).name}: stopping at the next batch boundary "
+                   "(what was taken is archived, verified and purged; send it again to stop at once)", err=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def handle_errors(command: str) -> Callable[[F], F]:
     """Turn an ArchiveError into a clear message (or a JSON object) and its exit code."""
 
@@ -43,12 +79,10 @@ def handle_errors(command: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except ArchiveError as exc:
-                if kwargs.get("as_json"):
-                    emit({"command": command, "ok": False, "error": str(exc), "error_type": type(exc).__name__,
-                          "exit_code": exc.exit_code, "problems": getattr(exc, "problems", [])})
-                else:
-                    click.echo(f"error: {exc}", err=True)
-                sys.exit(exc.exit_code)
+                fail(command, str(exc), type(exc).__name__, exc.exit_code, kwargs.get("as_json", False), getattr(exc, "problems", []))
+            except KeyboardInterrupt:
+                fail(command, "stopped at once (a second SIGINT/SIGTERM): nothing unverified was deleted from the backend; "
+                     "the next run finishes or cleans up what this one left", "Interrupted", INTERRUPTED, kwargs.get("as_json", False), [])
 
         return inner  # type: ignore[return-value]
 
@@ -183,6 +217,9 @@ def source_options(f: F) -> F:
      help="Append each run's Parquet files to this Apache Iceberg table, one snapshot a run (needs pyiceberg).")
 @opt("--iceberg-catalog", key="iceberg_catalog", default="default", show_default=True, metavar="NAME",
      help="The pyiceberg catalog (configured in ~/.pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__*).")
+@opt("--lease-ttl", key="lease_ttl", default="60s", show_default=True, metavar="AGE",
+     help="The archive's lease goes stale after this long without renewal (the run renews it every sixth of it); "
+          "a run that finds a stale-looking lease watches it this long before taking it over.")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -202,13 +239,13 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     from celery_archive.settings import run_config
 
     cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
-    with progress_reporter(as_json) as show:
+    with progress_reporter(as_json) as show, stop_on_signals() as stop:
 
         def progress(n: int) -> None:
             startup_over()  # every library the run needs is in by its first batch
             show(n)
 
-        report = run_archive(cfg, progress=progress)
+        report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True))
     if as_json:
         emit(report.to_json())
         return
@@ -220,7 +257,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
         click.echo("nothing was changed; run again without --dry-run to archive")
         return
     if report.resumed or report.orphans_removed:
-        click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} uncommitted file(s)")
+        click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} file(s) of runs that never committed")
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
     counts = report.source_counts
@@ -235,7 +272,14 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
         click.echo(f"  rule {rule}: archived {c['archived']:,}, deleted without archive {c['deleted']:,}, "
                    f"kept {c['kept']:,}, not yet due {c['not_due']:,}")
     if report.stopped_early:
-        click.echo("stopped at --max-runtime; the next run takes the rest")
+        click.echo(("stopped at --max-runtime" if report.stopped_by == "max_runtime" else "stopped by a signal")
+                   + "; the next run takes the rest")
+    if report.manifests_restored:
+        click.echo(f"wrote the manifests of {len(report.manifests_restored)} committed run(s) again from their commit records: "
+                   + ", ".join(report.manifests_restored[:5]))
+    if report.lost_manifests:
+        click.echo(f"warning: {len(report.lost_manifests)} run(s) have data files but no manifest ({', '.join(report.lost_manifests[:5])}); "
+                   f"they are kept: `celery-archive manifest rebuild --sink {report.sink}` makes their manifests again", err=True)
 
 
 @main.command()
@@ -259,7 +303,7 @@ def verify(sink: str, run_id: str | None, as_json: bool) -> None:
         for p in report.problems:
             click.echo(f"  problem: {p}")
         if report.uncommitted:
-            click.echo(f"  {len(report.uncommitted)} uncommitted file(s) from an interrupted run; the next `run` removes them")
+            click.echo(f"  {len(report.uncommitted)} file(s) of a run that has not committed (going on now, or interrupted: the next `run` removes those)")
     if not report.ok:
         sys.exit(3)
 

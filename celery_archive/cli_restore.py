@@ -95,7 +95,7 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
     """
     from celery_archive.pipeline.putback import TargetConfig, open_target
     from celery_archive.pipeline.restore import missing_message, records_for, restore_into
-    from celery_archive.pipeline.run import spool_dir as make_spool
+    from celery_archive.pipeline.spool import spool_dir as make_spool
     from celery_archive.sinks import open_sink
 
     filters = {"run_id": run_id, "since": _when(since, "--since"), "until": _when(until, "--until"), "names": names}
@@ -153,19 +153,26 @@ def index() -> None:
     """
 
 
-def _under_lock(sink: str, action: Any) -> Any:
+def _under_lease(sink: str, lease_ttl: str, action: Any) -> Any:
+    """``action(sink, spool)`` with the archive's lease held, every write fenced by it."""
     from celery_archive.pipeline import manifest as mf
-    from celery_archive.pipeline.run import spool_dir as make_spool
+    from celery_archive.pipeline.lease import FencedSink, Lease
+    from celery_archive.pipeline.spool import spool_dir
     from celery_archive.sinks import open_sink
 
     archive = open_sink(sink)
-    lock = mf.Lock(archive, f"index-{mf.new_run_id(dt.datetime.now(dt.timezone.utc))}")
-    lock.acquire()
+    lease = Lease(archive, f"maint-{mf.new_run_id(dt.datetime.now(dt.timezone.utc))}", parse_duration(lease_ttl).total_seconds(),
+                  on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True))
+    lease.acquire()
     try:
-        with make_spool(archive.spool_root()) as tmp:
-            return action(archive, Path(tmp))
+        with spool_dir(archive.spool_root()) as tmp:
+            return action(FencedSink(archive, lease), Path(tmp))
     finally:
-        lock.release()
+        lease.release()
+
+
+lease_option = click.option("--lease-ttl", default="60s", show_default=True, metavar="AGE", envvar="CELERY_ARCHIVE_LEASE_TTL",
+                            show_envvar=True, help="The archive's lease goes stale after this long without renewal (see `run --help`).")
 
 
 def _report(report: Any, verb: str, as_json: bool) -> None:
@@ -178,9 +185,10 @@ def _report(report: Any, verb: str, as_json: bool) -> None:
 
 @index.command()
 @sink_option
+@lease_option
 @json_option
 @handle_errors("index")
-def rebuild(sink: str, as_json: bool) -> None:
+def rebuild(sink: str, lease_ttl: str, as_json: bool) -> None:
     """Make the index again from the archive's data files alone.
 
     \b
@@ -188,14 +196,15 @@ def rebuild(sink: str, as_json: bool) -> None:
     """
     from celery_archive.pipeline.index import compact, located
 
-    _report(_under_lock(sink, lambda s, spool: compact(s, spool, rebuilt=located(s, spool))), "rebuilt", as_json)
+    _report(_under_lease(sink, lease_ttl, lambda s, spool: compact(s, spool, rebuilt=located(s, spool))), "rebuilt", as_json)
 
 
 @index.command("compact")
 @sink_option
+@lease_option
 @json_option
 @handle_errors("index")
-def compact_index(sink: str, as_json: bool) -> None:
+def compact_index(sink: str, lease_ttl: str, as_json: bool) -> None:
     """Merge the runs' index files into packs: a lookup then costs one index read.
 
     \b
@@ -203,4 +212,38 @@ def compact_index(sink: str, as_json: bool) -> None:
     """
     from celery_archive.pipeline.index import compact
 
-    _report(_under_lock(sink, compact), "compacted", as_json)
+    _report(_under_lease(sink, lease_ttl, compact), "compacted", as_json)
+
+
+@main.group()
+def manifest() -> None:
+    """Keep the runs' manifests (a run counts in the archive once its manifest exists)."""
+
+
+@manifest.command("rebuild")
+@sink_option
+@click.option("--run", "run_id", default=None, metavar="RUN_ID", help="Only this run.")
+@lease_option
+@json_option
+@handle_errors("manifest rebuild")
+def rebuild_manifest(sink: str, run_id: str | None, lease_ttl: str, as_json: bool) -> None:
+    """Write the lost manifest of a committed run again: from its commit record, or from its
+    data files and run report. `verify` names runs that need it.
+
+    \b
+    celery-archive manifest rebuild --sink /var/archive
+    """
+    from celery_archive.pipeline.rebuild import rebuild_manifests
+
+    report = _under_lease(sink, lease_ttl, lambda s, spool: rebuild_manifests(s, spool, run_id))
+    if as_json:
+        emit(report.to_json())
+        return
+    for r in report.rebuilt:
+        click.echo(f"run {r['run_id']}: manifest written again from its {r['source']} ({r['files']} file(s), {r['rows']:,} results)")
+    for r in report.skipped:
+        click.echo(f"run {r['run_id']}: not rebuilt: {r['why']}")
+    if not report.rebuilt and not report.skipped:
+        click.echo(f"every data file in {report.sink} is named by a manifest: nothing to rebuild")
+    elif report.rebuilt:
+        click.echo(f"`celery-archive verify --sink {report.sink}` checks them")

@@ -76,6 +76,7 @@ class RunConfig:
     metrics_file: Path | None = None  # Prometheus text format, written after each run
     iceberg_table: str | None = None  # NAMESPACE.TABLE: append each run's files to it
     iceberg_catalog: str = "default"  # the pyiceberg catalog's name (its own configuration)
+    lease_ttl: float = 60.0  # seconds without renewal after which the archive's lease is stale
 
     def check(self) -> None:
         from celery_archive.pipeline.decode import SERIALIZERS
@@ -93,6 +94,8 @@ class RunConfig:
             raise ConfigError("--max-rate must be a positive number of results per second")
         if self.max_runtime is not None and self.max_runtime <= dt.timedelta(0):
             raise ConfigError("--max-runtime must be positive, e.g. 2h")
+        if self.lease_ttl < 1:
+            raise ConfigError("--lease-ttl must be at least 1s, e.g. 60s")
         for name in ("batch_size", "max_file_bytes", "purge_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

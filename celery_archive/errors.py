@@ -46,9 +46,14 @@ class VerifyError(ArchiveError):
 
 
 class LockError(ArchiveError):
-    """Another run holds the archive's lock."""
+    """Another run holds the archive's lease (or the backend's archiver lock)."""
 
     exit_code = 4
+
+
+class LeaseLostError(LockError):
+    """This run lost the archive's lease (taken over, removed, or not renewed in time): it
+    stopped before its next commit, purge or delete."""
 
 
 class NotArchivedError(ArchiveError):

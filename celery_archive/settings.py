@@ -21,7 +21,7 @@ ENV_PREFIX = "CELERY_ARCHIVE_"
 FILE_KEYS = {
     "source", "sink", "older_than", "format", "compression", "serializer", "task_table", "group_table", "batch_size",
     "max_file_size", "key_prefix", "expiring_within", "result_expires", "master_name", "spool_dir", "delete",
-    "max_rate", "max_runtime", "metrics_file", "iceberg_table", "iceberg_catalog", "rules", "hold",
+    "max_rate", "max_runtime", "metrics_file", "iceberg_table", "iceberg_catalog", "lease_ttl", "rules", "hold",
 }
 
 
@@ -163,4 +163,5 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         max_runtime=parse_duration(str(v["max_runtime"])) if v.get("max_runtime") else None,
         metrics_file=Path(v["metrics_file"]) if v.get("metrics_file") else None,
         iceberg_table=v.get("iceberg_table") or None, iceberg_catalog=str(v.get("iceberg_catalog") or "default"),
+        lease_ttl=parse_duration(str(v.get("lease_ttl") or "60s")).total_seconds(),
     )

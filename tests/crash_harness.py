@@ -67,7 +67,8 @@ def main() -> None:
                 die()
 
         mf.write_json = write_then_die  # type: ignore[assignment]
-    run(RunConfig(source=source, sink=sink, older_than=parse_duration("30d"), max_file_bytes=2048, purge_batch=7, batch_size=16))
+    run(RunConfig(source=source, sink=sink, older_than=parse_duration("30d"), max_file_bytes=2048, purge_batch=7, batch_size=16,
+                  lease_ttl=1.0))  # the re-run after the kill watches the dead run's lease this long
     print("finished without being killed")
 
 

@@ -18,6 +18,15 @@ from celery_archive.pipeline import manifest as mf
 from celery_archive.sinks.local import LocalSink
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
+LEASE_HOLDER = Path(__file__).with_name("lease_holder.py")
+
+
+def lease_state(sink: Path) -> str | None:
+    """The state of the archive's lease as its latest version says (held / free)."""
+    from celery_archive.pipeline.lease import Lease
+
+    latest = Lease(LocalSink(sink), "probe").latest()
+    return None if latest is None else str(latest.body.get("state"))
 
 
 def fill(url: str, n: int = 60) -> set[str]:
@@ -72,7 +81,7 @@ def test_sigkill_at_each_stage_then_rerun(backend_url: str, tmp_path: Path, stag
     rows = duckdb.sql(f"select task_id, raw_result from read_parquet('{sink}/data/*/*.parquet', hive_partitioning=true)").fetchall()
     assert sorted(r[0] for r in rows) == sorted(old)
     assert all(bytes(raw) == before[tid]["result"] for tid, raw in rows)
-    assert not (sink / mf.LOCK).exists()
+    assert lease_state(sink) == "free"
 
 
 def test_no_delete_then_a_normal_run_archives_each_result_once(sqlite_url: str, tmp_path: Path) -> None:
@@ -116,22 +125,37 @@ def test_damaged_archive_fails_verify_and_blocks_the_purge(sqlite_url: str, tmp_
     assert missing.returncode == 3 and "cannot be read back" in missing.stdout
 
 
-def test_a_live_lock_refuses_a_second_run_and_a_dead_ones_is_taken_over(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_live_lease_refuses_a_second_run_and_a_dead_ones_is_taken_over(sqlite_url: str, tmp_path: Path) -> None:
+    """A lease held by a live process (renewing it) refuses a run once the run has seen a
+    renewal; killed, its lease goes stale after its ttl and the next run takes over."""
     fill(sqlite_url)
     sink = tmp_path / "archive"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, str(LEASE_HOLDER), str(sink), "2"], stdout=subprocess.PIPE, text=True)
     try:
-        s = LocalSink(sink)
-        mf.write_json(s, mf.LOCK, {"run_id": "other", "host": os.uname().nodename, "pid": holder.pid, "since": "now"})
-        with pytest.raises(LockError, match="holds the lock"):
+        assert holder.stdout is not None and holder.stdout.readline().startswith("held")
+        with pytest.raises(LockError, match="renewed it while this run waited"):
             archive(sqlite_url, sink)
         out = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d")
-        assert out.returncode == 4 and "holds the lock" in out.stderr
+        assert out.returncode == 4 and "renewed it while this run waited" in out.stderr, out.stderr
+        assert "watching it for up to 2 s" in out.stderr
     finally:
         holder.kill()
         holder.wait()
-    report = archive(sqlite_url, sink)  # the holder is dead now: its lock is stale
+    assert set(table_rows(sqlite_url)) >= {f"r{i:03d}" for i in range(60)}  # the refused runs changed nothing
+    report = archive(sqlite_url, sink)  # the holder is dead: no renewal for 2 s, and the lease is taken over
     assert report.deleted == 60
+    assert lease_state(sink) == "free"
+
+
+def test_a_lock_of_the_previous_version_is_never_taken_over(sqlite_url: str, tmp_path: Path) -> None:
+    fill(sqlite_url)
+    sink = tmp_path / "archive"
+    (sink / "locks").mkdir(parents=True)
+    (sink / "locks" / "run.lock").write_text('{"run_id": "old", "host": "elsewhere", "pid": 1}')
+    out = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d", "--json")
+    assert out.returncode == 4
+    assert "celery-archive 0.1" in json.loads(out.stdout)["error"]
+    assert len(table_rows(sqlite_url)) == 61
 
 
 def test_files_checked_while_a_run_goes_on_count_only_against_their_manifest_entries(sqlite_url: str, tmp_path: Path) -> None:
@@ -165,3 +189,69 @@ def test_files_checked_while_a_run_goes_on_count_only_against_their_manifest_ent
     report = bad.report(manifest)
     assert not report.ok and report.verified == [] and list(spool.iterdir()) == []
     assert report.problems == [f"{files[1]['key']}: the manifest's entry is not the one the file was written with"]
+
+
+def test_a_lost_manifest_is_written_again_from_its_commit_record(sqlite_url: str, tmp_path: Path) -> None:
+    old = fill(sqlite_url)
+    sink = tmp_path / "archive"
+    first = archive(sqlite_url, sink)
+    assert first.deleted == 60
+    files = data_files(sink)
+    (sink / mf.manifest_key(first.run_id)).unlink()  # a committed, purged run's manifest: gone
+    out = cli("verify", "--sink", str(sink), "--json")
+    assert out.returncode == 3
+    assert any(first.run_id in p and "manifest is missing" in p for p in json.loads(out.stdout)["problems"])
+    second = archive(sqlite_url, sink)
+    assert second.manifests_restored == [first.run_id] and second.orphans_removed == 0
+    assert data_files(sink) == files
+    assert cli("verify", "--sink", str(sink)).returncode == 0
+    assert set(read_archive(sink)) == old
+
+
+def test_a_run_whose_manifest_and_commit_record_are_lost_keeps_its_files_and_is_rebuilt(sqlite_url: str, tmp_path: Path) -> None:
+    """The field test's second loss: a purged run's manifest missing (a partial copy, a bucket
+    policy), and the next run deleted its data files as orphans. Now they are kept and reported,
+    verify fails naming the run, and `manifest rebuild` makes it again from the files."""
+    old = fill(sqlite_url)
+    sink = tmp_path / "archive"
+    first = archive(sqlite_url, sink)
+    files = data_files(sink)
+    (sink / mf.manifest_key(first.run_id)).unlink()
+    (sink / mf.outcome_key(first.run_id)).unlink()
+    verify = cli("verify", "--sink", str(sink), "--json")
+    assert verify.returncode == 3
+    assert any(first.run_id in p and "manifest is lost" in p and "manifest rebuild" in p for p in json.loads(verify.stdout)["problems"])
+    out = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d")
+    assert out.returncode == 0 and "manifest rebuild" in out.stderr
+    assert data_files(sink) == files  # nothing of it was removed
+    rebuilt = cli("manifest", "rebuild", "--sink", str(sink), "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["rebuilt"] == [{"run_id": first.run_id, "source": "data files", "files": 3, "rows": 60}]
+    assert cli("verify", "--sink", str(sink)).returncode == 0
+    manifest = mf.load_manifest(LocalSink(sink), first.run_id)
+    assert manifest["rebuilt"]["from"] == "data files and run report" and manifest["totals"]["rows"] == 60
+    assert set(read_archive(sink)) == old
+    shown = cli("restore", "r007", "--sink", str(sink), "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["result"] == {"i": 7, "pad": "x" * 40}
+    again = cli("manifest", "rebuild", "--sink", str(sink), "--json")
+    assert json.loads(again.stdout)["rebuilt"] == []
+
+
+def test_a_v1_archive_with_a_lost_manifest_is_rebuilt(tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import ROOT
+
+    sink = tmp_path / "archive-v1"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "archive-v1", sink)
+    (sink / "manifests" / "20261125T175139Z-bb2b9e.json").unlink()
+    assert cli("verify", "--sink", str(sink)).returncode == 3
+    out = cli("manifest", "rebuild", "--sink", str(sink), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["rebuilt"][0]["rows"] == 26
+    assert cli("verify", "--sink", str(sink)).returncode == 0
+
+
+def test_verify_of_a_place_that_holds_no_archive_fails(tmp_path: Path) -> None:
+    for where in (tmp_path / "nothing-here", tmp_path):
+        out = cli("verify", "--sink", str(where), "--json")
+        assert out.returncode == 2 and "no archive at" in json.loads(out.stdout)["error"]

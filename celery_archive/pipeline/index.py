@@ -106,6 +106,29 @@ def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]
     raise ObjectNotFoundError(f"the index of {sink.url} kept changing while being read; try again")
 
 
+def referenced_runs(sink: Sink) -> set[str]:
+    """Runs that have entries in the restore index (their log file, or packs naming their
+    files): a run that got this far was committed and verified, whatever else was lost."""
+    import pyarrow.compute as pc
+
+    st = state(sink)
+    runs = {key[len(LOG) + len("run-"):-len(".parquet")] for key in st.deltas}
+    for key in _pack_keys(st):
+        try:
+            keys = _read_columns(sink, key, ["key"]).column("key")
+        except ObjectNotFoundError:
+            continue  # replaced by a compaction meanwhile; its entries are in the next generation
+        runs.update(mf.run_id_of(k) for k in pc.unique(keys).to_pylist())
+    return runs
+
+
+def _read_columns(sink: Sink, key: str, columns: list[str]) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(sink.read(key)), columns=columns)
+
+
 class DeltaWriter:
     """A run's log file: entries (``locate`` tables with ``key`` set) are added file by file
     as they are verified, staged in the spool, and put by ``commit``. A run file already in

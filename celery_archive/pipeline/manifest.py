@@ -1,33 +1,39 @@
-"""The archive's layout and its small JSON objects: manifests (a run's commit marker,
-written last and create-only), run reports (written once a run's purge is done) and the lock.
+"""The archive's layout and its small JSON objects: outcomes (each run's one decision,
+committed or abandoned), manifests (the committed run's files, as readers find them), run
+reports (written once a run's purge is done). The lease is in lease.py, the index in index.py.
 
     data/date=YYYY-MM-DD/<run_id>-<seq>.parquet   data files (Hive partitions)
-    manifests/<run_id>.json                       a run counts once this exists
+    outcomes/<run_id>.json                        committed (with the manifest) or abandoned: create-only,
+                                                  so exactly one of the two ever exists
+    manifests/<run_id>.json                       a run counts once this exists (a copy of its outcome's manifest)
     runs/<run_id>.json                            what the run verified and deleted
-    locks/run.lock                                held while a run changes anything
+    locks/lease-<version>.json                    who may change the archive now
+
+A run commits by creating its outcome ``committed``; a later run that finds a dead run's data
+files with no outcome creates ``abandoned`` for it before it removes a single file. Both are
+create-only puts of the same key, so a run that was only paused (not dead) and comes back can
+never commit files that were removed: its own create fails, and it stops.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from celery_archive.errors import LockError, ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.errors import LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks import Sink
 
-MANIFESTS, RUNS, DATA, LOCK = "manifests/", "runs/", "data/", "locks/run.lock"
+MANIFESTS, RUNS, DATA, OUTCOMES = "manifests/", "runs/", "data/", "outcomes/"
+COMMITTED, ABANDONED = "committed", "abandoned"
 
 
 def new_run_id(now: dt.datetime) -> str:
     """``YYYYMMDDTHHMMSSZ-uuuuuu``: the suffix is the microsecond in hex, so run ids sort in the
     order the runs started even within one second ("the latest run" means the same everywhere);
-    runs on one archive are serialized by its lock, and manifests are create-only besides."""
+    runs on one archive are serialized by its lease, and outcomes are create-only besides."""
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06x}"
 
 
@@ -89,56 +95,64 @@ def reports(sink: Sink) -> dict[str, dict[str, Any]]:
     return out
 
 
-def orphan_files(sink: Sink, committed: set[str]) -> Iterator[str]:
-    """Data files of runs that never wrote a manifest (a crash before commit)."""
+def uncommitted_files(sink: Sink, committed: set[str]) -> dict[str, list[str]]:
+    """run id -> its data files, for runs that have no manifest (a crash before the commit,
+    a run going on now, or a manifest lost)."""
+    out: dict[str, list[str]] = {}
     for obj in sink.list(DATA):
-        if run_id_of(obj.key) not in committed:
-            yield obj.key
+        rid = run_id_of(obj.key)
+        if rid not in committed:
+            out.setdefault(rid, []).append(obj.key)
+    return out
 
 
-@dataclass
-class Lock:
-    """A create-only lock object; a lock left by a dead process on this host is taken over."""
-
-    sink: Sink
-    run_id: str
-    held: bool = False
-
-    def acquire(self) -> None:
-        me = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-              "since": dt.datetime.now(dt.timezone.utc).isoformat()}
-        for _attempt in range(2):
-            try:
-                write_json(self.sink, LOCK, me)
-                self.held = True
-                return
-            except ObjectExistsError:
-                try:
-                    other = _load(self.sink, LOCK)
-                except (ObjectNotFoundError, SinkError):
-                    continue  # released meanwhile, or a torn lock: try again
-                if other.get("host") == me["host"] and not _alive(int(other.get("pid", 0))):
-                    self.sink.delete(LOCK)  # its process is gone: stale
-                    continue
-                raise LockError(
-                    f"run {other.get('run_id')} (pid {other.get('pid')} on {other.get('host')}, since {other.get('since')}) "
-                    f"holds the lock on {self.sink.url}; wait for it, or if it is dead, delete {LOCK} in the archive"
-                ) from None
-        raise LockError(f"could not take the lock on {self.sink.url}; try again")
-
-    def release(self) -> None:
-        if self.held:
-            self.sink.delete(LOCK)
-            self.held = False
+def outcome_key(run_id: str) -> str:
+    return f"{OUTCOMES}{run_id}.json"
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def load_outcome(sink: Sink, run_id: str) -> dict[str, Any] | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return _load(sink, outcome_key(run_id))
+    except ObjectNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def commit(sink: Sink, manifest: dict[str, Any]) -> None:
+    """Decide that the run committed (its outcome, holding the manifest), then publish the
+    manifest. Raises LeaseLostError if a later run abandoned it first."""
+    run_id = manifest["run_id"]
+    try:
+        write_json(sink, outcome_key(run_id), {"run_id": run_id, "outcome": COMMITTED, "at": _now(), "manifest": manifest})
+    except ObjectExistsError:
+        outcome = load_outcome(sink, run_id) or {}
+        if outcome.get("outcome") != COMMITTED or outcome.get("manifest") != manifest:
+            raise LeaseLostError(f"run {run_id} was abandoned by run {outcome.get('by')} (it found this run dead and "
+                                 "removed its files) before it could commit: nothing was deleted from the source; run again") from None
+    publish(sink, manifest)
+
+
+def publish(sink: Sink, manifest: dict[str, Any]) -> None:
+    """Write the manifest of a committed run (again, after a crash or a loss: the same bytes)."""
+    try:
+        write_json(sink, manifest_key(manifest["run_id"]), manifest)
+    except ObjectExistsError:
+        if load_manifest(sink, manifest["run_id"]) != manifest:
+            raise SinkError(f"{manifest_key(manifest['run_id'])} in {sink.url} differs from the run's commit record "
+                            f"({outcome_key(manifest['run_id'])}); it was changed by hand: `celery-archive verify` names the damage") from None
+
+
+def abandon(sink: Sink, run_id: str, by: str) -> dict[str, Any]:
+    """Decide that ``run_id`` (dead before its commit) never commits; returns the outcome that
+    stands, which is ``committed`` if that run got there first."""
+    try:
+        write_json(sink, outcome_key(run_id), {"run_id": run_id, "outcome": ABANDONED, "at": _now(), "by": by})
+    except ObjectExistsError:
+        pass
+    outcome = load_outcome(sink, run_id)
+    if outcome is None:
+        raise SinkError(f"{outcome_key(run_id)} vanished from {sink.url} right after it was written; check the storage")
+    return outcome

@@ -108,10 +108,13 @@ def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] 
 
 
 def purge_verified(purge: PurgeFn, files: Iterable[VerifiedFile], batch_size: int,
-                   columns: Sequence[str] = KEY_COLUMNS) -> PurgeReport:
-    """Delete what ``files`` hold through ``purge``; ``columns`` are what the source needs."""
+                   columns: Sequence[str] = KEY_COLUMNS, before_each: Callable[[], None] | None = None) -> PurgeReport:
+    """Delete what ``files`` hold through ``purge``; ``columns`` are what the source needs;
+    ``before_each`` runs before every batch (the lease's fence: it raises to stop)."""
     deleted = skipped = 0
     for batch in ahead(plan(files, batch_size, columns), "celery-archive-plan"):  # the next batch is read while the source deletes
+        if before_each is not None:
+            before_each()
         d, s = purge(batch)
         deleted += d
         skipped += s

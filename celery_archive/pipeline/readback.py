@@ -74,6 +74,16 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
             yield out
 
 
+def first_record(path: Path, compression: str | None) -> dict[str, Any]:
+    """The first record of a JSONL data file, as parsed JSON."""
+    with _open_text(path, compression) as f:
+        for line in f:
+            if line.strip():
+                row: dict[str, Any] = orjson.loads(line)
+                return row
+    return {}
+
+
 def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     """Records parsed from JSONL lines as a table with the record schema."""
     import pyarrow as pa

@@ -20,6 +20,9 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 * ``spool_root()`` names a directory on the sink's own filesystem where a run may stage
   files (so that ``put`` can link rather than copy), or None for a remote sink. Nothing
   under it is ever listed.
+* ``sweep(older_than)`` removes what writers that died mid-write left behind and that no
+  reader ever sees (partial temp files, unfinished multipart uploads) started more than
+  ``older_than`` seconds ago; returns how many. Only the holder of the archive's lease calls it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class Sink(Protocol):
     def delete(self, key: str) -> None: ...
 
     def spool_root(self) -> Path | None: ...
+
+    def sweep(self, older_than: float) -> int: ...
 
 
 def download(sink: Sink, key: str, dest: Path) -> tuple[int, str]:

@@ -137,6 +137,28 @@ class LocalSink:
     def spool_root(self) -> Path:
         return self.root / f"{_TMP_PREFIX}spool"
 
+    def sweep(self, older_than: float) -> int:
+        """Temp files of puts that died (kill -9) and staging directories no live process uses."""
+        import time
+
+        from celery_archive.pipeline.spool import sweep as sweep_spools
+
+        removed = sweep_spools(self.spool_root()) if self.spool_root().is_dir() else 0
+        if not self.root.is_dir():
+            return removed
+        limit = time.time() - older_than
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(_TMP_PREFIX)]  # the spool: swept above
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if name.startswith(_TMP_PREFIX) and os.stat(path).st_mtime < limit:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

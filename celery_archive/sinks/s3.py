@@ -236,3 +236,24 @@ class S3Sink:
     def spool_root(self) -> Path | None:
         return None
 
+    def sweep(self, older_than: float) -> int:
+        """Abort multipart uploads under the prefix that a run started and never finished (the
+        store keeps, and bills, their parts until then)."""
+        import datetime as dt
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = f"{self.prefix}/" if self.prefix else ""
+        limit = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
+        aborted = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
+                for up in page.get("Uploads", []):
+                    if up["Initiated"] < limit:
+                        self._call(self.client.abort_multipart_upload, up["Key"][len(base):], Bucket=self.bucket,
+                                   Key=up["Key"], UploadId=up["UploadId"])
+                        aborted += 1
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc) from None
+        return aborted
+

@@ -1,0 +1,92 @@
+"""Recovery: what a run does first, under the lease, about every earlier run that did not finish.
+
+For a run with data files but no manifest, by its outcome (manifest.py):
+
+* committed: it died between its commit and its manifest, or the manifest was lost: the
+  manifest is written again from the outcome, and the run is finished below;
+* abandoned: an earlier recovery decided it never commits and died removing its files: they go;
+* none, but a run report or restore index entries name it: it committed (before outcomes were
+  written, or they were lost too) and its results may have left the source: nothing of it is
+  removed; it is reported, and ``celery-archive manifest rebuild`` makes its manifest again;
+* none at all: it never committed (a crash before the commit): it is abandoned, the decision
+  first, and only then are its files removed. Its results are all still in the source.
+
+Then every committed run whose purge did not finish is verified and purged again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from celery_archive.config import RunConfig
+from celery_archive.errors import ConfigError
+from celery_archive.pipeline import manifest as mf
+from celery_archive.pipeline.commit import finish
+from celery_archive.pipeline.index import referenced_runs
+
+if TYPE_CHECKING:
+    from celery_archive.pipeline.source import Source
+    from celery_archive.sinks import Sink
+
+
+@dataclass
+class Recovered:
+    resumed: list[str] = field(default_factory=list)  # committed runs finished now
+    orphans_removed: int = 0  # data files of runs that never committed
+    restored: list[str] = field(default_factory=list)  # manifests written again from their outcome
+    lost: list[str] = field(default_factory=list)  # runs kept though no manifest names them
+
+
+def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
+    """Settle every run that has data files but no manifest (see the module's docstring)."""
+    out = Recovered()
+    committed = set(mf.committed_runs(sink))
+    uncommitted = mf.uncommitted_files(sink, committed)
+    uncommitted.pop(run_id, None)
+    if not uncommitted:
+        return out
+    reported = set(mf.reports(sink))
+    indexed: set[str] | None = None
+    for rid, keys in sorted(uncommitted.items()):
+        outcome = mf.load_outcome(sink, rid)
+        if outcome is None:
+            if indexed is None:
+                indexed = referenced_runs(sink)
+            if rid in reported or rid in indexed:
+                out.lost.append(rid)
+                continue
+            fence()
+            outcome = mf.abandon(sink, rid, by=run_id)
+        if outcome.get("outcome") == mf.COMMITTED:
+            mf.publish(sink, outcome["manifest"])
+            out.restored.append(rid)
+            continue
+        for key in keys:
+            sink.delete(key)
+        out.orphans_removed += len(keys)
+    return out
+
+
+def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str, fence: Callable[[], None]) -> Recovered:
+    """Settle dead runs, then finish committed runs whose purge never completed."""
+    out = tidy(sink, run_id, fence)
+    done = mf.reports(sink)
+    pending = sorted(r for r in mf.committed_runs(sink) if r not in done or not done[r].get("purged"))
+    if pending and not cfg.delete:
+        raise ConfigError(
+            f"{len(pending)} earlier run(s) ({', '.join(pending[:3])}) archived results that are still in the source; "
+            "run once without --no-delete to purge them, or a --no-delete run would archive them twice"
+        )
+    for rid in pending:
+        manifest = mf.load_manifest(sink, rid)
+        # a rebuilt manifest knows its tables only from its records: the purge's exact match decides there
+        tables_differ = not manifest.get("rebuilt") and manifest.get("source_tables") != source.describe()
+        if manifest["source"] != source.display_url or tables_differ:
+            raise ConfigError(f"run {rid} was archived from {manifest['source']} and its purge did not finish: "
+                              f"run again with --source for that backend to finish it")
+        finish(sink, source, manifest, spool, cfg, fence=fence)
+        out.resumed.append(rid)
+    return out
