@@ -163,5 +163,14 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         max_runtime=parse_duration(str(v["max_runtime"])) if v.get("max_runtime") else None,
         metrics_file=Path(v["metrics_file"]) if v.get("metrics_file") else None,
         iceberg_table=v.get("iceberg_table") or None, iceberg_catalog=str(v.get("iceberg_catalog") or "default"),
-        lease_ttl=parse_duration(str(v.get("lease_ttl") or "60s")).total_seconds(),
+        lease_ttl=_lease_ttl(str(v.get("lease_ttl") or "60s")),
     )
+
+
+def _lease_ttl(text: str) -> float:
+    from celery_archive.config import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ConfigError as exc:
+        raise ConfigError(f"--lease-ttl: {exc}") from exc

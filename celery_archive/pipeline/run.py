@@ -176,12 +176,13 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
         lease = Lease(archive, run_id, cfg.lease_ttl, on_wait=on_wait)
         lease.acquire()
         try:
+            fenced = FencedSink(archive, lease)
+            swept = fenced.sweep(2 * cfg.lease_ttl)  # before this run's own staging directory exists
             redis = source.client if cfg.source.split("://", 1)[0] in REDIS_SCHEMES else None  # type: ignore[attr-defined]
             tables = ",".join(f"{k}={v}" for k, v in sorted(source.describe().items()))
             with source_lock.held(cfg.source, tables, {"run_id": run_id, "sink": archive.url}, redis), \
                     spool_dir(cfg.spool_dir or archive.spool_root()) as tmp:
-                report = _locked_run(FencedSink(archive, lease), lease, source, cfg, run_id, now, cutoff, Path(tmp),
-                                     progress, stop, started)
+                report = _locked_run(fenced, lease, source, cfg, run_id, now, cutoff, Path(tmp), progress, stop, started, swept)
         finally:
             lease.release()
         if cfg.metrics_file:
@@ -193,9 +194,8 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
 
 def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, run_id: str, now: dt.datetime,
                 cutoff: dt.datetime, spool: Path, progress: Progress | None, stop: threading.Event | None,
-                started: float) -> RunReport:
+                started: float, swept: int) -> RunReport:
     """The run proper, with the lease held: recover, extract and write, commit, finish."""
-    swept = sink.sweep(2 * cfg.lease_ttl)
     recovered = recover(sink, source, spool, cfg, run_id, lease.check)
     checks = Checks(sink, run_id, spool, cfg)
     writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool,
@@ -229,7 +229,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     if cfg.iceberg_table:
         from celery_archive.pipeline.iceberg import append_runs
 
-        iceberg = append_runs(sink, cfg.iceberg_catalog, cfg.iceberg_table)
+        iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                      verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),

@@ -1,0 +1,119 @@
+"""kill -9 at random points of real `celery-archive run` processes, again and again, then one
+run to the end; counts what was lost and what was archived twice. Used by test_kill_loop.py,
+and as a field test with more rounds:
+
+    .venv/bin/python tests/kill_loop.py sqlite 100
+    .venv/bin/python tests/kill_loop.py postgresql 50      (also mysql, s3: an S3 archive on moto)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_lease_processes import EXE, committed_ids
+
+from celery_archive.sinks import open_sink
+
+
+@dataclass
+class Outcome:
+    rounds: int
+    killed: int  # rounds whose process was still running when killed
+    lost: int  # results in neither the backend nor a committed archive file, at any check
+    duplicated: int  # results in committed archive files more than once, at the end
+    left_in_source: int  # old results still in the backend at the end
+    seed: int
+
+
+def in_source(url: str) -> set[str]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.removeprefix("db+"))
+    with engine.connect() as conn:
+        ids = {r[0] for r in conn.exec_driver_sql("SELECT task_id FROM celery_taskmeta")}
+    engine.dispose()
+    return ids
+
+
+def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = None, env: dict[str, str] | None = None) -> Outcome:
+    seed = seed if seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    archive = open_sink(sink)
+    args = [EXE, "run", "--source", url, "--sink", sink, "--older-than", "30d", "--batch-size", "40",
+            "--max-file-size", "8KiB", "--lease-ttl", "1s", "--json"]
+    lost: set[str] = set()
+    killed = 0
+    for _ in range(rounds):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        time.sleep(rng.uniform(0.05, 3.0))
+        if proc.poll() is None:
+            killed += 1
+        proc.kill()
+        proc.wait()
+        lost |= old - in_source(url) - set(committed_ids(archive))
+    final = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if final.returncode:
+        raise RuntimeError(f"the final run failed: {final.stdout}{final.stderr}")
+    counts = Counter(i for i in committed_ids(archive) if i in old)
+    lost |= old - set(counts) - in_source(url)
+    return Outcome(rounds, killed, len(lost), sum(n - 1 for n in counts.values() if n > 1), len(old & in_source(url)), seed)
+
+
+def main() -> None:
+    import secrets
+    import tempfile
+
+    import sqlalchemy as sa
+    from conftest import MYSQL_ADMIN, PG_ADMIN, age_rows, celery_app
+
+    kind, rounds = sys.argv[1], int(sys.argv[2])
+    tmp = Path(tempfile.mkdtemp(prefix="kill-loop-"))
+    name, admin = f"ca_kill_{secrets.token_hex(3)}", None
+    env: dict[str, str] = {}
+    if kind in ("sqlite", "s3"):
+        url = f"db+sqlite:///{tmp / 'results.db'}"
+    else:
+        admin = sa.create_engine(PG_ADMIN if kind == "postgresql" else MYSQL_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE DATABASE {name}")
+        url = "db+" + sa.make_url(PG_ADMIN if kind == "postgresql" else MYSQL_ADMIN).set(database=name).render_as_string(hide_password=False)
+    sink = str(tmp / "archive")
+    server = None
+    if kind == "s3":
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        boto3.client("s3").create_bucket(Bucket="kill-loop")
+        sink = "s3://kill-loop/arch"
+    app = celery_app(url)
+    n = int(os.environ.get("KILL_LOOP_RESULTS", "3000"))
+    for i in range(n):
+        app.backend.store_result(f"k{i:06d}", {"i": i, "pad": "x" * 100}, "SUCCESS")
+    age_rows(url, 40)
+    out = loop(url, sink, {f"k{i:06d}" for i in range(n)}, rounds, env=env)
+    print(f"{kind}: {out.rounds} rounds ({out.killed} killed while running) over {n} results: lost {out.lost}, "
+          f"duplicated {out.duplicated}, left in the backend {out.left_in_source}; seed {out.seed}")
+    if admin is not None:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else ""))
+    if server is not None:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""One archiver per backend (issue 14 item 12): while a run archives a backend, a second
+archiver of the same results into another archive is refused (exit 4) and changes nothing;
+once the first has finished, the lock is free again. On SQLite, PostgreSQL, MariaDB and Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import age_rows, celery_app, cli, db_url, table_rows
+from test_lease_processes import EXE, SLOW, data_keys, start, wait_for
+from test_redis_source import REDIS_URL, keys, prefix, redis_app  # noqa: F401 - prefix is a fixture
+
+from celery_archive.sinks import open_sink
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
+def test_a_second_archiver_of_the_same_tables_is_refused(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = db_url(request, kind, tmp_path)
+    app = celery_app(url)
+    for i in range(800):
+        app.backend.store_result(f"t{i:04d}", i, "SUCCESS")
+    age_rows(url, 40)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    first = start(url, a, *SLOW)
+    wait_for(lambda: data_keys(open_sink(a)), what="the first run's first file")
+    second = cli("run", "--source", url, "--sink", b, "--older-than", "30d", "--json")
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert "another celery-archive run is archiving" in json.loads(second.stdout)["error"]
+    assert not (tmp_path / "b" / "data").exists()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert json.loads(out)["deleted"] == 800 and table_rows(url) == {}
+    third = cli("run", "--source", url, "--sink", b, "--older-than", "30d", "--json")  # the lock is free again
+    assert third.returncode == 0 and json.loads(third.stdout)["selected"] == 0
+
+
+def test_a_second_archiver_of_the_same_redis_keys_is_refused(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+    app = redis_app(prefix)
+    for i in range(800):
+        app.backend.store_result(f"t{i:04d}", i, "SUCCESS")
+    time.sleep(1.1)
+    args = ("--source", REDIS_URL, "--key-prefix", prefix, "--older-than", "1s")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    first = __import__("subprocess").Popen([EXE, "run", *args, "--sink", a, "--json", *SLOW], stdout=-1, stderr=-1, text=True)
+    wait_for(lambda: data_keys(open_sink(a)), what="the first run's first file")
+    second = cli("run", *args, "--sink", b, "--json")
+    assert second.returncode == 4 and "another celery-archive run is archiving this Redis backend" in json.loads(second.stdout)["error"]
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert json.loads(out)["deleted"] == 800 and keys(prefix) == {}
+    assert cli("run", *args, "--sink", b, "--json").returncode == 0
