@@ -137,3 +137,10 @@ def test_keys_stay_inside_the_root(sink: Sink, key: str) -> None:
 def test_unsupported_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         open_sink(url)
+
+
+def test_sweep_leaves_complete_objects_alone(sink: Sink) -> None:
+    sink.put_bytes("data/date=2026-01-01/a.parquet", b"complete")
+    sink.put_bytes("manifests/r.json", b"{}")
+    assert sink.sweep(0) == 0
+    assert [o.key for o in sink.list()] == ["data/date=2026-01-01/a.parquet", "manifests/r.json"]
