@@ -44,19 +44,49 @@ def in_source(url: str) -> set[str]:
     return ids
 
 
-def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = None, env: dict[str, str] | None = None) -> Outcome:
+def add_results(url: str, start: int, n: int) -> set[str]:
+    """``n`` more expired results written by Celery's own backend: each round has work to be killed in."""
+    from conftest import age_rows, celery_app
+
+    app = celery_app(url)
+    ids = {f"k{i:06d}" for i in range(start, start + n)}
+    for tid in sorted(ids):
+        app.backend.store_result(tid, {"i": tid, "pad": "x" * 100}, "SUCCESS")
+    age_rows(url, 40, f"task_id >= 'k{start:06d}'")
+    return ids
+
+
+def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = None, env: dict[str, str] | None = None,
+         per_round: int = 0) -> Outcome:
+    """``rounds`` runs, each killed (SIGKILL) at a random moment; with ``per_round``, that many
+    more results are written before each round. ``old`` grows with them."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
+    next_id = len(old)
     archive = open_sink(sink)
     args = [EXE, "run", "--source", url, "--sink", sink, "--older-than", "30d", "--batch-size", "40",
             "--max-file-size", "8KiB", "--lease-ttl", "1s", "--json"]
     lost: set[str] = set()
     killed = 0
+    if per_round:  # one round run to its end: how long a run takes here, so the kills land inside runs
+        old |= add_results(url, next_id, per_round)
+        next_id += per_round
+        began = time.monotonic()
+        subprocess.run(args, capture_output=True, env={**os.environ, **(env or {})}, timeout=300, check=True)
+        span = time.monotonic() - began
+    else:
+        span = 3.0
+    watch = 0.0  # after a kill the next run first watches the dead run's lease (ttl 1 s)
     for _ in range(rounds):
+        if per_round:
+            old |= add_results(url, next_id, per_round)
+            next_id += per_round
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-        time.sleep(rng.uniform(0.05, 3.0))
+        time.sleep(watch + rng.uniform(0.05, 0.9 * span))  # in start-up, extraction, commit or purge
+        watch = 0.0
         if proc.poll() is None:
             killed += 1
+            watch = 1.2
         proc.kill()
         proc.wait()
         lost |= old - in_source(url) - set(committed_ids(archive))
@@ -73,7 +103,7 @@ def main() -> None:
     import tempfile
 
     import sqlalchemy as sa
-    from conftest import MYSQL_ADMIN, PG_ADMIN, age_rows, celery_app
+    from conftest import MYSQL_ADMIN, PG_ADMIN
 
     kind, rounds = sys.argv[1], int(sys.argv[2])
     tmp = Path(tempfile.mkdtemp(prefix="kill-loop-"))
@@ -100,13 +130,9 @@ def main() -> None:
         os.environ.update(env)
         boto3.client("s3").create_bucket(Bucket="kill-loop")
         sink = "s3://kill-loop/arch"
-    app = celery_app(url)
-    n = int(os.environ.get("KILL_LOOP_RESULTS", "3000"))
-    for i in range(n):
-        app.backend.store_result(f"k{i:06d}", {"i": i, "pad": "x" * 100}, "SUCCESS")
-    age_rows(url, 40)
-    out = loop(url, sink, {f"k{i:06d}" for i in range(n)}, rounds, env=env)
-    print(f"{kind}: {out.rounds} rounds ({out.killed} killed while running) over {n} results: lost {out.lost}, "
+    n = int(os.environ.get("KILL_LOOP_RESULTS", "1000"))  # written before each round
+    out = loop(url, sink, set(), rounds, env=env, per_round=n)
+    print(f"{kind}: {out.rounds} rounds ({out.killed} killed while running), {n} new results a round: lost {out.lost}, "
           f"duplicated {out.duplicated}, left in the backend {out.left_in_source}; seed {out.seed}")
     if admin is not None:
         with admin.connect() as c:
