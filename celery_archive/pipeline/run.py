@@ -60,6 +60,8 @@ class RunReport:
     deleted_by_rules: int = 0  # deleted without an archive (action = "delete")
     stopped_early: bool = False  # --max-runtime reached: the rest is left for the next run
     iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
+    dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
+    warnings: list[str] = field(default_factory=list)  # doubts about the dates, said before any delete
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -75,9 +77,28 @@ class DryRunReport:
     by_status: dict[str, int]
     by_name: dict[str, int]
     by_day: dict[str, int]
+    now: str = ""
+    newest: dict[str, str] | None = None  # the newest result it would take: task_id, stored, utc
+    dates: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", "dry_run": True, **asdict(self)}
+
+
+def newest_json(newest: tuple[str, str, dt.datetime] | None) -> dict[str, str] | None:
+    """The newest result a selection takes: its id, date_done as stored, and as UTC."""
+    return None if newest is None else {"task_id": newest[0], "stored": newest[1], "utc": iso(newest[2])}
+
+
+def date_notes(source: Source) -> list[str]:
+    """The source's doubts about its dates, with wall times of a repeated hour counted."""
+    notes = list(source.warnings)
+    n = source.counts.get("date_done_ambiguous", 0)
+    if n:
+        notes.append(f"{n} date_done value(s) are wall times of an hour repeated when the clocks went back: each could be "
+                     "either of two instants an hour apart, and was read as the later (as PostgreSQL reads them)")
+    return notes
 
 
 def open_source(cfg: RunConfig) -> Source:
@@ -96,16 +117,17 @@ def open_source(cfg: RunConfig) -> Source:
     else:
         from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
 
-        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table,
-                                           cfg.task_schema, cfg.group_schema, cfg.serializer))
+        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table, cfg.task_schema, cfg.group_schema,
+                                           cfg.serializer, cfg.timezone, cfg.celery_version))
     source.open()
     return source
 
 
-def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
+def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunReport:
     t = Tally.of(source.stats(cutoff))
     return DryRunReport(source.display_url, iso(cutoff), t.results, t.bytes, dict(t.by_kind),
-                        dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())))
+                        dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())),
+                        iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source))
 
 
 class Checks:
@@ -167,7 +189,8 @@ def _recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig) -> tuple[l
         )
     for run_id in pending:
         manifest = mf.load_manifest(sink, run_id)
-        if manifest["source"] != source.display_url or manifest.get("source_tables") != source.describe():
+        tables = source.describe()  # it must still read every table or key pattern the run took from
+        if manifest["source"] != source.display_url or any(tables.get(k) != v for k, v in (manifest.get("source_tables") or {}).items()):
             raise ConfigError(f"run {run_id} was archived from {manifest['source']} and its purge did not finish: "
                               f"run again with --source for that backend to finish it")
         _finish(sink, source, manifest, spool, cfg)
@@ -188,6 +211,7 @@ def spool_dir(root: Path | None) -> Iterator[str]:
 
 
 Progress = Callable[[int], None]  # called with the number of results taken so far
+Warn = Callable[[str], None]  # called with what the run doubts, before it deletes anything
 
 
 def _extract(source: Source, cfg: RunConfig, cutoff: dt.datetime, run_id: str, now: dt.datetime,
@@ -221,9 +245,10 @@ def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig) -> int:
     return deleted
 
 
-def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunReport:
+def run(cfg: RunConfig, progress: Progress | None = None, warn: Warn | None = None) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
-    ``progress`` is called after each batch with the number of results taken so far."""
+    ``progress`` is called after each batch with the number of results taken so far; ``warn``
+    with each doubt about the stored dates, before anything is taken or deleted."""
     cfg.check()
     started = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -231,11 +256,14 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
     sink = open_sink(cfg.sink)
     source = open_source(cfg)
     try:
+        for note in source.warnings:
+            if warn is not None:
+                warn(note)
         if cfg.dry_run:
             if cfg.policy is not None:
                 raise ConfigError("--dry-run counts by one age; with [[rules]] or [hold], "
                                   "`celery-archive rules check --config ...` shows what a run would take, rule by rule")
-            return dry_run(source, cutoff)
+            return dry_run(source, cutoff, now)
         run_id = mf.new_run_id(now)
         lock = mf.Lock(sink, run_id)
         lock.acquire()
@@ -292,7 +320,8 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
                            verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                            resumed, orphans, round(time.perf_counter() - started, 3),
                            source_counts=dict(source.counts), rules=applied.counts() if applied else {},
-                           deleted_by_rules=by_rules, stopped_early=stopped, iceberg_runs=iceberg)
+                           deleted_by_rules=by_rules, stopped_early=stopped, iceberg_runs=iceberg,
+                           dates=source.describe_dates(), warnings=date_notes(source))
         if cfg.metrics_file:
             write_metrics(cfg.metrics_file, report)
         return report

@@ -57,3 +57,24 @@ def adbc_uri(url: sa.URL) -> str | None:
     if url.get_backend_name() != "postgresql" or not _module_available("adbc_driver_postgresql"):
         return None
     return url.set(drivername="postgresql").update_query_dict(UTC_SESSION).render_as_string(hide_password=False)
+
+
+def session_zone(url: sa.URL, adbc: bool) -> str:
+    """PostgreSQL's TimeZone in a session as Celery's own connections get it (the database or
+    role default, or the URL's own options), where celery-archive's sessions run in UTC."""
+    query = "SELECT current_setting('TimeZone')"
+    if adbc:
+        import adbc_driver_postgresql.dbapi as adbc_pg
+
+        with adbc_pg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+            with conn.cursor() as cur:
+                cur.execute(query)
+                row = cur.fetchone()
+    else:
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as c:
+                row = c.exec_driver_sql(query).one()
+        finally:
+            engine.dispose()
+    return str(row[0]) if row else "UTC"
