@@ -133,9 +133,11 @@ def faketime_env(at: dt.datetime) -> dict[str, str]:
     return env
 
 
-def run_celery(version: str, code: str, at: dt.datetime | None = None, env: dict[str, str] | None = None) -> str:
+def run_celery(version: str, code: str, at: dt.datetime | None = None, env: dict[str, str] | None = None,
+               clock: Path | None = None) -> str:
     """Run ``code`` with the real Celery ``version`` (``5.3`` ... ``5.6``, or ``current``: this
-    venv's), its clock at ``at`` if given; returns stdout."""
+    venv's), its clock at ``at`` if given, or (``clock``: a file) set to whatever instant the
+    code gives ``set_clock(datetime)`` before each write; returns stdout."""
     if version == "current":
         python, prelude = sys.executable, ""
     else:
@@ -144,8 +146,18 @@ def run_celery(version: str, code: str, at: dt.datetime | None = None, env: dict
         if not Path(python).exists():
             pytest.fail(f"{python} is missing: `bash scripts/test.sh` installs Celery {release} there")
         prelude = f"import celery\nassert celery.__version__ == {release!r}, celery.__version__\n"
-    proc = subprocess.run([python, "-c", prelude + code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {}), **(faketime_env(at) if at else {})})
+    extra = faketime_env(at) if at else {}
+    if clock is not None:
+        import libfaketime
+
+        clock.write_text(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+        extra = {**libfaketime.get_reload_information()[1], "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+                 "TZ": "UTC", "DONT_FAKE_MONOTONIC": "1"}
+        # a running clock from that instant on: Celery's INSERT then UPDATE of a row see two
+        # instants (a stopped clock makes SQLAlchemy skip the UPDATE of an equal date_done)
+        prelude += (f"def set_clock(ts):\n    open({str(clock)!r}, 'w').write(ts.strftime('@%Y-%m-%d %H:%M:%S'))\n")
+    proc = subprocess.run([python, "-c", prelude + code], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {}), **extra})
     if proc.returncode:
         pytest.fail(f"celery {version} script failed:\n{proc.stderr}")
     return proc.stdout

@@ -244,3 +244,22 @@ def test_celery_cleanup_and_celery_archive_agree_on_postgresql(pg_new_york: str,
     run_celery("current", f"import celery\napp = celery.Celery('c', backend={url!r})\napp.conf.result_expires = 3600\n"
                           "app.backend.cleanup()\n")
     assert set(stored_texts(url)) == {"t-59", "t-30", "t-2"}
+
+
+def test_workers_of_another_celery_version_are_reported(pg_new_york: str, tmp_path: Path) -> None:
+    """Celery 5.3 workers store naive UTC, which celery-archive with a later Celery installed
+    would read as New York time, 5 h ahead: the run says so and names --celery-version."""
+    url = "db+" + pg_new_york
+    reset_database(pg_new_york)
+    now = dt.datetime.now(UTC)
+    write("5.3", url, {}, [(f"t-{m}", now - dt.timedelta(minutes=m), False) for m in AGES], tmp_path)
+    guess = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "1h", "--dry-run", "--json")
+    report = json.loads(guess.stdout)
+    assert "--celery-version" in " ".join(report["warnings"]) and "--celery-version" in guess.stderr
+    told = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "1h", "--celery-version", "5.3", "--json")
+    assert json.loads(told.stdout)["warnings"] == [] and set(read_archive(tmp_path / "a")) == {"t-400", "t-301", "t-299", "t-61"}
+
+
+def test_a_zone_celery_archive_cannot_read_is_refused(sqlite_url: str, tmp_path: Path) -> None:
+    out = cli("run", "--source", sqlite_url, "--sink", str(tmp_path / "a"), "--older-than", "1h", "--timezone", "Europe/Atlantis")
+    assert out.returncode == 2 and "unknown time zone 'Europe/Atlantis'" in out.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -87,8 +88,26 @@ def zone(name: str) -> dt.tzinfo:
                           "UTC, or local (this machine's)") from None
 
 
+_POSIX_OFFSET = re.compile(r"^<([+-])(\d\d)(\d\d)?>[+-]\d")  # PostgreSQL's name for SET timezone = '-03'
+
+
+def session_tz(name: str) -> dt.tzinfo:
+    """A PostgreSQL TimeZone setting as a zone: an IANA name, or a fixed offset (``<-03>+03``)."""
+    m = _POSIX_OFFSET.match(name)
+    if m:
+        minutes = int(m.group(2)) * 60 + int(m.group(3) or 0)
+        return dt.timezone(dt.timedelta(minutes=minutes if m.group(1) == "+" else -minutes), name)
+    try:
+        return zone(name)
+    except ConfigError:
+        raise ConfigError(f"PostgreSQL's TimeZone for Celery's sessions is {name!r}, which is not a zone celery-archive "
+                          "can read: set an IANA name (ALTER DATABASE ... SET timezone = 'Europe/Berlin')") from None
+
+
 def _zone_name(tz: dt.tzinfo) -> str:
-    return "UTC" if tz is UTC else (getattr(tz, "key", None) or "local")
+    if tz is UTC:
+        return "UTC"
+    return getattr(tz, "key", None) or (tz.tzname(None) if isinstance(tz, dt.timezone) else None) or "local"
 
 
 @dataclass(frozen=True)
@@ -179,7 +198,7 @@ def celery_rule(backend: str, kind: str, version: Version, app_zone: str | None,
     if backend == "postgresql":
         if version < (5, 4):
             return Naive(UTC, f"Celery {v} stores naive UTC (datetime.utcnow())")
-        tz = zone(session_zone or "UTC")
+        tz = session_tz(session_zone or "UTC")
         return Naive(tz, f"Celery {v} passes an aware date_done, which PostgreSQL stores as local time of the "
                          f"session TimeZone Celery's connections get ({session_zone})")
     if kind == "group":

@@ -85,7 +85,7 @@ class StoredDates:
         """The UTC day of a stored date_done where the database can tell it (PostgreSQL; SQLite
         text with an offset), else the stored day."""
         zone = self.rules[kind].name if kind in self.rules else "UTC"
-        if self.dialect == "postgresql" and zone != "UTC" and not self.aware.get(kind):
+        if self.dialect == "postgresql" and zone not in ("UTC", "local") and not self.aware.get(kind):
             return sa.func.date(sa.func.timezone("UTC", sa.func.timezone(zone, column)))
         return sa.func.date(column)
 
@@ -190,14 +190,18 @@ def newest(src: SqlSource, cutoff: dt.datetime | None, kinds: tuple[str, ...]) -
 def check_dates(src: SqlSource) -> str | None:
     """Where the app's zone decides and was not given: a warning when the newest finished
     result's date_done, read as UTC, looks like local time."""
-    if all(r.known for r in src.dates.rules.values()):
-        return None
+    rule = src.dates.rules["task"]
+    if rule.known and (rule.name == "UTC" or src.dialect.name != "postgresql" or src.dates.aware.get("task")):
+        return None  # (on PostgreSQL in a zone, results of Celery 5.3 told for 5.4+ would lie ahead)
     found = newest(src, None, ("task",))
     if found is None:
         return None
     why = looks_local(found[2], dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     if not why:
         return None
+    if rule.known:
+        return (f"the newest date_done ({found[1]!r}, task {found[0]}) is {why} when read by the rule '{rule.why}': "
+                "if the workers run another Celery version than the installed one, say which with --celery-version")
     return (f"the newest date_done ({found[1]!r}, task {found[0]}) is {why} when read as UTC: it looks like the app's "
             f"local time. {src.dates.rules['task'].why}. Results may be taken too early or too late: give the app's zone "
             "with -A, --timezone ZONE or CELERY_ARCHIVE_TIMEZONE (UTC if it has none)")
