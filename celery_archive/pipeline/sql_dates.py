@@ -76,10 +76,11 @@ class StoredDates:
         upper = (max(cutoff + dt.timedelta(hours=14), local) + dt.timedelta(days=1)).date().isoformat()
         jd = sa.func.julianday(column)
         by_offset = jd < julian(cutoff) + _JD_MARGIN
+        unread = jd.is_(None)  # text SQLite cannot read (+0200): fetched, read (or counted) in Python
         if local == cutoff:
-            return [column < upper, by_offset]
+            return [column < upper, sa.or_(by_offset, unread)]
         has_offset = sa.or_(column.like("%Z"), column.op("GLOB")(_OFFSET_GLOB))
-        return [column < upper, sa.case((has_offset, by_offset), else_=jd < julian(local) + _JD_MARGIN)]
+        return [column < upper, sa.or_(sa.case((has_offset, by_offset), else_=jd < julian(local) + _JD_MARGIN), unread)]
 
     def day(self, kind: str, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The UTC day of a stored date_done where the database can tell it (PostgreSQL; SQLite
