@@ -75,6 +75,8 @@ def rules_check(config: Any, as_json: bool, **values: Any) -> None:
     from celery_archive.pipeline.inspect import check_rules
 
     report = check_rules(_config(values))
+    for note in [] if as_json else report.warnings:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         emit(report.to_json())
         return

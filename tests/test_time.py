@@ -223,6 +223,7 @@ def test_app_zone_from_dash_a_and_the_warning_without_it(tmp_path: Path) -> None
     assert "newest that would be taken: task t-2" in guess.stdout  # read as UTC, 5 h off: plain to see
     stats = cli("stats", "--source", url, "--older-than", "1h", "--json", cwd=tmp_path)
     assert json.loads(stats.stdout)["newest"]["task_id"] == "t-2" and json.loads(stats.stdout)["warnings"]
+    assert "looks like the app's local time" in cli("rules", "check", "--source", url, "--older-than", "1h", cwd=tmp_path).stderr
 
     out = cli("-A", "nyapp", "run", "--sink", str(tmp_path / "a"), "--older-than", "1h", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

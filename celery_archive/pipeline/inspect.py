@@ -80,6 +80,8 @@ class RulesReport:
     source: str
     checked_at: str
     rules: list[dict[str, Any]] = field(default_factory=list)
+    dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "rules check", **asdict(self)}
@@ -97,6 +99,7 @@ def check_rules(cfg: RunConfig) -> RulesReport:
     try:
         for table in source.extract(now, cfg.batch_size, "rules-check", now):
             applied.apply(table)
+        dates, notes = source.describe_dates(), date_notes(source)
     finally:
         source.close()
     counts = applied.counts()
@@ -110,7 +113,7 @@ def check_rules(cfg: RunConfig) -> RulesReport:
     if policy.hold:
         out.append({"rule": HOLD, "match": ", ".join([*sorted(policy.hold.task_ids)[:5], *policy.hold.names]),
                     "action": "keep", **_zero(counts.get(HOLD))})
-    return RulesReport(source.display_url, iso(now), out)
+    return RulesReport(source.display_url, iso(now), out, dates, notes)
 
 
 def _zero(counts: dict[str, int] | None) -> dict[str, int]:
