@@ -156,7 +156,10 @@ class SqlSource:
         """How Celery stored naive date_done values in ``kind``'s table (dates.py)."""
         backend = self.dialect.name if self.dialect.name in ("postgresql", "sqlite") else "mysql"
         if backend == "postgresql" and not hasattr(self, "_zone"):
-            self._zone = session_zone(self._url, self._adbc_uri is not None)
+            self._zone, conn = session_zone(self._url, self._adbc_uri is not None)
+            if conn is not None:  # now in UTC: it joins the source's own connections
+                self._adbc_all.append(conn)
+                self._adbc_idle.append(conn)
         session = self._zone if backend == "postgresql" else None
         return celery_rule(backend, kind, parse_version(self.config.celery_version), self.config.timezone, session)
 
