@@ -66,11 +66,15 @@ def _local_name() -> str | None:
     return name or None
 
 
+_UTC_NAMES = {"UTC", "Z", "GMT", "UCT", "GMT0", "UNIVERSAL", "ZULU", "GREENWICH",
+              *(f"ETC/{n}" for n in ("UTC", "GMT", "UCT", "GMT0", "UNIVERSAL", "ZULU", "GREENWICH"))}  # names of UTC itself
+
+
 @cache
 def zone(name: str) -> dt.tzinfo:
     """A zone by IANA name; ``UTC``; or ``local``: this machine's (Celery's zone for an app with
     ``enable_utc = False`` and no ``timezone``)."""
-    if name.upper() in ("UTC", "ETC/UTC", "Z"):
+    if name.upper() in _UTC_NAMES:
         return UTC
     if name == "local":
         local = _local_name()
