@@ -122,6 +122,19 @@ def progress_reporter(as_json: bool) -> Iterator[Callable[[int], None]]:
     yield log
 
 
+def newest_line(newest: dict[str, str] | None, now: str, what: str) -> str:
+    """The newest result a selection takes, its date_done as stored and as read, beside now:
+    a cutoff read in the wrong zone shows here before anything is deleted."""
+    if newest is None:
+        return f"  newest that {what}: none (now {now})"
+    import datetime as dt
+
+    age = dt.datetime.fromisoformat(now.replace("Z", "+00:00")) - dt.datetime.fromisoformat(newest["utc"].replace("Z", "+00:00"))
+    mins = int(age.total_seconds() // 60)
+    return (f"  newest that {what}: task {newest['task_id']}, date_done stored {newest['stored']!r}, read as "
+            f"{newest['utc']} ({mins // 60}h {mins % 60:02d}m before now, {now})")
+
+
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -191,6 +204,12 @@ def source_options(f: F) -> F:
         opt("--result-expires", key="result_expires", default="1d", show_default=True, metavar="AGE",
             help="Redis: the app's result_expires; dates saved groups, which Celery stores without a date."),
         opt("--master-name", key="master_name", default=None, help="Redis sentinel:// sources: the master's name (transport option master_name)."),
+        opt("--timezone", key="timezone", default=None, metavar="ZONE",
+            help="The app's time zone (its timezone setting; UTC if it has none and enable_utc; local for this machine's): "
+                 "Celery >= 5.5 stores date_done in it on SQLite and MySQL. Default: -A's; without either, UTC is assumed."),
+        opt("--celery-version", key="celery_version", default=None, metavar="X.Y",
+            help="The Celery version of the workers that wrote the results (it decides how date_done was stored). "
+                 "Default: the installed Celery's, which -A loads the app with."),
         opt("--batch-size", key="batch_size", type=click.IntRange(1), default=10_000, show_default=True, help="Results read per query."),
     ]):
         f = decorator(f)
@@ -245,7 +264,8 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
             startup_over()  # every library the run needs is in by its first batch
             show(n)
 
-        report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True))
+        report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
+                             warn=lambda note: click.echo(f"warning: {note}", err=True))
     if as_json:
         emit(report.to_json())
         return
@@ -254,6 +274,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
                    f"({_human_bytes(report.bytes)} stored) from {report.source}")
         for title, counts in (("by status", report.by_status), ("by task name", report.by_name), ("by day", report.by_day)):
             click.echo(f"  {title}: " + ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:12]))
+        click.echo(newest_line(report.newest, report.now, "would be taken"))
         click.echo("nothing was changed; run again without --dry-run to archive")
         return
     if report.resumed or report.orphans_removed:
@@ -261,6 +282,9 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
     counts = report.source_counts
+    if counts.get("no_task_id") or counts.get("bad_date_done"):
+        click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
+                   "date_done that cannot be read; they were left in the backend (source_counts in --json)")
     if counts.get("no_ttl") or counts.get("not_celery"):
         click.echo(f"note: {counts.get('no_ttl', 0):,} result key(s) have no TTL (they never expire by themselves); "
                    f"{counts.get('not_celery', 0):,} key(s) under the prefix are not Celery results and were left alone")

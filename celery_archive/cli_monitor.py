@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from celery_archive.cli import _human_bytes, emit, handle_errors, json_option, main, source_options
+from celery_archive.cli import _human_bytes, emit, handle_errors, json_option, main, newest_line, source_options
 
 WARN_EXIT = 7  # stats --warn-above: more results than that
 
@@ -44,6 +44,10 @@ def stats(config: Any, warn_above: int | None, as_json: bool, **values: Any) -> 
             click.echo(f"  {title}: " + (", ".join(f"{k} {v:,}" for k, v in counts.items()) or "-"))
         click.echo(f"  past retention ({report.retention}) and not yet archived: {report.past_retention:,}"
                    + ("; `celery-archive run` archives them" if report.past_retention else ""))
+        click.echo(newest_line(report.newest, report.now, "the backend holds"))
+        click.echo(newest_line(report.newest_past_retention, report.now, "is past retention"))
+        for note in report.warnings:
+            click.echo(f"warning: {note}", err=True)
         if report.no_ttl is not None:
             click.echo(f"  keys without a TTL: {report.no_ttl:,}; unfinished: {report.unfinished:,}")
         if report.over:
@@ -71,6 +75,8 @@ def rules_check(config: Any, as_json: bool, **values: Any) -> None:
     from celery_archive.pipeline.inspect import check_rules
 
     report = check_rules(_config(values))
+    for note in [] if as_json else report.warnings:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         emit(report.to_json())
         return

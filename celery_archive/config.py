@@ -69,6 +69,10 @@ class RunConfig:
     expiring_within: dt.timedelta | None = None  # also take results whose TTL is below this margin
     result_expires: dt.timedelta = dt.timedelta(days=1)  # the app's result_expires (dates saved groups)
     master_name: str | None = None  # sentinel:// master
+    # how the app stored date_done (README "Time zones"): its zone (timezone / enable_utc) and the
+    # Celery version of its workers; None: not given (UTC and the installed Celery)
+    timezone: str | None = None
+    celery_version: str | None = None
     # retention rules and the legal hold (config file); None: everything past older_than is archived
     policy: Policy | None = None
     max_rate: float | None = None  # results per second
@@ -88,6 +92,14 @@ class RunConfig:
             raise ConfigError(f"--compression {self.compression!r} does not go with {self.format}: use one of {', '.join(COMPRESSIONS[self.format])}")
         if self.serializer not in SERIALIZERS:
             raise ConfigError(f"unknown --serializer {self.serializer!r}: use one of {', '.join(SERIALIZERS)}")
+        if self.timezone is not None:
+            from celery_archive.pipeline.dates import zone
+
+            zone(self.timezone)
+        if self.celery_version is not None:
+            from celery_archive.pipeline.dates import parse_version
+
+            parse_version(self.celery_version)
         if self.older_than < dt.timedelta(0):
             raise ConfigError("--older-than must not be negative")
         if self.max_rate is not None and self.max_rate <= 0:

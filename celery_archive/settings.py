@@ -21,7 +21,8 @@ ENV_PREFIX = "CELERY_ARCHIVE_"
 FILE_KEYS = {
     "source", "sink", "older_than", "format", "compression", "serializer", "task_table", "group_table", "batch_size",
     "max_file_size", "key_prefix", "expiring_within", "result_expires", "master_name", "spool_dir", "delete",
-    "max_rate", "max_runtime", "metrics_file", "iceberg_table", "iceberg_catalog", "lease_ttl", "rules", "hold",
+    "max_rate", "max_runtime", "metrics_file", "iceberg_table", "iceberg_catalog", "lease_ttl", "rules", "hold", "timezone",
+    "celery_version",
 }
 
 
@@ -61,7 +62,9 @@ def load_app(spec: str) -> Any:
 
 
 def from_app(app: Any) -> dict[str, Any]:
-    """Settings a Celery app already has: its result backend, table names, serializer, expiry."""
+    """Settings a Celery app already has: its result backend, table names, serializer, expiry,
+    and its zone as Celery resolves it (``timezone``, else UTC with ``enable_utc``, else the
+    machine's local zone): app.now(), which Celery >= 5.5 stores as date_done, is in it."""
     conf = app.conf
     out: dict[str, Any] = {}
     backend = conf.result_backend
@@ -83,6 +86,7 @@ def from_app(app: Any) -> dict[str, Any]:
         out["master_name"] = options["master_name"]
     if conf.result_serializer:
         out["serializer"] = conf.result_serializer
+    out["timezone"] = str(conf.timezone) if conf.timezone else "UTC" if conf.enable_utc else "local"
     return out
 
 
@@ -164,6 +168,8 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         metrics_file=Path(v["metrics_file"]) if v.get("metrics_file") else None,
         iceberg_table=v.get("iceberg_table") or None, iceberg_catalog=str(v.get("iceberg_catalog") or "default"),
         lease_ttl=_lease_ttl(str(v.get("lease_ttl") or "60s")),
+        timezone=str(v["timezone"]) if v.get("timezone") else None,
+        celery_version=str(v["celery_version"]) if v.get("celery_version") else None,
     )
 
 

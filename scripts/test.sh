@@ -7,12 +7,24 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-# Celery <= 5.6 stores results in its old format (a pickle in `result`); the tests make such
-# rows with the real Celery 5.6.3 in a venv of its own.
-if ! .venv56/bin/python -c 'import celery, sys; sys.exit(celery.__version__ != "5.6.3")' 2>/dev/null; then
-  "$PY" -m venv .venv56
-  .venv56/bin/pip install -q --disable-pip-version-check 'celery==5.6.3' 'sqlalchemy>=2' 'psycopg[binary]' pymysql
-fi
+# Celery <= 5.6 stores results in its old format (a pickle in `result`), and each Celery
+# version stores date_done by its own rules (README, "Time zones"); the tests make such
+# results with the real Celery of each version, each in a venv of its own (made once, reused).
+CACHE=${CELERY_ARCHIVE_VENVS:-$HOME/.cache/celery-archive}  # shared by every checkout (CI's clones too)
+old_celery() {  # VENV VERSION: VENV is made, or linked to the shared one for VERSION
+  if ! "$1/bin/python" -c "import celery, sys; sys.exit(celery.__version__ != '$2')" 2>/dev/null; then
+    local shared="$CACHE/celery-$2"
+    if ! "$shared/bin/python" -c "import celery, sys; sys.exit(celery.__version__ != '$2')" 2>/dev/null; then
+      rm -rf "$shared" && mkdir -p "$CACHE" && "$PY" -m venv "$shared"
+      "$shared/bin/pip" install -q --disable-pip-version-check "celery==$2" 'sqlalchemy>=2' 'psycopg[binary]' pymysql redis
+    fi
+    rm -rf "$1" && ln -s "$shared" "$1"
+  fi
+}
+old_celery .venv56 5.6.3
+old_celery .venv53 5.3.6
+old_celery .venv54 5.4.0
+old_celery .venv55 5.5.3
 
 bash scripts/services.sh
 

@@ -7,6 +7,7 @@ skips them.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import subprocess
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN = os.environ.get("CA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/")
 PY56 = ROOT / ".venv56" / "bin" / "python"
+CELERY_VENVS = {"5.3": ("5.3.6", ".venv53"), "5.4": ("5.4.0", ".venv54"), "5.5": ("5.5.3", ".venv55"), "5.6": ("5.6.3", ".venv56")}
+"""Celery releases the tests write results with, each in a venv of its own (scripts/test.sh)."""
 BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
@@ -116,6 +119,47 @@ def run_celery56(url: str, code: str) -> str:
     proc = subprocess.run([str(PY56), "-c", prelude + code], capture_output=True, text=True, timeout=120)
     if proc.returncode:
         pytest.fail(f"celery 5.6.3 script failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def faketime_env(at: dt.datetime) -> dict[str, str]:
+    """Environment that starts a process's clock at ``at`` (UTC), through libfaketime: the real
+    Celery (or celery-archive) then runs as it would at that moment."""
+    import libfaketime
+
+    env = dict(libfaketime.get_reload_information()[1])
+    env.update(FAKETIME="@" + at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), TZ="UTC",
+               DONT_FAKE_MONOTONIC="1")
+    return env
+
+
+def run_celery(version: str, code: str, at: dt.datetime | None = None, env: dict[str, str] | None = None,
+               clock: Path | None = None) -> str:
+    """Run ``code`` with the real Celery ``version`` (``5.3`` ... ``5.6``, or ``current``: this
+    venv's), its clock at ``at`` if given, or (``clock``: a file) set to whatever instant the
+    code gives ``set_clock(datetime)`` before each write; returns stdout."""
+    if version == "current":
+        python, prelude = sys.executable, ""
+    else:
+        release, venv = CELERY_VENVS[version]
+        python = str(ROOT / venv / "bin" / "python")
+        if not Path(python).exists():
+            pytest.fail(f"{python} is missing: `bash scripts/test.sh` installs Celery {release} there")
+        prelude = f"import celery\nassert celery.__version__ == {release!r}, celery.__version__\n"
+    extra = faketime_env(at) if at else {}
+    if clock is not None:
+        import libfaketime
+
+        clock.write_text(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+        extra = {**libfaketime.get_reload_information()[1], "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+                 "TZ": "UTC", "DONT_FAKE_MONOTONIC": "1"}
+        # a running clock from that instant on: Celery's INSERT then UPDATE of a row see two
+        # instants (a stopped clock makes SQLAlchemy skip the UPDATE of an equal date_done)
+        prelude += (f"def set_clock(ts):\n    open({str(clock)!r}, 'w').write(ts.strftime('@%Y-%m-%d %H:%M:%S'))\n")
+    proc = subprocess.run([python, "-c", prelude + code], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {}), **extra})
+    if proc.returncode:
+        pytest.fail(f"celery {version} script failed:\n{proc.stderr}")
     return proc.stdout
 
 

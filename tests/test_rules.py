@@ -334,4 +334,5 @@ def test_app_table_names_and_redis_options_come_from_the_app(sqlite_url: str, tm
     redis_app.conf.update(result_backend_transport_options={"global_keyprefix": "prod_", "master_name": "mymaster"},
                           result_serializer="msgpack", result_expires=7200)
     assert from_app(redis_app) == {"source": "redis://127.0.0.1:6379/3", "result_expires": "2h", "older_than": "2h",
-                                   "key_prefix": "prod_", "master_name": "mymaster", "serializer": "msgpack"}
+                                   "key_prefix": "prod_", "master_name": "mymaster", "serializer": "msgpack",
+                                   "timezone": "UTC"}  # app.now()'s zone: UTC, as enable_utc and no timezone give

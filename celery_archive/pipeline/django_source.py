@@ -18,6 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from celery_archive.errors import ConfigError
+from celery_archive.pipeline.dates import Naive
 from celery_archive.pipeline.decode import decode_column
 from celery_archive.pipeline.records import as_array, assemble, utc_naive
 from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
@@ -56,6 +57,7 @@ class DjangoSource(SqlSource):
         "task": {"id", "task_id", "status", "result", "date_done", "content_type", "content_encoding"},
         "group": {"id", "group_id", "result", "date_done", "content_type", "content_encoding"}}
     name_column = "task_name"
+    id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "group_id"}
     what = "a django-celery-results table"
     sized_columns = ("result", "task_args", "task_kwargs", "traceback", "meta")
 
@@ -65,6 +67,9 @@ class DjangoSource(SqlSource):
 
     def _format(self, columns: set[str]) -> str:
         return STORAGE_FORMAT
+
+    def _rule(self, kind: str) -> Naive:
+        return Naive(why="django-celery-results stores UTC (USE_TZ = True; timestamptz on PostgreSQL)")
 
     def _not_found(self, where: str) -> str:
         return (f"table {where} not found in {self.display_url}: is this the Django database of a project with "
@@ -100,7 +105,7 @@ class DjangoSource(SqlSource):
             "raw_result": [None if v is None else v.encode() for v in cols["result"]],
             "raw_args": [None if v is None else v.encode() for v in cols.get("task_args", [None] * n)],
             "raw_kwargs": [None if v is None else v.encode() for v in cols.get("task_kwargs", [None] * n)],
-            "raw_value": [orjson.dumps(row) for row in stored],
+            "raw_value": [orjson.dumps(row) for row in stored], "raw_date_done": cols["raw_date_done"],
             "content_type": ctypes, "content_encoding": encs, "storage_format": STORAGE_FORMAT,
             "source": self.display_url, "source_table": table.fullname, "source_id": cols["id"],
             "run_id": run_id, "archived_at": archived_at,

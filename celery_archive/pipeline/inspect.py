@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from celery_archive.config import RunConfig, format_duration
-from celery_archive.pipeline.run import open_source
+from celery_archive.pipeline.run import date_notes, newest_json, open_source
 from celery_archive.pipeline.serialize import iso
 from celery_archive.pipeline.source import REDIS_SCHEMES, Tally
 
@@ -39,6 +39,11 @@ class StatsReport:
     unfinished: int | None  # Redis: pending/started results (not dated, not counted above)
     warn_above: int | None = None
     over: bool = False
+    now: str = ""
+    newest: dict[str, str] | None = None  # the newest result: task_id, date_done as stored, as UTC
+    newest_past_retention: dict[str, str] | None = None  # the newest a run would take now
+    dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "stats", **asdict(self)}
@@ -51,6 +56,8 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
         rows = source.stats(now, everything=True)
         counts = dict(source.counts)
         due = sum(n for *_, n, _b in source.stats(now - cfg.older_than))
+        newest, newest_due = source.newest(None), source.newest(now - cfg.older_than)
+        dates, notes = source.describe_dates(), date_notes(source)
     finally:
         source.close()
     t = Tally.of(rows)
@@ -64,7 +71,8 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
                        dict(t.by_status.most_common()), dict(t.by_name.most_common(20)),
                        {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)")) if ages[label]},
                        format_duration(cfg.older_than), due, counts.get("no_ttl", 0) if redis else None,
-                       counts.get("unfinished", 0) if redis else None, warn_above, over)
+                       counts.get("unfinished", 0) if redis else None, warn_above, over, iso(now), newest_json(newest),
+                       newest_json(newest_due), dates, notes)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class RulesReport:
     source: str
     checked_at: str
     rules: list[dict[str, Any]] = field(default_factory=list)
+    dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "rules check", **asdict(self)}
@@ -89,6 +99,7 @@ def check_rules(cfg: RunConfig) -> RulesReport:
     try:
         for table in source.extract(now, cfg.batch_size, "rules-check", now):
             applied.apply(table)
+        dates, notes = source.describe_dates(), date_notes(source)
     finally:
         source.close()
     counts = applied.counts()
@@ -102,7 +113,7 @@ def check_rules(cfg: RunConfig) -> RulesReport:
     if policy.hold:
         out.append({"rule": HOLD, "match": ", ".join([*sorted(policy.hold.task_ids)[:5], *policy.hold.names]),
                     "action": "keep", **_zero(counts.get(HOLD))})
-    return RulesReport(source.display_url, iso(now), out)
+    return RulesReport(source.display_url, iso(now), out, dates, notes)
 
 
 def _zero(counts: dict[str, int] | None) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,7 +51,9 @@ class SqlTarget:
                                                "or pass --task-table/--group-table")
             seq = sa.Sequence("task_id_sequence" if kind == "task" else "taskset_id_sequence", schema=schema)
             columns = [sa.Column("id", sa.Integer, seq, primary_key=True)]
-            columns += [sa.Column(n, t) for n, t in cols.items() if n != "id"]
+            sqlite = self._engine.dialect.name == "sqlite"  # date_done is text there: written as it was stored
+            text: Any = sa.String()
+            columns += [sa.Column(n, text if sqlite and n == "date_done" else t) for n, t in cols.items() if n != "id"]
             if kind == "group":  # both formats keep bytes there: the task table tells them apart
                 fmt = self._table("task")[1]
             else:
@@ -71,8 +74,22 @@ class SqlTarget:
             row.update(status=rec["status"], traceback=rec["traceback"], name=rec["name"], args=rec["raw_args"],
                        kwargs=rec["raw_kwargs"], worker=rec["worker"], retries=rec["retries"], queue=rec["queue"],
                        children=rec["raw_children"], stamps=rec["raw_stamps"])
-        row.update({id_col: rec["task_id"], "date_done": rec["date_done"]})
+        row.update({id_col: rec["task_id"], "date_done": self._date(rec)})
         return {k: v for k, v in row.items() if k in table.c and k != "id"}
+
+    def _date(self, rec: dict[str, Any]) -> Any:
+        """date_done as the source stored it (raw_date_done) when it comes from the same kind of
+        database; else the UTC instant, stored as Celery >= 5.4 would (on PostgreSQL: aware, so
+        the session's zone applies); a v1 record (no raw_date_done) as before, naive UTC."""
+        raw, utc = rec.get("raw_date_done"), rec["date_done"]
+        dialect = self._engine.dialect.name
+        if raw is not None and _dialect(str(rec.get("source") or "")) == dialect:
+            return raw if dialect == "sqlite" else dt.datetime.fromisoformat(raw)
+        if utc is not None and raw is not None and dialect == "postgresql":
+            return utc.replace(tzinfo=dt.timezone.utc)
+        if utc is not None and dialect == "sqlite":
+            return utc.isoformat(sep=" ", timespec="microseconds")  # SQLAlchemy's (and so Celery's) text form
+        return utc
 
     def _result(self, rec: dict[str, Any], fmt: str) -> bytes | None:
         raw: bytes | None = rec["raw_result"]
@@ -135,3 +152,9 @@ class SqlTarget:
     def close(self) -> None:
         self._engine.dispose()
 
+
+
+def _dialect(source: str) -> str:
+    """The database kind of an archived record's source URL (``db+postgresql+psycopg://``)."""
+    name = source.removeprefix("db+").split("://", 1)[0].split("+", 1)[0]
+    return "mysql" if name == "mariadb" else name

@@ -17,9 +17,10 @@ RAW_TYPES: dict[str, pa.DataType] = {
     "id": pa.int64(), "task_id": pa.string(), "taskset_id": pa.string(), "status": pa.string(),
     "result": pa.binary(), "date_done": pa.timestamp("us"), "traceback": pa.string(), "children": pa.binary(),
     "name": pa.string(), "args": pa.binary(), "kwargs": pa.binary(), "worker": pa.string(), "retries": pa.int32(),
-    "queue": pa.string(), "stamps": pa.binary(),
+    "queue": pa.string(), "stamps": pa.binary(), "raw_date_done": pa.string(),
 }
-"""Arrow types of a stored Celery row's columns (date_done is naive UTC, as stored)."""
+"""Arrow types of a stored Celery row's columns (date_done as a naive UTC instant, raw_date_done
+as stored)."""
 
 RawColumns = Mapping[str, "pa.Array | Sequence[Any]"]
 
@@ -95,6 +96,7 @@ def build_records(
         "run_id": run_id, "archived_at": archived_at,
         "raw_result": cols.get("result"), "raw_args": cols.get("args"), "raw_kwargs": cols.get("kwargs"),
         "raw_children": cols.get("children"), "raw_stamps": cols.get("stamps"), "source_id": cols.get("id"),
+        "raw_date_done": cols.get("raw_date_done"),
     }
     if "date_done" in cols:
         given["date_done"] = cols["date_done"]

@@ -83,7 +83,8 @@ def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str
     for rid in pending:
         manifest = mf.load_manifest(sink, rid)
         # a rebuilt manifest knows its tables only from its records: the purge's exact match decides there
-        tables_differ = not manifest.get("rebuilt") and manifest.get("source_tables") != source.describe()
+        tables = source.describe()  # it must still read every table or key pattern the run took from
+        tables_differ = not manifest.get("rebuilt") and any(tables.get(k) != v for k, v in (manifest.get("source_tables") or {}).items())
         if manifest["source"] != source.display_url or tables_differ:
             raise ConfigError(f"run {rid} was archived from {manifest['source']} and its purge did not finish: "
                               f"run again with --source for that backend to finish it")

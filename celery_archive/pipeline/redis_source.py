@@ -56,8 +56,16 @@ class RedisSourceConfig:
 
 
 def full_prefix(prefix: str) -> str:
-    """Celery's global_keyprefix as Celery applies it: ``_`` added unless it ends in ``:_-.``."""
+    """Celery's global_keyprefix as Celery >= 5.5 applies it: ``_`` added unless it ends in ``:_-.``."""
     return prefix if not prefix or prefix[-1] in ":_-." else prefix + "_"
+
+
+def key_prefixes(prefix: str) -> list[str]:
+    """Where a global_keyprefix puts keys: Celery >= 5.5's layout, and Celery 5.3 and 5.4's,
+    which always insert ``_`` (``myapp:`` -> ``myapp:_celery-task-meta-...``) where it differs.
+    The two never match the same key (they differ in the character after the prefix)."""
+    new, old = full_prefix(prefix), prefix + "_" if prefix else ""
+    return [new] if old == new else [new, old]
 
 
 def redact(url: str) -> str:
@@ -125,9 +133,22 @@ class RedisSource:
         self.config = config
         self.display_url = redact(config.url)
         self._secrets = [unquote(p.password) for p in map(urlsplit, config.url.split(";")) if p.password]
-        self.prefix = full_prefix(config.key_prefix)
+        self.prefixes = key_prefixes(config.key_prefix)
+        self.prefix = self.prefixes[0]
         self.client = _connect(config)
         self.counts: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self._newest: dict[dt.datetime | None, tuple[str, str, dt.datetime] | None] = {}
+
+    def describe_dates(self) -> dict[str, object]:
+        return {"task": {"zone": None, "known": True, "rule": "ISO text in the value, with its offset (Celery 5.4+: +00:00, "
+                                                           "5.5+: the app's); without one (Celery 5.3): UTC"},
+                "group": {"zone": None, "known": True, "rule": "none stored: result_expires less the key's remaining TTL"}}
+
+    def newest(self, cutoff: dt.datetime | None) -> tuple[str, str, dt.datetime] | None:
+        if cutoff not in self._newest:
+            self.stats(cutoff or dt.datetime.max, everything=cutoff is None)
+        return self._newest.get(cutoff)
 
     def _error(self, action: str, exc: Exception) -> SourceError:
         import redis
@@ -148,7 +169,10 @@ class RedisSource:
             raise self._error("connecting to", exc) from exc
 
     def describe(self) -> dict[str, str]:
-        return {"task": f"{self.prefix}{TASK_PREFIX}*", "group": f"{self.prefix}{GROUP_PREFIX}*"}
+        out = {"task": f"{self.prefix}{TASK_PREFIX}*", "group": f"{self.prefix}{GROUP_PREFIX}*"}
+        if len(self.prefixes) > 1:  # Celery 5.3/5.4's layout too
+            out.update({"task_celery_5.3": f"{self.prefixes[1]}{TASK_PREFIX}*", "group_celery_5.3": f"{self.prefixes[1]}{GROUP_PREFIX}*"})
+        return out
 
     def close(self) -> None:
         self.client.close()
@@ -158,7 +182,7 @@ class RedisSource:
         """(key, value, pttl) in batches: SCAN, then one pipelined GET and PTTL per batch."""
         import redis
 
-        pattern = self.describe()[kind]
+        patterns = [f"{p}{TASK_PREFIX if kind == 'task' else GROUP_PREFIX}*" for p in self.prefixes]
         keys: list[bytes] = []
 
         read = self.client.register_script(_READ)
@@ -172,14 +196,15 @@ class RedisSource:
             return list(zip(batch, replies[0::2], replies[1::2]))
 
         try:
-            for key in self.client.scan_iter(match=pattern, count=max(batch_size, 1000)):
-                if kind == "group" and key.endswith(CHORD_SUFFIXES):
-                    self.counts["chord_keys_skipped"] += 1
-                    continue
-                keys.append(key)
-                if len(keys) >= batch_size:
-                    yield load(keys)
-                    keys = []
+            for pattern in patterns:
+                for key in self.client.scan_iter(match=pattern, count=max(batch_size, 1000)):
+                    if kind == "group" and key.endswith(CHORD_SUFFIXES):
+                        self.counts["chord_keys_skipped"] += 1
+                        continue
+                    keys.append(key)
+                    if len(keys) >= batch_size:
+                        yield load(keys)
+                        keys = []
             if keys:
                 yield load(keys)
         except redis.RedisError as exc:
@@ -223,7 +248,9 @@ class RedisSource:
             return None
         errors: list[str] = []
         key_text = key.decode("utf-8", "replace")
-        task_id = key_text[len(self.prefix) + len(TASK_PREFIX if kind == "task" else GROUP_PREFIX):]
+        base = TASK_PREFIX if kind == "task" else GROUP_PREFIX
+        layout = next(p for p in self.prefixes if key_text.startswith(p + base)) if len(self.prefixes) > 1 else self.prefix
+        task_id = key_text[len(layout) + len(base):]
         if kind == "task":
             status = meta.get("status")
             if status not in FINISHED:
@@ -254,9 +281,14 @@ class RedisSource:
         if everything:
             cutoff = dt.datetime.max
         out: list[tuple[str, str | None, str | None, str, int, int]] = []
+        newest: tuple[str, str, dt.datetime] | None = None
         for table in self.extract(cutoff, 1000, "dry-run", now):
-            for kind, status, name, done, raw in zip(*(table.column(c).to_pylist() for c in ("kind", "status", "name", "date_done", "raw_value"))):
+            columns = ("task_id", "kind", "status", "name", "date_done", "raw_value")
+            for tid, kind, status, name, done, raw in zip(*(table.column(c).to_pylist() for c in columns)):
                 out.append((kind, status, name, done.date().isoformat(), 1, len(raw)))
+                if kind == "task" and (newest is None or done > newest[2]):
+                    newest = (tid, _stored_date(raw, self.config.serializer), done)
+        self._newest[None if everything else cutoff] = newest
         return out
 
     # -- purge ----------------------------------------------------------------------------
@@ -279,3 +311,12 @@ class RedisSource:
         except redis.RedisError as exc:
             raise self._error("deleting archived results from", exc) from exc
         return deleted, table.num_rows - deleted
+
+
+def _stored_date(raw: bytes, serializer: str) -> str:
+    """The date_done text inside a stored value (for dry runs' and stats' newest result)."""
+    try:
+        meta = decode_value(raw, serializer)[0]
+    except Exception:  # noqa: BLE001 - it was decoded once already; this is only for display
+        return ""
+    return str(meta.get("date_done") or "") if isinstance(meta, dict) else ""

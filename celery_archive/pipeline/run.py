@@ -67,6 +67,8 @@ class RunReport:
     lost_manifests: list[str] = field(default_factory=list)  # runs kept though no manifest names them: `manifest rebuild`
     swept: int = 0  # left-overs of dead runs removed (partial objects, staging directories)
     iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
+    dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
+    warnings: list[str] = field(default_factory=list)  # doubts about the dates, said before any delete
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -82,9 +84,28 @@ class DryRunReport:
     by_status: dict[str, int]
     by_name: dict[str, int]
     by_day: dict[str, int]
+    now: str = ""
+    newest: dict[str, str] | None = None  # the newest result it would take: task_id, stored, utc
+    dates: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", "dry_run": True, **asdict(self)}
+
+
+def newest_json(newest: tuple[str, str, dt.datetime] | None) -> dict[str, str] | None:
+    """The newest result a selection takes: its id, date_done as stored, and as UTC."""
+    return None if newest is None else {"task_id": newest[0], "stored": newest[1], "utc": iso(newest[2])}
+
+
+def date_notes(source: Source) -> list[str]:
+    """The source's doubts about its dates, with wall times of a repeated hour counted."""
+    notes = list(source.warnings)
+    n = source.counts.get("date_done_ambiguous", 0)
+    if n:
+        notes.append(f"{n} date_done value(s) are wall times of an hour repeated when the clocks went back: each could be "
+                     "either of two instants an hour apart, and was read as the later (as PostgreSQL reads them)")
+    return notes
 
 
 def open_source(cfg: RunConfig) -> Source:
@@ -103,19 +124,21 @@ def open_source(cfg: RunConfig) -> Source:
     else:
         from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
 
-        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table,
-                                           cfg.task_schema, cfg.group_schema, cfg.serializer))
+        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table, cfg.task_schema, cfg.group_schema,
+                                           cfg.serializer, cfg.timezone, cfg.celery_version))
     source.open()
     return source
 
 
-def dry_run(source: Source, cutoff: dt.datetime) -> DryRunReport:
+def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunReport:
     t = Tally.of(source.stats(cutoff))
     return DryRunReport(source.display_url, iso(cutoff), t.results, t.bytes, dict(t.by_kind),
-                        dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())))
+                        dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())),
+                        iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source))
 
 
 Progress = Callable[[int], None]  # called with the number of results taken so far
+Warn = Callable[[str], None]  # called with what the run doubts, before it deletes anything
 
 
 def _extract(source: Source, cfg: RunConfig, cutoff: dt.datetime, run_id: str, now: dt.datetime,
@@ -155,11 +178,12 @@ def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Ca
 
 
 def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event | None = None,
-        on_wait: Callable[[str], None] | None = None) -> RunReport | DryRunReport:
+        on_wait: Callable[[str], None] | None = None, warn: Warn | None = None) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
     ``progress`` is called after each batch with the number of results taken so far; once
     ``stop`` is set the run takes nothing more and finishes what it took (a safe stop);
-    ``on_wait`` hears why the run waits (a stale-looking lease being watched)."""
+    ``on_wait`` hears why the run waits (a held lease being watched); ``warn`` each doubt
+    about the stored dates, before anything is taken or deleted."""
     cfg.check()
     started = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -167,11 +191,14 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
     archive = open_sink(cfg.sink)
     source = open_source(cfg)
     try:
+        for note in source.warnings:
+            if warn is not None:
+                warn(note)
         if cfg.dry_run:
             if cfg.policy is not None:
                 raise ConfigError("--dry-run counts by one age; with [[rules]] or [hold], "
                                   "`celery-archive rules check --config ...` shows what a run would take, rule by rule")
-            return dry_run(source, cutoff)
+            return dry_run(source, cutoff, now)
         run_id = mf.new_run_id(now)
         lease = Lease(archive, run_id, cfg.lease_ttl, on_wait=on_wait)
         lease.acquire()
@@ -236,4 +263,4 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
                      source_counts=dict(source.counts), rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
-                     swept=swept)
+                     swept=swept, dates=source.describe_dates(), warnings=date_notes(source))

@@ -9,7 +9,12 @@
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
 * ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
-* ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...).
+* ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...; for
+  SQL: no_task_id, bad_date_done), and date_done_ambiguous (wall times of a repeated hour).
+* ``describe_dates()`` says, per kind, how stored date_done values become UTC instants;
+  ``warnings`` what the source found doubtful about them (said before anything is deleted).
+* ``newest(cutoff)`` is (task id, date_done as stored, its UTC instant) of the newest finished
+  result older than ``cutoff`` (of all with None), for dry runs and stats.
 * ``describe()`` names where results live (tables or key patterns), for manifests;
   ``display_url`` is the source URL without secrets; ``close()`` lets go of connections.
 """
@@ -68,6 +73,13 @@ class Source(Protocol):
     def open(self) -> None: ...
 
     def describe(self) -> dict[str, str]: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    def describe_dates(self) -> dict[str, object]: ...
+
+    def newest(self, cutoff: dt.datetime | None) -> tuple[str, str, dt.datetime] | None: ...
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]: ...
 

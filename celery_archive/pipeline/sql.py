@@ -21,9 +21,11 @@ from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.errors import SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
+from celery_archive.pipeline.dates import Naive, celery_rule, parse_version
 from celery_archive.pipeline.purge import PurgeBatch
-from celery_archive.pipeline.records import build_records, utc_naive
-from celery_archive.pipeline.sql_url import UTC_SESSION, adbc_uri, parse_source_url
+from celery_archive.pipeline.records import build_records
+from celery_archive.pipeline.sql_dates import StoredDates, check_dates, newest
+from celery_archive.pipeline.sql_url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
@@ -41,12 +43,14 @@ class SqlSourceConfig:
     task_schema: str | None = None  # database_table_schemas["task"]
     group_schema: str | None = None  # database_table_schemas["group"]
     serializer: str = "json"  # result_serializer
+    timezone: str | None = None  # the app's zone (timezone / enable_utc); None: not known
+    celery_version: str | None = None  # of the workers that wrote the results; None: the installed one
 
 
 def _sa_type(t: pa.DataType) -> Any:
     """A SQLAlchemy type for an Arrow column type (enough to compile statements)."""
     if pa.types.is_timestamp(t):
-        return sa.DateTime()
+        return sa.DateTime(timezone=t.tz is not None)
     if pa.types.is_integer(t):
         return sa.BigInteger() if t.bit_width > 32 else sa.Integer()
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -63,7 +67,7 @@ class SqlSource:
     """Celery's own tables. A subclass reading other tables the same way (django_source.py)
     sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
 
-    purge_columns: tuple[str, ...] = ("source_id", "status", "date_done")
+    purge_columns: tuple[str, ...] = ("source_id", "status", "date_done", "raw_date_done")
     required: ClassVar[dict[str, set[str]]] = {"task": {"id", "task_id", "status", "result", "date_done"},
                                                "group": {"id", "taskset_id", "result", "date_done"}}
     name_column = "name"
@@ -82,7 +86,9 @@ class SqlSource:
         self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
-        self.counts: Counter[str] = Counter()  # nothing to report for SQL tables yet
+        self.counts: Counter[str] = Counter()  # rows seen but not taken: no_task_id, bad_date_done, ...
+        self.dates = StoredDates(self.dialect.name, {}, {})
+        self.warnings: list[str] = []
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> SourceError:
@@ -129,16 +135,46 @@ class SqlSource:
                     if kind == "group":
                         continue  # groups are optional: only apps that save GroupResults have them
                     raise SourceError(self._not_found(f"{schema}.{name}" if schema else name))
+                if self.dialect.name == "sqlite":  # stored text, read and compared exactly as it is
+                    columns = [sa.Column(c.name, sa.String()) if c.name == "date_done" else c for c in columns]
                 table = sa.Table(name, sa.MetaData(), *columns, schema=schema)
                 missing = self.required[kind] - set(table.c.keys())
                 if missing:
                     raise SourceError(f"table {table.fullname} is not {self.what}: it has no column(s) {', '.join(sorted(missing))}")
                 self.tables[kind] = table
+            aware = {k: bool(getattr(t.c.date_done.type, "timezone", False)) for k, t in self.tables.items()}
+            self.dates = StoredDates(self.dialect.name, {k: self._rule(k) for k in self.tables}, aware)
+            self._check_dates()
         except SourceError:
             raise
         except Exception as exc:
             raise self._error("connecting to", exc) from exc
         self.storage_format = self._format(set(self.tables["task"].c.keys()))
+
+    # -- dates ------------------------------------------------------------------------------
+    def _rule(self, kind: str) -> Naive:
+        """How Celery stored naive date_done values in ``kind``'s table (dates.py)."""
+        backend = self.dialect.name if self.dialect.name in ("postgresql", "sqlite") else "mysql"
+        if backend == "postgresql" and not hasattr(self, "_zone"):
+            self._zone, conn = session_zone(self._url, self._adbc_uri is not None)
+            if conn is not None:  # now in UTC: it joins the source's own connections
+                self._adbc_all.append(conn)
+                self._adbc_idle.append(conn)
+        session = self._zone if backend == "postgresql" else None
+        return celery_rule(backend, kind, parse_version(self.config.celery_version), self.config.timezone, session)
+
+    def _check_dates(self) -> None:
+        note = check_dates(self)
+        if note:
+            self.warnings.append(note)
+
+    def describe_dates(self) -> dict[str, object]:
+        return {kind: rule.describe() for kind, rule in self.dates.rules.items()}
+
+    def newest(self, cutoff: dt.datetime | None, kinds: tuple[str, ...] = ("task", "group")) -> tuple[str, str, dt.datetime] | None:
+        """(task id, stored date_done, its UTC instant) of the newest finished result older than
+        ``cutoff`` (of all, with None)."""
+        return newest(self, cutoff, kinds)
 
     def _format(self, columns: set[str]) -> str:
         return "celery-db-5.7" if {"children", "stamps"} & columns else "celery-db-5.6"
@@ -200,7 +236,7 @@ class SqlSource:
         return sa.tuple_(dd, pk) > sa.tuple_(*last)
 
     def _selected(self, kind: str, table: sa.Table, cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
-        conds = [table.c.date_done.is_not(None), table.c.date_done < cutoff]
+        conds = [table.c.date_done.is_not(None), *self.dates.older(kind, table.c.date_done, cutoff)]
         if kind == "task":
             conds.append(table.c.status.in_(FINISHED))
         return conds
@@ -231,11 +267,19 @@ class SqlSource:
         yield from ahead(pages(), "celery-archive-extract")
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
-        """Finished results with ``date_done < cutoff`` (naive UTC), oldest first, as record batches."""
+        """Finished results whose date_done is an instant before ``cutoff`` (naive UTC), in
+        stored order, as record batches; rows without a task id or a readable date are counted."""
         for kind, table in self.tables.items():
             for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
-                # a copy: the prefetch thread still reads the fetched page's last key
-                yield self.build(kind, dict(fetched), table, run_id, archived_at)
+                # a new dict: the prefetch thread still reads the fetched page's last key
+                page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name)
+                if page is not None:
+                    yield self.build(kind, page, table, run_id, archived_at)
+
+    id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "taskset_id"}
+
+    def _id(self, kind: str, table: sa.Table) -> sa.Column[Any]:
+        return table.c[self.id_columns[kind]]
 
     def columns(self, kind: str, table: sa.Table) -> list[str]:
         """The stored columns a record is built from."""
@@ -245,9 +289,6 @@ class SqlSource:
         """Records from a page of stored columns."""
         if kind == "group":
             page["task_id"] = page.pop("taskset_id")
-        dates = page["date_done"]
-        if not isinstance(dates, (pa.Array, pa.ChunkedArray)) and (isinstance(dates[0], str) or dates[0].tzinfo is not None):
-            page["date_done"] = [utc_naive(v) for v in dates]  # SQLite text, or an aware driver
         return build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
                              storage_format=self.storage_format, source=self.display_url,
                              source_table=table.fullname, run_id=run_id, archived_at=archived_at)
@@ -262,14 +303,15 @@ class SqlSource:
                 for kind, t in self.tables.items():
                     sized = [c for c in self.sized_columns if c in t.c]
                     nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
-                    day = sa.func.date(t.c.date_done)
+                    day = self.dates.day(kind, t.c.date_done)
                     status = t.c.status if kind == "task" else None
                     name = t.c[self.name_column] if self.name_column in t.c else None
                     # PostgreSQL refuses a constant (NULL) in GROUP BY: group by real columns only
                     keys = [k for k in (status, name, day) if k is not None]
                     stmt = (sa.select(sa.null() if status is None else status, sa.null() if name is None else name, day,
                                       sa.func.count(), sa.func.sum(nbytes))
-                            .where(*([] if everything else self._selected(kind, t, cutoff))).group_by(*keys))
+                            .where(*([] if everything else [*self._selected(kind, t, cutoff), self._id(kind, t).is_not(None)]))
+                            .group_by(*keys))
                     for st, nm, d, n, b in conn.execute(stmt):
                         out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
         except sa.exc.SQLAlchemyError as exc:
@@ -287,6 +329,7 @@ class SqlSource:
         """
         table = self.tables[batch.kind]
         total = batch.table.num_rows
+        batch = self._as_stored(batch)
         try:
             if self._adbc_uri or self.engine.dialect.delete_returning:
                 deleted = self._range_delete(batch, table)
@@ -298,6 +341,17 @@ class SqlSource:
                 raise
             raise self._error("deleting archived results from", exc) from exc
         return deleted, total - deleted
+
+    def _as_stored(self, batch: PurgeBatch) -> PurgeBatch:
+        """The batch with date_done as stored (raw_date_done, typed as the database compares
+        it; from date_done for v1 records), in stored order."""
+        t = batch.table
+        if "date_done" not in t.column_names:
+            return batch
+        t = t.set_column(t.schema.get_field_index("date_done"), "date_done", self.dates.typed(t, batch.kind))
+        if "raw_date_done" in t.column_names:
+            t = t.drop_columns(["raw_date_done"])
+        return PurgeBatch(batch.kind, t.sort_by([("date_done", "ascending"), ("source_id", "ascending")]))
 
     def _range_delete(self, batch: PurgeBatch, table: sa.Table) -> int | None:
         key = sa.tuple_(table.c.date_done, table.c.id)

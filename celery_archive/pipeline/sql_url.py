@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from celery_archive.errors import ConfigError
@@ -57,3 +59,31 @@ def adbc_uri(url: sa.URL) -> str | None:
     if url.get_backend_name() != "postgresql" or not _module_available("adbc_driver_postgresql"):
         return None
     return url.set(drivername="postgresql").update_query_dict(UTC_SESSION).render_as_string(hide_password=False)
+
+
+def session_zone(url: sa.URL, adbc: bool) -> tuple[str, Any]:
+    """PostgreSQL's TimeZone in a session as Celery's own connections get it (the database or
+    role default, or the URL's own options), where celery-archive's sessions run in UTC; with
+    ADBC, also the connection it was read on, set to UTC since (for the source to keep)."""
+    query = "SELECT current_setting('TimeZone')"
+    if adbc:
+        import adbc_driver_postgresql.dbapi as adbc_pg
+
+        conn = adbc_pg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query)
+                row = cur.fetchone()
+                cur.execute("SET TIME ZONE 'UTC'")
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return (str(row[0]) if row else "UTC"), conn
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as c:
+            row = c.exec_driver_sql(query).one()
+    finally:
+        engine.dispose()
+    return str(row[0]), None
