@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
@@ -18,7 +18,7 @@ from celery_archive.pipeline.ahead import ahead
 from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import assemble, utc_naive
-from celery_archive.pipeline.source import REDIS_SCHEMES
+from celery_archive.pipeline.redis_url import connect, redact
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
@@ -60,44 +60,6 @@ def full_prefix(prefix: str) -> str:
     return prefix if not prefix or prefix[-1] in ":_-." else prefix + "_"
 
 
-def redact(url: str) -> str:
-    """``url`` (or each ``;``-separated sentinel URL) with any password replaced by ``***``."""
-    out = []
-    for part in url.split(";"):
-        p = urlsplit(part)
-        if p.password is not None:
-            host = p.hostname or ""
-            netloc = f"{p.username or ''}:***@{host}" + (f":{p.port}" if p.port else "")
-            part = p._replace(netloc=netloc).geturl()
-        out.append(part)
-    return ";".join(out)
-
-
-def _connect(cfg: RedisSourceConfig) -> Any:
-    import redis
-
-    url = cfg.url
-    scheme = urlsplit(url).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
-    if scheme == "redis+socket":
-        p = urlsplit(url)
-        db = parse_qs(p.query).get("virtual_host", parse_qs(p.query).get("db", ["0"]))[0]
-        auth = f":{unquote(p.password)}@" if p.password else ""
-        return redis.Redis.from_url(f"unix://{auth}{p.path}?db={db}")
-    if scheme == "sentinel":
-        from redis.sentinel import Sentinel
-
-        if not cfg.master_name:
-            raise ConfigError("a sentinel:// source needs --master-name (Celery's result_backend_transport_options['master_name'])")
-        parts = [urlsplit(u) for u in url.split(";")]
-        db_number = int((parts[0].path or "/0").strip("/") or 0)
-        password = unquote(parts[0].password) if parts[0].password else None
-        sentinel = Sentinel([(p.hostname or "localhost", p.port or 26379) for p in parts], password=password)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(cfg.master_name, db=db_number)  # type: ignore[no-untyped-call]
-    return redis.Redis.from_url(url)
-
-
 _ROW_FIELDS = ("task_id", "kind", "status", "date_done", "name", "worker", "retries", "queue", "traceback", "group_id",
                "parent_id", "result", "args", "kwargs", "children", "decode_error", "raw_value", "content_type",
                "content_encoding", "compression", "source_table", "ttl_ms")
@@ -126,7 +88,7 @@ class RedisSource:
         self.display_url = redact(config.url)
         self._secrets = [unquote(p.password) for p in map(urlsplit, config.url.split(";")) if p.password]
         self.prefix = full_prefix(config.key_prefix)
-        self.client = _connect(config)
+        self.client = connect(config.url, config.master_name)
         self.counts: Counter[str] = Counter()
 
     def _error(self, action: str, exc: Exception) -> SourceError:
