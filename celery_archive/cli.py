@@ -223,10 +223,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
         click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} uncommitted file(s)")
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
-    counts = report.source_counts
-    if counts.get("no_ttl") or counts.get("not_celery"):
-        click.echo(f"note: {counts.get('no_ttl', 0):,} result key(s) have no TTL (they never expire by themselves); "
-                   f"{counts.get('not_celery', 0):,} key(s) under the prefix are not Celery results and were left alone")
+    _left_alone(report.source_counts, report.source_examples)
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
                + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")
@@ -236,6 +233,26 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
                    f"kept {c['kept']:,}, not yet due {c['not_due']:,}")
     if report.stopped_early:
         click.echo("stopped at --max-runtime; the next run takes the rest")
+
+
+def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:
+    """Notes on what the source held but a run left where it was, naming the first few."""
+    from celery_archive.pipeline.decode import MAX_INFLATED
+    from celery_archive.pipeline.redis_source import LEFT_ALONE
+
+    if counts.get("no_ttl"):
+        click.echo(f"note: {counts['no_ttl']:,} result key(s) have no TTL (they never expire by themselves)")
+    if counts.get("not_inflated"):
+        click.echo(f"note: {counts['not_inflated']:,} result(s) would inflate beyond {MAX_INFLATED // 1024**2} MiB (result_compression): "
+                   "archived as stored, status unknown, dated from their TTL, with no queryable copy (see decode_error)")
+    alone = [(reason, n) for reason, n in counts.items() if n and (reason in LEFT_ALONE or reason in examples)]
+    for reason, n in alone:
+        shown = examples.get(reason, [])
+        click.echo(f"note: left alone {n:,} record(s) that {LEFT_ALONE.get(reason, reason)} [{reason}]"
+                   + (f"; first: {', '.join(shown)}" if shown else ""))
+    if alone:
+        click.echo("  they are never archived or deleted: look at them in the backend (Redis: redis-cli TYPE / GET the key), "
+                   "then fix or remove them")
 
 
 @main.command()

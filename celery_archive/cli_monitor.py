@@ -46,6 +46,12 @@ def stats(config: Any, warn_above: int | None, as_json: bool, **values: Any) -> 
                    + ("; `celery-archive run` archives them" if report.past_retention else ""))
         if report.no_ttl is not None:
             click.echo(f"  keys without a TTL: {report.no_ttl:,}; unfinished: {report.unfinished:,}")
+            from celery_archive.pipeline.redis_source import LEFT_ALONE
+
+            alone = {k: n for k, n in report.source_counts.items() if k in LEFT_ALONE and n}
+            if alone:
+                click.echo("  a run would leave alone: " + ", ".join(f"{k} {n:,}" for k, n in alone.items())
+                           + " (see the README, source_counts)")
         if report.over:
             click.echo(f"warning: {report.results:,} results is above --warn-above {warn_above:,}", err=True)
     if report.over:

@@ -39,6 +39,7 @@ class StatsReport:
     unfinished: int | None  # Redis: pending/started results (not dated, not counted above)
     warn_above: int | None = None
     over: bool = False
+    source_counts: dict[str, int] = field(default_factory=dict)  # as a run's: what it would leave alone, and why
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "stats", **asdict(self)}
@@ -64,7 +65,7 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
                        dict(t.by_status.most_common()), dict(t.by_name.most_common(20)),
                        {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)")) if ages[label]},
                        format_duration(cfg.older_than), due, counts.get("no_ttl", 0) if redis else None,
-                       counts.get("unfinished", 0) if redis else None, warn_above, over)
+                       counts.get("unfinished", 0) if redis else None, warn_above, over, counts)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class RedisTarget:
                     pipe.exists(key)
                 taken = [k for (k, _v), n in zip(items, pipe.execute()) if n]
                 if taken:
-                    raise ConflictError(f"{len(taken)} result(s) already in {self.display_url} (first: {taken[0]}); "
+                    raise ConflictError(f"{len(taken)} result(s) already in {self.display_url} (first: {taken[0].decode('utf-8', 'backslashreplace')}); "
                                         "nothing was restored: use --on-conflict skip or overwrite")
             script = self._client.register_script(_PUT)
             mode = "overwrite" if on_conflict == "overwrite" else "skip"

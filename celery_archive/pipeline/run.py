@@ -55,7 +55,8 @@ class RunReport:
     seconds: float = 0.0
     ok: bool = True
     problems: list[str] = field(default_factory=list)
-    source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery (Redis)
+    source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery, wrong_type (Redis)
+    source_examples: dict[str, list[str]] = field(default_factory=dict)  # the first few records left alone, by reason
     rules: dict[str, dict[str, int]] = field(default_factory=dict)  # per rule: archived, deleted, kept, not_due
     deleted_by_rules: int = 0  # deleted without an archive (action = "delete")
     stopped_early: bool = False  # --max-runtime reached: the rest is left for the next run
@@ -291,7 +292,7 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunReport | DryRunR
         report = RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                            verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                            resumed, orphans, round(time.perf_counter() - started, 3),
-                           source_counts=dict(source.counts), rules=applied.counts() if applied else {},
+                           source_counts=dict(source.counts), source_examples=dict(source.examples), rules=applied.counts() if applied else {},
                            deleted_by_rules=by_rules, stopped_early=stopped, iceberg_runs=iceberg)
         if cfg.metrics_file:
             write_metrics(cfg.metrics_file, report)

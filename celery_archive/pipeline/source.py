@@ -9,7 +9,8 @@
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
 * ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
-* ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...).
+* ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, wrong_type, ...);
+  ``examples`` names, for each reason a record was left alone, the first few of them.
 * ``describe()`` names where results live (tables or key patterns), for manifests;
   ``display_url`` is the source URL without secrets; ``close()`` lets go of connections.
 """
@@ -51,7 +52,7 @@ class Tally:
             t.results += n
             t.bytes += nbytes
             t.by_kind[kind] += n
-            t.by_status[status or "(group)"] += n
+            t.by_status[status or ("(group)" if kind == "group" else "(unknown)")] += n
             t.by_name[name or "(unnamed)"] += n
             t.by_day[day] += n
         return t
@@ -64,6 +65,9 @@ class Source(Protocol):
 
     @property
     def counts(self) -> Mapping[str, int]: ...
+
+    @property
+    def examples(self) -> Mapping[str, list[str]]: ...
 
     def open(self) -> None: ...
 

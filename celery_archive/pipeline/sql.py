@@ -83,6 +83,7 @@ class SqlSource:
         self.tables: dict[str, sa.Table] = {}
         self.storage_format = "celery-db-5.7"
         self.counts: Counter[str] = Counter()  # nothing to report for SQL tables yet
+        self.examples: dict[str, list[str]] = {}
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> SourceError:
