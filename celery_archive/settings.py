@@ -144,7 +144,7 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
             raise ConfigError(f"no {flag}: give {flag}, set {envvar(key)}, put {key} = ... in the --config file"
                               + (", or use -A with an app that has result_backend" if key == "source" else "")
                               + (" (or -A with an app that has result_expires)" if key == "older_than" else ""))
-    older_than = parse_duration(str(v["older_than"]))
+    older_than = parse_duration(str(v["older_than"]), "--older-than")
     data = file_data or {}
     policy = policy_from(older_than, data.get("rules", []), data.get("hold", {})) if data.get("rules") or data.get("hold") else None
     task_schema, _, task_name = str(v.get("task_table", "celery_taskmeta")).rpartition(".")
@@ -157,10 +157,10 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         max_file_bytes=parse_size(str(v.get("max_file_size", "128MiB"))), delete=not v.get("no_delete", False),
         dry_run=bool(v.get("dry_run", False)), spool_dir=Path(v["spool_dir"]) if v.get("spool_dir") else None,
         key_prefix=str(v.get("key_prefix", "")),
-        expiring_within=parse_duration(str(v["expiring_within"])) if v.get("expiring_within") else None,
-        result_expires=parse_duration(str(v.get("result_expires", "1d"))), master_name=v.get("master_name"),
+        expiring_within=parse_duration(str(v["expiring_within"]), "--expiring-within") if v.get("expiring_within") else None,
+        result_expires=parse_duration(str(v.get("result_expires", "1d")), "--result-expires"), master_name=v.get("master_name"),
         policy=policy, max_rate=float(v["max_rate"]) if v.get("max_rate") else None,
-        max_runtime=parse_duration(str(v["max_runtime"])) if v.get("max_runtime") else None,
+        max_runtime=parse_duration(str(v["max_runtime"]), "--max-runtime") if v.get("max_runtime") else None,
         metrics_file=Path(v["metrics_file"]) if v.get("metrics_file") else None,
         iceberg_table=v.get("iceberg_table") or None, iceberg_catalog=str(v.get("iceberg_catalog") or "default"),
     )
