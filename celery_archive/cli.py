@@ -145,7 +145,8 @@ def source_options(f: F) -> F:
     for decorator in reversed([
         config_option, source_option,
         opt("--older-than", key="older_than", metavar="AGE",
-            help="Take finished results whose date_done is older than this: 30d, 12h, 90m (default: -A's result_expires). "
+            help="Take finished results whose date_done is older than this: 30d, 12h, 90m (default: -A's result_expires; "
+                 "stats: --result-expires). "
                  "With [[rules]], the age of results no rule matches."),
         opt("--serializer", key="serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True,
             help="The app's result_serializer, used to decode the queryable copy."),

@@ -129,15 +129,20 @@ def _flag_value(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, need_sink: bool = True) -> Any:
+def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, need_sink: bool = True,
+               expires_is_age: bool = False) -> Any:
     """A RunConfig from settings in their command-line forms (``older_than="30d"``, ...), with the
-    file's rules and hold. Names what is missing and where it can come from."""
+    file's rules and hold. Names what is missing and where it can come from. With
+    ``expires_is_age`` (stats), no --older-than means --result-expires, as for Celery's own
+    cleanup (result_expires, one day by default)."""
     from celery_archive.config import RunConfig, parse_duration, parse_size
     from celery_archive.pipeline.rules import policy_from
 
     v = {k: val for k, val in values.items() if val is not None}
     if not need_sink:
         v.setdefault("sink", "")
+    if expires_is_age:
+        v.setdefault("older_than", v.get("result_expires", "1d"))
     for key in ("source", "sink", "older_than"):
         if key not in v:
             flag = "--" + key.replace("_", "-")
