@@ -102,8 +102,8 @@ class RunConfig:
             raise ConfigError(f"unknown --serializer {self.serializer!r}: use one of {', '.join(SERIALIZERS)}")
         if self.older_than < dt.timedelta(0):
             raise ConfigError("--older-than must not be negative")
-        if self.max_rate is not None and self.max_rate <= 0:
-            raise ConfigError("--max-rate must be a positive number of results per second")
+        if self.max_rate is not None and not self.max_rate >= 0.001:
+            raise ConfigError("--max-rate must be a number of results per second of at least 0.001")
         if self.max_runtime is not None and self.max_runtime <= dt.timedelta(0):
             raise ConfigError("--max-runtime must be positive, e.g. 2h")
         for name in ("batch_size", "max_file_bytes", "purge_batch"):

@@ -144,3 +144,19 @@ def test_restore_with_a_corrupted_data_file(copy: Path) -> None:
     fails("restore", "--since", "60d", "--sink", sink, "--into", db, code=BROKEN,
           says=("is damaged", "where its manifest says", "nothing was restored from it"))
     assert table_rows(db) == before
+
+
+def test_a_rate_too_small_to_wait_for_and_a_file_url_without_a_path(demo: Path, tmp_path: Path) -> None:
+    db = f"db+sqlite:///{demo / 'results.db'}"
+    fails("run", "--source", db, "--sink", str(tmp_path / "a"), "--older-than", "3d", "--max-rate", "1e-300", code=RUNS,
+          says=("--max-rate", "at least 0.001"))
+    fails("runs", "--sink", "file://", code=RUNS, says=("names no directory", "file:///absolute/path"))
+
+
+def test_restore_with_a_committed_data_file_missing(copy: Path) -> None:
+    sink = str(copy / "archive")
+    for path in (copy / "archive" / "data").rglob("*.parquet"):
+        path.unlink()
+    for args in (["demo-00007"], ["--since", "60d"]):
+        fails("restore", *args, "--sink", sink, code=BROKEN,
+              says=("of a committed run is missing", f"celery-archive verify --sink {sink}"))

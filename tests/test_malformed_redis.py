@@ -40,6 +40,7 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     client.setex(task + b"numeric-date", 86400, json.dumps({**ok0, "task_id": "numeric-date", "date_done": 1_700_000_000}))
     client.setex(task + b"text-date", 86400, json.dumps({**ok0, "task_id": "text-date", "date_done": "yesterday"}))
     client.setex(task + b"bad-name", 86400, json.dumps({**ok0, "task_id": "bad-name", "name": 12}))
+    client.setex(task + b"bad-id", 86400, json.dumps({**ok0, "task_id": {"id": 1}}))
     # a key that is not UTF-8, holding exactly what Celery wrote for another result
     binary_key = task + b"bin-\xff\xfe-0"
     celery_value = client.get(task + b"ok-5")
@@ -54,11 +55,12 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     counts, examples = report["source_counts"], report["source_examples"]
-    assert (counts["wrong_type"], counts["bad_date"], counts["malformed"]) == (5, 2, 1)
+    assert (counts["wrong_type"], counts["bad_date"], counts["malformed"]) == (5, 2, 2)
     assert sorted(examples["wrong_type"]) == sorted(f"{prefix}celery-task-meta-a-{t} (a {t})" for t in ("hash", "list", "set", "zset", "stream"))
     assert sorted(examples["bad_date"]) == [f"{prefix}celery-task-meta-numeric-date (date_done 1700000000)",
                                             f"{prefix}celery-task-meta-text-date (date_done 'yesterday')"]
-    assert examples["malformed"] == [f"{prefix}celery-task-meta-bad-name (name is int 12)"]
+    assert sorted(examples["malformed"]) == [f"{prefix}celery-task-meta-bad-id (task_id is dict {{'id': 1}})",
+                                             f"{prefix}celery-task-meta-bad-name (name is int 12)"]
     records = read_archive(sink)
     assert set(records) == GOOD | {"bin-0"}  # everything Celery wrote, and the binary key once
     assert report["deleted"] == report["verified"] == len(records) and report["skipped_changed"] == 0

@@ -266,10 +266,14 @@ class RedisSource:
         date_done = self._date(kind, meta, key, ttl, now, expires_ms)
         if date_done is None:
             return None
+        stored_id = meta.get("task_id")
+        if stored_id is not None and not isinstance(stored_id, str):
+            self._skip("malformed", key, f"task_id is {type(stored_id).__name__} {stored_id!r:.40}")
+            return None
         errors: list[str] = []
         texts = [_json(meta, f, errors) for f in ("result", "args", "kwargs", "children")]
         get = meta.get
-        return (str(get("task_id") or self._task_id(kind, key)), kind, status, date_done, get("name"), get("worker"), get("retries"),
+        return (stored_id or self._task_id(kind, key), kind, status, date_done, get("name"), get("worker"), get("retries"),
                 get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
                 raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key.decode("utf-8", "replace"), ttl, key)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from celery_archive.errors import NotArchivedError, SinkError
+from celery_archive.errors import NotArchivedError, ObjectNotFoundError, SinkError
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.index import lookup
 from celery_archive.pipeline.locate import fetch
@@ -86,6 +86,8 @@ def find(sink: Sink | str, task_ids: Sequence[str]) -> Found:
     for key, group in sorted(by_key.items()):
         try:
             table = fetch(counting, key, group)
+        except ObjectNotFoundError as exc:
+            raise missing_file(sink, key) from exc
         except SinkError:
             raise
         except Exception as exc:
@@ -113,7 +115,10 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
         if (since and hi < since) or (until and lo >= until):
             continue
         path = spool / "restore-select.data"
-        size, sha256 = download(sink, entry["key"], path)
+        try:
+            size, sha256 = download(sink, entry["key"], path)
+        except ObjectNotFoundError as exc:
+            raise missing_file(sink, entry["key"]) from exc
         if (size, sha256) != (entry["bytes"], entry["sha256"]):
             raise damaged_file(sink, entry["key"], ValueError(f"{size:,} bytes with sha256 {sha256[:12]}..., where its manifest "
                                                               f"says {entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}..."))
@@ -136,6 +141,11 @@ def _tables(sink: Sink, entry: dict[str, Any], path: Path) -> Iterator[pa.Table]
         yield from read_tables(path, entry["format"], entry["compression"], field_names())
     except Exception as exc:
         raise damaged_file(sink, entry["key"], exc) from exc
+
+
+def missing_file(sink: Sink, key: str) -> SinkError:
+    return SinkError(f"data file {key} of a committed run is missing from {sink.url}: nothing was restored from it; "
+                     f"`celery-archive verify --sink {sink.url}` lists what is missing or damaged")
 
 
 def damaged_file(sink: Sink, key: str, exc: Exception) -> SinkError:

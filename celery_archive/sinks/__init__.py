@@ -139,6 +139,8 @@ def open_sink(url: str) -> Sink:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")
+        if not parts.path:
+            raise ConfigError(f"--sink {url!r} names no directory: use file:///absolute/path")
         local_options(url, parts.query)
         return LocalSink(Path(unquote(parts.path)))
     if parts.scheme in ("", ) or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
