@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import sqlalchemy as sa
 from conftest import age_rows, celery_app, cli
@@ -133,3 +134,25 @@ def test_a_bomb_in_redis_is_archived_as_stored_in_bounded_memory(prefix: str, tm
     assert put.returncode == 0 and json.loads(put.stdout)["restored"] == 1, put.stderr
     assert client.get(bomb_key) == stored
     client.close()
+
+
+@pytest.mark.parametrize("method", ["gzip", "bzip2", "lzma", "zstd"])
+def test_every_celery_compression_is_bounded(method: str) -> None:
+    """Payloads made by Celery 5.7's own compress_payload (zstd, which kombu registers only with
+    its own zstd module, in Celery's format by zstandard): inflated within the bound, refused past it."""
+    import zstandard
+    from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, compress_payload
+
+    from celery_archive.pipeline.decode import TooLarge, decompress
+
+    plain = b'{"rows": [' + b"1, " * (700 * 1024) + b"1]}"  # ~2 MiB
+    if method == "zstd":
+        payload = COMPRESSED_PAYLOAD_MAGIC + b"application/zstd\0" + zstandard.ZstdCompressor().compress(plain)
+    else:
+        payload = compress_payload(plain, method)
+    ctype, inflated = decompress(payload, limit=len(plain))
+    assert inflated == plain and ctype.startswith("application/")
+    with pytest.raises(TooLarge, match="inflates to more than 1 MiB"):
+        decompress(payload, limit=MIB)
+    with pytest.raises(ValueError, match="truncated"):
+        decompress(payload[: len(payload) // 2], limit=len(plain))
