@@ -192,7 +192,8 @@ def source_options(f: F) -> F:
     for decorator in reversed([
         config_option, source_option,
         opt("--older-than", key="older_than", metavar="AGE",
-            help="Take finished results whose date_done is older than this: 30d, 12h, 90m (default: -A's result_expires). "
+            help="Take finished results whose date_done is older than this: 30d, 12h, 90m (default: -A's result_expires; "
+                 "stats: --result-expires). "
                  "With [[rules]], the age of results no rule matches."),
         opt("--serializer", key="serializer", type=click.Choice(["json", "pickle", "msgpack", "yaml"]), default="json", show_default=True,
             help="The app's result_serializer, used to decode the queryable copy."),
@@ -285,9 +286,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     if counts.get("no_task_id") or counts.get("bad_date_done"):
         click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
                    "date_done that cannot be read; they were left in the backend (source_counts in --json)")
-    if counts.get("no_ttl") or counts.get("not_celery"):
-        click.echo(f"note: {counts.get('no_ttl', 0):,} result key(s) have no TTL (they never expire by themselves); "
-                   f"{counts.get('not_celery', 0):,} key(s) under the prefix are not Celery results and were left alone")
+    _left_alone(counts, report.source_examples)
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
                + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")
@@ -304,6 +303,26 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     if report.lost_manifests:
         click.echo(f"warning: {len(report.lost_manifests)} run(s) have data files but no manifest ({', '.join(report.lost_manifests[:5])}); "
                    f"they are kept: `celery-archive manifest rebuild --sink {report.sink}` makes their manifests again", err=True)
+
+
+def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:
+    """Notes on what the source held but a run left where it was, naming the first few."""
+    from celery_archive.pipeline.decode import MAX_INFLATED
+    from celery_archive.pipeline.redis_source import LEFT_ALONE
+
+    if counts.get("no_ttl"):
+        click.echo(f"note: {counts['no_ttl']:,} result key(s) have no TTL (they never expire by themselves)")
+    if counts.get("not_inflated"):
+        click.echo(f"note: {counts['not_inflated']:,} result(s) would inflate beyond {MAX_INFLATED // 1024**2} MiB (result_compression): "
+                   "archived as stored, status unknown, dated from their TTL, with no queryable copy (see decode_error)")
+    alone = [(reason, n) for reason, n in counts.items() if n and (reason in LEFT_ALONE or reason in examples)]
+    for reason, n in alone:
+        shown = examples.get(reason, [])
+        click.echo(f"note: left alone {n:,} record(s) that {LEFT_ALONE.get(reason, reason)} [{reason}]"
+                   + (f"; first: {', '.join(shown)}" if shown else ""))
+    if alone:
+        click.echo("  they are never archived or deleted: look at them in the backend (Redis: redis-cli TYPE / GET the key), "
+                   "then fix or remove them")
 
 
 @main.command()

@@ -12,10 +12,11 @@ from celery_archive.cli import _human_bytes, emit, handle_errors, json_option, m
 WARN_EXIT = 7  # stats --warn-above: more results than that
 
 
-def _config(values: dict[str, Any]) -> Any:
+def _config(values: dict[str, Any], expires_is_age: bool = False) -> Any:
     from celery_archive.settings import run_config
 
-    return run_config(values, click.get_current_context().meta.get("celery_archive.file"), need_sink=False)
+    return run_config(values, click.get_current_context().meta.get("celery_archive.file"), need_sink=False,
+                      expires_is_age=expires_is_age)
 
 
 @main.command()
@@ -26,7 +27,8 @@ def _config(values: dict[str, Any]) -> Any:
 @handle_errors("stats")
 def stats(config: Any, warn_above: int | None, as_json: bool, **values: Any) -> None:
     """What the result backend holds: results by status, task name and age, bytes, the oldest,
-    keys without a TTL (Redis), and how many are past retention and not yet archived.
+    keys without a TTL (Redis), and how many are past retention (--older-than, by default
+    --result-expires: Celery's result_expires, one day) and not yet archived.
 
     \b
     celery-archive stats --source db+sqlite:///results.db --older-than 30d
@@ -34,7 +36,7 @@ def stats(config: Any, warn_above: int | None, as_json: bool, **values: Any) -> 
     """
     from celery_archive.pipeline.inspect import stats as backend_stats
 
-    report = backend_stats(_config(values), warn_above)
+    report = backend_stats(_config(values, expires_is_age=True), warn_above)
     if as_json:
         emit(report.to_json())
     else:
@@ -50,6 +52,12 @@ def stats(config: Any, warn_above: int | None, as_json: bool, **values: Any) -> 
             click.echo(f"warning: {note}", err=True)
         if report.no_ttl is not None:
             click.echo(f"  keys without a TTL: {report.no_ttl:,}; unfinished: {report.unfinished:,}")
+            from celery_archive.pipeline.redis_source import LEFT_ALONE
+
+            alone = {k: n for k, n in report.source_counts.items() if k in LEFT_ALONE and n}
+            if alone:
+                click.echo("  a run would leave alone: " + ", ".join(f"{k} {n:,}" for k, n in alone.items())
+                           + " (see the README, source_counts)")
         if report.over:
             click.echo(f"warning: {report.results:,} results is above --warn-above {warn_above:,}", err=True)
     if report.over:

@@ -11,7 +11,7 @@ import click
 import orjson
 
 from celery_archive.cli import emit, handle_errors, json_option, main, sink_option
-from celery_archive.config import parse_duration
+from celery_archive.config import is_duration, parse_duration
 from celery_archive.errors import ConfigError, NotArchivedError
 
 _JSON_TEXT = ("result", "args", "kwargs", "children")
@@ -29,10 +29,12 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
         return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
     except ValueError:
         pass
-    try:
-        return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - parse_duration(value)
-    except ConfigError:
-        raise ConfigError(f"{option} {value!r}: give a date (2026-01-31), a UTC time (2026-01-31T12:00) or an age (30d)") from None
+    except OverflowError:
+        raise ConfigError(f"{option} {value!r} is out of range once taken to UTC: give a later date") from None
+    if not is_duration(value):
+        raise ConfigError(f"{option} {value!r}: give a date (2026-01-31), a UTC time (2026-01-31T12:00) or an age (30d)")
+    age = parse_duration(value, option)  # an age too long to reach back is named as such
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - age
 
 
 def _as_json(rec: dict[str, Any]) -> dict[str, Any]:
@@ -104,13 +106,16 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
     if task_ids and (run_id or since or until or names):
         raise ConfigError("give either task ids or --run/--since/--until/--name, not both")
     archive = open_sink(sink)
+    target = None
+    if into:  # a bad --into is named before anything is made
+        t_schema, _, t_name = task_table.rpartition(".")
+        g_schema, _, g_name = group_table.rpartition(".")
+        expires = dt.timedelta(0) if ttl == "0" else (parse_duration(ttl, "--ttl") if ttl is not None
+                                                      else parse_duration(result_expires, "--result-expires"))
+        target = open_target(TargetConfig(into, expires or None, serializer, key_prefix, t_name, g_name,
+                                          t_schema or None, g_schema or None, master_name))
     with make_spool(spool_dir or archive.spool_root()) as tmp:
-        if into:
-            t_schema, _, t_name = task_table.rpartition(".")
-            g_schema, _, g_name = group_table.rpartition(".")
-            expires = dt.timedelta(0) if ttl == "0" else parse_duration(ttl if ttl is not None else result_expires)
-            target = open_target(TargetConfig(into, expires or None, serializer, key_prefix, t_name, g_name,
-                                              t_schema or None, g_schema or None, master_name))
+        if target is not None:
             try:
                 report = restore_into(archive, target, Path(tmp), task_ids, on_conflict, **filters)
             finally:

@@ -20,12 +20,25 @@ _SIZES = {"b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``, ``7y`` (365-day years) -> timedelta."""
+MAX_YEARS = 1000  # an age reaches back at most this far (dates before year 1 do not exist)
+
+
+def is_duration(text: str) -> bool:
+    """Whether ``text`` has the form of a duration (``30d``); parse_duration checks its size."""
+    return _DURATION.match(text) is not None
+
+
+def parse_duration(text: str, option: str | None = None) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``, ``7y`` (365-day years) -> timedelta, at most
+    MAX_YEARS; ``option`` (``--older-than``) names the setting in a message."""
+    where = f"{option}: " if option else ""
     m = _DURATION.match(text)
     if not m:
-        raise ConfigError(f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w, 7y")
-    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        raise ConfigError(f"{where}invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w, 7y")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_YEARS * _UNITS["y"]:
+        raise ConfigError(f"{where}duration {text!r} is too long: give at most {MAX_YEARS}y ({MAX_YEARS * 365}d)")
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(td: dt.timedelta) -> str:
@@ -102,8 +115,8 @@ class RunConfig:
             parse_version(self.celery_version)
         if self.older_than < dt.timedelta(0):
             raise ConfigError("--older-than must not be negative")
-        if self.max_rate is not None and self.max_rate <= 0:
-            raise ConfigError("--max-rate must be a positive number of results per second")
+        if self.max_rate is not None and not self.max_rate >= 0.001:
+            raise ConfigError("--max-rate must be a number of results per second of at least 0.001")
         if self.max_runtime is not None and self.max_runtime <= dt.timedelta(0):
             raise ConfigError("--max-runtime must be positive, e.g. 2h")
         if self.lease_ttl < 1:

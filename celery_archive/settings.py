@@ -133,22 +133,27 @@ def _flag_value(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, need_sink: bool = True) -> Any:
+def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, need_sink: bool = True,
+               expires_is_age: bool = False) -> Any:
     """A RunConfig from settings in their command-line forms (``older_than="30d"``, ...), with the
-    file's rules and hold. Names what is missing and where it can come from."""
+    file's rules and hold. Names what is missing and where it can come from. With
+    ``expires_is_age`` (stats), no --older-than means --result-expires, as for Celery's own
+    cleanup (result_expires, one day by default)."""
     from celery_archive.config import RunConfig, parse_duration, parse_size
     from celery_archive.pipeline.rules import policy_from
 
     v = {k: val for k, val in values.items() if val is not None}
     if not need_sink:
         v.setdefault("sink", "")
+    if expires_is_age:
+        v.setdefault("older_than", v.get("result_expires", "1d"))
     for key in ("source", "sink", "older_than"):
         if key not in v:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"no {flag}: give {flag}, set {envvar(key)}, put {key} = ... in the --config file"
                               + (", or use -A with an app that has result_backend" if key == "source" else "")
                               + (" (or -A with an app that has result_expires)" if key == "older_than" else ""))
-    older_than = parse_duration(str(v["older_than"]))
+    older_than = parse_duration(str(v["older_than"]), "--older-than")
     data = file_data or {}
     policy = policy_from(older_than, data.get("rules", []), data.get("hold", {})) if data.get("rules") or data.get("hold") else None
     task_schema, _, task_name = str(v.get("task_table", "celery_taskmeta")).rpartition(".")
@@ -161,10 +166,10 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         max_file_bytes=parse_size(str(v.get("max_file_size", "128MiB"))), delete=not v.get("no_delete", False),
         dry_run=bool(v.get("dry_run", False)), spool_dir=Path(v["spool_dir"]) if v.get("spool_dir") else None,
         key_prefix=str(v.get("key_prefix", "")),
-        expiring_within=parse_duration(str(v["expiring_within"])) if v.get("expiring_within") else None,
-        result_expires=parse_duration(str(v.get("result_expires", "1d"))), master_name=v.get("master_name"),
+        expiring_within=parse_duration(str(v["expiring_within"]), "--expiring-within") if v.get("expiring_within") else None,
+        result_expires=parse_duration(str(v.get("result_expires", "1d")), "--result-expires"), master_name=v.get("master_name"),
         policy=policy, max_rate=float(v["max_rate"]) if v.get("max_rate") else None,
-        max_runtime=parse_duration(str(v["max_runtime"])) if v.get("max_runtime") else None,
+        max_runtime=parse_duration(str(v["max_runtime"]), "--max-runtime") if v.get("max_runtime") else None,
         metrics_file=Path(v["metrics_file"]) if v.get("metrics_file") else None,
         iceberg_table=v.get("iceberg_table") or None, iceberg_catalog=str(v.get("iceberg_catalog") or "default"),
         lease_ttl=_lease_ttl(str(v.get("lease_ttl") or "60s")),

@@ -19,7 +19,7 @@ import json
 import lzma
 import pickle
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -149,22 +149,67 @@ def _kombu_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def decompress(data: bytes) -> tuple[str, bytes]:
-    """Split a Celery 5.7 compressed payload into (compression content type, plain bytes)."""
-    header_end = data.index(b"\x00", len(COMPRESSED_MAGIC))
-    ctype = data[len(COMPRESSED_MAGIC) : header_end].decode("ascii")
-    body = data[header_end + 1 :]
-    if ctype in ("application/x-gzip", "zlib"):
-        return ctype, zlib.decompress(body)
-    if ctype == "application/x-bz2":
-        return ctype, bz2.decompress(body)
-    if ctype == "application/x-lzma":
-        return ctype, lzma.decompress(body)
+MAX_INFLATED = 64 * 1024**2
+"""The most a compressed payload (Celery 5.7 result_compression) may inflate to. A 2 MB zlib
+payload can inflate to 2 GB: beyond this bound it is not inflated; its stored bytes are
+archived as they are, with a decode_error. 64 MiB keeps a run's memory bounded even where a
+payload becomes Python objects (several times its size) before its JSON copy is made."""
+
+
+class TooLarge(UnsafePayload):
+    """A compressed payload that inflates beyond MAX_INFLATED."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:g} MiB" if n >= 1024**2 else f"{n:,} bytes"
+
+
+def _inflate(body: bytes, ctype: str, limit: int) -> bytes:
+    """``body`` decompressed as ``ctype``, never holding more than ``limit`` + 1 bytes of output."""
+    out: list[bytes] = []
+    size = 0
     if ctype == "application/zstd":
         import zstandard
 
-        return ctype, zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 31)
-    raise UnsafePayload(f"unsupported result_compression {ctype!r}")
+        with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
+            data = reader.read(limit + 1)
+        if len(data) > limit:
+            raise TooLarge(f"not decompressed: it inflates to more than {_mib(limit)} ({ctype}); the stored bytes are kept")
+        check = zstandard.ZstdDecompressor().decompressobj()
+        check.decompress(body)  # bounded: its output is known to be within the limit now
+        if not check.eof:
+            raise ValueError(f"truncated {ctype} payload")
+        return bytes(data)
+    make: dict[str, Callable[[], Any]] = {"application/x-gzip": zlib.decompressobj, "zlib": zlib.decompressobj, "application/x-bz2": bz2.BZ2Decompressor,
+            "application/x-lzma": lzma.LZMADecompressor}
+    if ctype not in make:
+        raise UnsafePayload(f"unsupported result_compression {ctype!r}")
+    rest = body
+    while True:  # streams one after another (bz2 and lzma allow that), as their decompress() functions read them
+        d: Any = make[ctype]()
+        chunk = d.decompress(rest, limit + 1 - size)  # at most one byte past the limit
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit:
+            raise TooLarge(f"not decompressed: it inflates to more than {_mib(limit)} ({ctype}); the stored bytes are kept")
+        if not d.eof:
+            raise ValueError(f"truncated {ctype} payload")
+        rest = d.unused_data
+        if ctype in ("application/x-gzip", "zlib") or not rest:
+            return b"".join(out)
+
+
+def split_compressed(data: bytes) -> tuple[str, bytes]:
+    """A Celery 5.7 compressed payload's (compression content type, compressed body)."""
+    header_end = data.index(b"\x00", len(COMPRESSED_MAGIC))
+    return data[len(COMPRESSED_MAGIC) : header_end].decode("ascii"), data[header_end + 1 :]
+
+
+def decompress(data: bytes, limit: int = MAX_INFLATED) -> tuple[str, bytes]:
+    """Split a Celery 5.7 compressed payload into (compression content type, plain bytes);
+    TooLarge if it would inflate beyond ``limit`` bytes."""
+    ctype, body = split_compressed(data)
+    return ctype, _inflate(body, ctype, limit)
 
 
 def _load(raw: bytes, serializer: str) -> Any:
@@ -256,7 +301,8 @@ def decode_each(
             continue
         try:
             if raw[: len(COMPRESSED_MAGIC)] == COMPRESSED_MAGIC:
-                compression, raw = decompress(raw)
+                compression, body = split_compressed(raw)
+                raw = _inflate(body, compression, MAX_INFLATED)
             texts.append(decode_one(raw, serializer))
             errors.append(None)
         except (UnsafePayload, pickle.UnpicklingError) as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery_archive.errors import ObjectExistsError, ObjectNotFoundError
+from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.locate import index_schema, locate
 from celery_archive.sinks import download
@@ -77,7 +77,16 @@ def _read(sink: Sink, key: str) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(pa.BufferReader(sink.read(key)))
+    data = sink.read(key)
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise damaged_index(sink, key, exc) from exc
+
+
+def damaged_index(sink: Sink, key: str, exc: Exception) -> SinkError:
+    return SinkError(f"the restore index object {key} in {sink.url} is damaged ({str(exc).splitlines()[0]}): "
+                     f"`celery-archive index rebuild --sink {sink.url}` makes the index again from the data files")
 
 
 def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
@@ -240,12 +249,16 @@ def _pack_keys(st: IndexState) -> list[str]:
 
 def _count(sink: Sink, keys: Iterable[str]) -> int:
     """Entries in the index objects ``keys``, from their footers."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     total = 0
     for key in keys:
         with sink.open(key) as f:
-            total += pq.read_metadata(f).num_rows
+            try:
+                total += pq.read_metadata(f).num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise damaged_index(sink, key, exc) from exc
     return total
 
 

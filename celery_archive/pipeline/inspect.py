@@ -44,6 +44,7 @@ class StatsReport:
     newest_past_retention: dict[str, str] | None = None  # the newest a run would take now
     dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
     warnings: list[str] = field(default_factory=list)
+    source_counts: dict[str, int] = field(default_factory=dict)  # as a run's: what it would leave alone, and why
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "stats", **asdict(self)}
@@ -72,7 +73,7 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
                        {label: ages[label] for _, label in (*AGE_BUCKETS, (0, ">=90d"), (0, "(no date)")) if ages[label]},
                        format_duration(cfg.older_than), due, counts.get("no_ttl", 0) if redis else None,
                        counts.get("unfinished", 0) if redis else None, warn_above, over, iso(now), newest_json(newest),
-                       newest_json(newest_due), dates, notes)
+                       newest_json(newest_due), dates, notes, counts)
 
 
 @dataclass(frozen=True)

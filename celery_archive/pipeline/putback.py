@@ -119,11 +119,15 @@ def convert(rec: dict[str, Any], what: str, action: Any) -> Any:
                               f"{type(exc).__name__}: {exc}") from None
 
 
-def redis_key(rec: dict[str, Any], key_prefix: str) -> str:
+def redis_key(rec: dict[str, Any], key_prefix: str) -> bytes:
+    """The key a record goes back under: for a result archived from Redis its original key,
+    byte for byte (raw_key; record schema v1 files have only its text, source_table)."""
+    if rec["storage_format"] == "celery-redis" and rec.get("raw_key"):
+        return bytes(rec["raw_key"])
     if rec["storage_format"] == "celery-redis" and rec["source_table"]:
-        return str(rec["source_table"])  # the original key, with the app's global prefix
+        return str(rec["source_table"]).encode()  # the original key, with the app's global prefix
     prefix = GROUP_PREFIX if rec["kind"] == "group" else TASK_PREFIX
-    return f"{full_prefix(key_prefix)}{prefix}{rec['task_id']}"
+    return f"{full_prefix(key_prefix)}{prefix}{rec['task_id']}".encode()
 
 
 def pickled(value: Any) -> bytes:

@@ -15,7 +15,7 @@ from celery_archive.pipeline.putback import (
     dumps_value,
     redis_key,
 )
-from celery_archive.pipeline.redis_source import RedisSourceConfig, _connect, redact
+from celery_archive.pipeline.redis_url import connect, redact
 
 # SET with the TTL (or none), then PUBLISH on the key's channel as Celery's own set() does;
 # with mode 'skip' an existing key is left alone. 0 skipped, 1 restored, 2 overwritten.
@@ -40,7 +40,7 @@ class RedisTarget:
         self.cfg = cfg
         self.display_url = redact(cfg.url)
         self._secret = _secret(cfg.url)
-        self._client = _connect(RedisSourceConfig(cfg.url, master_name=cfg.master_name))
+        self._client = connect(cfg.url, cfg.master_name)
         self._errors = (redis.RedisError, OSError)
 
     def _value(self, rec: dict[str, Any]) -> bytes:
@@ -66,7 +66,7 @@ class RedisTarget:
                     pipe.exists(key)
                 taken = [k for (k, _v), n in zip(items, pipe.execute()) if n]
                 if taken:
-                    raise ConflictError(f"{len(taken)} result(s) already in {self.display_url} (first: {taken[0]}); "
+                    raise ConflictError(f"{len(taken)} result(s) already in {self.display_url} (first: {taken[0].decode('utf-8', 'backslashreplace')}); "
                                         "nothing was restored: use --on-conflict skip or overwrite")
             script = self._client.register_script(_PUT)
             mode = "overwrite" if on_conflict == "overwrite" else "skip"

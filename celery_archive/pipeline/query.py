@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
-from celery_archive.errors import ConfigError
+from celery_archive.errors import ConfigError, SinkError
 from celery_archive.pipeline import manifest as mf
 from celery_archive.schemas import arrow_schema
 from celery_archive.sinks import Sink, open_sink
@@ -108,12 +108,17 @@ def connect(sink_url: str) -> Any:
     drops the other days' branches before any of their files is opened."""
     import duckdb
 
-    files = archive_files(open_sink(sink_url))
+    sink = open_sink(sink_url)
+    files = archive_files(sink)
     con = duckdb.connect()
     schema = arrow_schema()
     names = ", ".join(f'"{f.name}"' for f in schema)
     parts = []
-    parquet = parquet_dataset(files)
+    try:
+        parquet = parquet_dataset(files)
+    except FileNotFoundError as exc:
+        raise SinkError(f"the query failed: a data file of a committed run is missing from {sink.url}: {exc}; "
+                        f"`celery-archive verify --sink {sink.url}` lists what is missing or damaged") from exc
     if parquet is not None:
         con.register("_parquet", parquet)
         parts.append(f'SELECT {names}, "date" FROM _parquet')
@@ -125,23 +130,68 @@ def connect(sink_url: str) -> Any:
         con.register("_empty", pa.table({f.name: pa.array([], f.type) for f in _with_date(schema)}))
         parts.append("SELECT * FROM _empty")
     con.execute(f"CREATE VIEW {TABLE} AS " + " UNION ALL ".join(parts))
+    for setting in LOCKDOWN:
+        con.execute(setting)
     return con
+
+
+LOCKDOWN = (  # after the view is made; lock_configuration last, so that nothing undoes the rest
+    "SET enable_external_access = false", "SET python_enable_replacements = false",
+    "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false", "SET lock_configuration = true",
+)
+READ_ONLY = (f"give one SELECT (WITH ..., FROM {TABLE}, DESCRIBE {TABLE}, SUMMARIZE {TABLE}) or EXPLAIN over `{TABLE}`: "
+             "host files, the network, COPY, ATTACH, INSTALL/LOAD, CREATE and SET are refused (to save what a query "
+             "returns, use --format csv or --json and redirect it)")
+
+
+def check_read_only(sql: str) -> None:
+    """ConfigError unless ``sql`` is one SELECT or EXPLAIN statement (DuckDB's own parser says)."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"the query failed: {exc}; the table is `{TABLE}` (the record schema plus `date`)") from None
+    kinds = [st.type for st in statements]
+    if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        got = " + ".join(k.name for k in kinds) or "an empty query"
+        raise ConfigError(f"query only reads the archive's table `{TABLE}`, and this is {got}: {READ_ONLY}")
+
+
+def _failure(exc: Exception, sink_url: str) -> Exception:
+    """What a DuckDB error during a query means: a read of the archive's files that failed (a
+    missing or damaged data file: SinkError), or a query that is wrong or not allowed."""
+    import duckdb
+
+    text = str(exc)
+    if isinstance(exc, duckdb.PermissionException):
+        return ConfigError(f"query only reads the archive's table `{TABLE}`, and this reads a host file or the network "
+                           f"({text.splitlines()[0]}): {READ_ONLY}")
+    if isinstance(exc, duckdb.InvalidInputException) and "reading the stream registered as" in text:
+        return SinkError(f"the query failed reading the archive's data files: {text.splitlines()[0]}; "
+                         f"`celery-archive verify --sink {sink_url}` checks every file against its manifest")
+    return ConfigError(f"the query failed: {exc}; the table is `{TABLE}` (the record schema plus `date`)")
 
 
 def query(sink_url: str, sql: str, batch_rows: int = 10_000) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """(column names, record batches) of ``sql`` over the archive, streamed."""
     import duckdb
 
+    check_read_only(sql)
     con = connect(sink_url)
     try:
         reader = con.sql(sql).to_arrow_reader(batch_rows)
     except duckdb.Error as exc:
         con.close()
-        raise ConfigError(f"the query failed: {exc}; the table is `{TABLE}` (the record schema plus `date`)") from None
+        raise _failure(exc, sink_url) from exc
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
             yield from reader
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            raise (_failure(exc, sink_url) if isinstance(exc, duckdb.Error) else SinkError(
+                f"the query failed reading the archive's data files: {exc}; "
+                f"`celery-archive verify --sink {sink_url}` checks every file against its manifest")) from exc
         finally:
             con.close()
 

@@ -9,16 +9,17 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
 from celery_archive.errors import ConfigError, SourceError, scrubbed
 from celery_archive.pipeline.ahead import ahead
-from celery_archive.pipeline.decode import SERIALIZERS, UnsafePayload, decode_value, to_json_text
+from celery_archive.pipeline.decode import SERIALIZERS, TooLarge, UnsafePayload, decode_value, split_compressed, to_json_text
 from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.records import assemble, utc_naive
-from celery_archive.pipeline.source import REDIS_SCHEMES
+from celery_archive.pipeline.redis_url import connect, redact
+from celery_archive.schemas import arrow_schema
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
@@ -26,7 +27,7 @@ CHORD_SUFFIXES = (b".j", b".t", b".s", b".d", b".c")  # chord bookkeeping on gro
 _CAS = """
 local deleted = 0
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i] then
+  if redis.pcall('GET', key) == ARGV[i] then  -- pcall: a key that is no string now is simply not equal
     redis.call('DEL', key)
     deleted = deleted + 1
   end
@@ -37,11 +38,18 @@ _CAS_CHUNK = 2000
 _READ = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  out[2 * i - 1] = redis.call('GET', key) or false
-  out[2 * i] = redis.call('PTTL', key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then  -- WRONGTYPE: a hash, list, set, zset or stream; its type, PTTL -3
+    out[2 * i - 1] = redis.call('TYPE', key)['ok']
+    out[2 * i] = -3
+  else
+    out[2 * i - 1] = value
+    out[2 * i] = redis.call('PTTL', key)
+  end
 end
 return out
 """
+WRONG_TYPE = -3  # the PTTL _READ gives a key that holds no string (Redis's own are -1 and -2)
 _READ_CHUNK = 2000  # keys per script call: a few milliseconds of Redis time each
 
 
@@ -68,47 +76,19 @@ def key_prefixes(prefix: str) -> list[str]:
     return [new] if old == new else [new, old]
 
 
-def redact(url: str) -> str:
-    """``url`` (or each ``;``-separated sentinel URL) with any password replaced by ``***``."""
-    out = []
-    for part in url.split(";"):
-        p = urlsplit(part)
-        if p.password is not None:
-            host = p.hostname or ""
-            netloc = f"{p.username or ''}:***@{host}" + (f":{p.port}" if p.port else "")
-            part = p._replace(netloc=netloc).geturl()
-        out.append(part)
-    return ";".join(out)
-
-
-def _connect(cfg: RedisSourceConfig) -> Any:
-    import redis
-
-    url = cfg.url
-    scheme = urlsplit(url).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
-    if scheme == "redis+socket":
-        p = urlsplit(url)
-        db = parse_qs(p.query).get("virtual_host", parse_qs(p.query).get("db", ["0"]))[0]
-        auth = f":{unquote(p.password)}@" if p.password else ""
-        return redis.Redis.from_url(f"unix://{auth}{p.path}?db={db}")
-    if scheme == "sentinel":
-        from redis.sentinel import Sentinel
-
-        if not cfg.master_name:
-            raise ConfigError("a sentinel:// source needs --master-name (Celery's result_backend_transport_options['master_name'])")
-        parts = [urlsplit(u) for u in url.split(";")]
-        db_number = int((parts[0].path or "/0").strip("/") or 0)
-        password = unquote(parts[0].password) if parts[0].password else None
-        sentinel = Sentinel([(p.hostname or "localhost", p.port or 26379) for p in parts], password=password)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(cfg.master_name, db=db_number)  # type: ignore[no-untyped-call]
-    return redis.Redis.from_url(url)
-
-
 _ROW_FIELDS = ("task_id", "kind", "status", "date_done", "name", "worker", "retries", "queue", "traceback", "group_id",
                "parent_id", "result", "args", "kwargs", "children", "decode_error", "raw_value", "content_type",
-               "content_encoding", "compression", "source_table", "ttl_ms")
+               "content_encoding", "compression", "source_table", "ttl_ms", "raw_key")
+_KEY = len(_ROW_FIELDS) - 1  # raw_key: the exact key bytes
+EXAMPLES = 5  # keys named per reason a key was left alone
+LEFT_ALONE = {  # source_counts of keys a run neither archives nor deletes, and why
+    "not_celery": "hold values that are not Celery results",
+    "wrong_type": "hold a hash, list, set, sorted set or stream, not a Celery result (a string)",
+    "bad_date": "have a date_done that is not ISO 8601 text, as Celery writes it (2026-01-31T12:00:00+00:00)",
+    "malformed": "have a field of a type Celery never writes (a task name that is a number, ...)",
+    "undated": "are finished results with neither a date_done nor a TTL: their age cannot be known",
+    "groups_undated": "are saved groups without a TTL: Celery stores no date for them, so their age cannot be known",
+}
 _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
 
 
@@ -125,7 +105,7 @@ def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
 
 class RedisSource:
     storage_format = "celery-redis"
-    purge_columns: tuple[str, ...] = ("source_table", "raw_value")
+    purge_columns: tuple[str, ...] = ("source_table", "raw_key", "raw_value")
 
     def __init__(self, config: RedisSourceConfig) -> None:
         if config.serializer not in SERIALIZERS:
@@ -135,8 +115,9 @@ class RedisSource:
         self._secrets = [unquote(p.password) for p in map(urlsplit, config.url.split(";")) if p.password]
         self.prefixes = key_prefixes(config.key_prefix)
         self.prefix = self.prefixes[0]
-        self.client = _connect(config)
+        self.client = connect(config.url, config.master_name)
         self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}  # reason -> the first few keys left alone for it
         self.warnings: list[str] = []
         self._newest: dict[dt.datetime | None, tuple[str, str, dt.datetime] | None] = {}
 
@@ -210,6 +191,13 @@ class RedisSource:
         except redis.RedisError as exc:
             raise self._error("reading results from", exc) from exc
 
+    def _skip(self, reason: str, key: bytes, what: str = "") -> None:
+        """Count a key left alone for ``reason`` (source_counts) and keep a few of them to name."""
+        self.counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES:
+            shown.append(key.decode("utf-8", "backslashreplace") + (f" ({what})" if what else ""))
+
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results older than ``cutoff`` (naive UTC), or with a TTL below the margin."""
         margin_ms = int(self.config.expiring_within.total_seconds() * 1000) if self.config.expiring_within else None
@@ -219,6 +207,9 @@ class RedisSource:
             for batch in ahead(self._scan(kind, batch_size), "celery-archive-extract"):  # next batch read meanwhile
                 rows: list[tuple[Any, ...]] = []
                 for key, raw, ttl in batch:
+                    if ttl == WRONG_TYPE:
+                        self._skip("wrong_type", key, f"a {raw.decode()}" if raw else "")
+                        continue
                     if raw is None:
                         continue  # expired or deleted since SCAN saw it
                     self.counts["scanned"] += 1
@@ -228,50 +219,109 @@ class RedisSource:
                     if ttl == -1:
                         self.counts["no_ttl"] += 1  # never expires by itself
                     expiring = margin_ms is not None and 0 <= ttl < margin_ms
-                    if row[3] is None or not (row[3] < cutoff or expiring):
+                    if not (row[3] < cutoff or expiring):
                         self.counts["not_due"] += 1
                         continue
                     rows.append(row)
                 if rows:
-                    yield assemble({**dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), "storage_format": self.storage_format,
-                                    "source": self.display_url, "run_id": run_id, "archived_at": archived_at}, len(rows))
+                    yield self._table(rows, run_id, archived_at)
+
+    def _table(self, rows: list[tuple[Any, ...]], run_id: str, archived_at: dt.datetime) -> pa.Table:
+        """The batch's record table. A value Arrow refuses for its column (a name that is a
+        number, a retries count that is text: no Celery writes them) drops its row, counted
+        as malformed; the rest of the batch goes on."""
+        const = {"storage_format": self.storage_format, "source": self.display_url, "run_id": run_id, "archived_at": archived_at}
+        try:
+            return assemble({**dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), **const}, len(rows))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+        schema, bad = arrow_schema(), set()
+        for name, values in zip(_ROW_FIELDS, zip(*rows)):
+            try:
+                pa.array(values, schema.field(name).type)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                for i, v in enumerate(values):
+                    try:
+                        pa.array([v], schema.field(name).type)
+                    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                        bad.add(i)
+                        self._skip("malformed", rows[i][_KEY], f"{name} is {type(v).__name__} {v!r:.40}")
+        rows = [r for i, r in enumerate(rows) if i not in bad]
+        return assemble({**dict(zip(_ROW_FIELDS, map(list, zip(*rows)))), **const}, len(rows))
+
+    def _date(self, kind: str, meta: dict[str, Any], key: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> dt.datetime | None:
+        """When the result was stored (naive UTC), or None (counted) when that cannot be known.
+
+        A task's date_done, as Celery writes it (ISO 8601 text); where there is none (a saved
+        group: Celery stores no date; a task whose meta lacks one), the date its TTL implies:
+        Redis was told result_expires when it was written, so it was written result_expires
+        less the TTL left ago (never later than now). A date_done that is not ISO 8601 text (a
+        number, say: no Celery writes one) is not guessed at: bad_date, left alone."""
+        stored = meta.get("date_done") if kind == "task" else None
+        if stored is not None:
+            if isinstance(stored, str):
+                try:
+                    done: dt.datetime = utc_naive(stored)
+                    return done
+                except (ValueError, OverflowError):
+                    pass
+            self._skip("bad_date", key, f"date_done {stored!r:.40}")
+            return None
+        if ttl >= 0:
+            return min(now, now - dt.timedelta(milliseconds=expires_ms - ttl))
+        self._skip("groups_undated" if kind == "group" else "undated", key)
+        return None
 
     def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> tuple[Any, ...] | None:
         """One key's record values, in _ROW_FIELDS order, or None (reported) if not taken."""
         try:
             meta, compression, ctype, _refused = decode_value(raw, self.config.serializer)
+        except TooLarge as exc:
+            return self._not_inflated(kind, key, raw, ttl, now, expires_ms, exc)
         except Exception:  # noqa: BLE001 - anything unreadable is reported, kept, never deleted
-            self.counts["not_celery"] += 1
+            self._skip("not_celery", key)
             return None
         if not isinstance(meta, dict) or "result" not in meta or (kind == "task" and "status" not in meta):
-            self.counts["not_celery"] += 1
+            self._skip("not_celery", key)
+            return None
+        status = meta.get("status") if kind == "task" else None
+        if kind == "task" and status not in FINISHED:
+            self.counts["unfinished"] += 1
+            return None
+        date_done = self._date(kind, meta, key, ttl, now, expires_ms)
+        if date_done is None:
+            return None
+        stored_id = meta.get("task_id")
+        if stored_id is not None and not isinstance(stored_id, str):
+            self._skip("malformed", key, f"task_id is {type(stored_id).__name__} {stored_id!r:.40}")
             return None
         errors: list[str] = []
-        key_text = key.decode("utf-8", "replace")
-        base = TASK_PREFIX if kind == "task" else GROUP_PREFIX
-        layout = next(p for p in self.prefixes if key_text.startswith(p + base)) if len(self.prefixes) > 1 else self.prefix
-        task_id = key_text[len(layout) + len(base):]
-        if kind == "task":
-            status = meta.get("status")
-            if status not in FINISHED:
-                self.counts["unfinished"] += 1
-                return None
-            try:
-                date_done = utc_naive(meta.get("date_done"))
-            except ValueError:
-                date_done = None
-        else:
-            status = None
-            # Celery stores no date for a saved group: it was written result_expires before it expires
-            date_done = now - dt.timedelta(milliseconds=expires_ms - ttl) if ttl >= 0 else None
-            if date_done is None:
-                self.counts["groups_undated"] += 1
-                return None
         texts = [_json(meta, f, errors) for f in ("result", "args", "kwargs", "children")]
         get = meta.get
-        return (str(get("task_id") or task_id), kind, status, date_done, get("name"), get("worker"), get("retries"),
+        return (stored_id or self._task_id(kind, key), kind, status, date_done, get("name"), get("worker"), get("retries"),
                 get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
-                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key_text, ttl)
+                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key.decode("utf-8", "replace"), ttl, key)
+
+    def _task_id(self, kind: str, key: bytes) -> str:
+        """The id in a key of either prefix layout (Celery 5.5+'s, or 5.3/5.4's extra ``_``)."""
+        text = key.decode("utf-8", "replace")
+        base = TASK_PREFIX if kind == "task" else GROUP_PREFIX
+        layout = next((p for p in self.prefixes if text.startswith(p + base)), self.prefix)
+        return text[len(layout) + len(base):]
+
+    def _not_inflated(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int,
+                      exc: TooLarge) -> tuple[Any, ...] | None:
+        """A value that would inflate beyond MAX_INFLATED (a decompression bomb, or a giant
+        result): archived as it is stored, its status unknown (null), dated from its TTL, with
+        a decode_error; restore puts the very bytes back."""
+        date_done = self._date(kind, {}, key, ttl, now, expires_ms)
+        if date_done is None:
+            return None
+        self.counts["not_inflated"] += 1
+        ctype = SERIALIZERS[self.config.serializer][0]
+        return (self._task_id(kind, key), kind, None, date_done, *([None] * 11), f"value: {exc}; status unknown, dated from its TTL",
+                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", split_compressed(raw)[0],
+                key.decode("utf-8", "replace"), ttl, key)
 
     # -- dry run --------------------------------------------------------------------------
     def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
@@ -304,7 +354,7 @@ class RedisSource:
             pipe = self.client.pipeline(transaction=False)
             for i in range(0, table.num_rows, _CAS_CHUNK):
                 chunk = table.slice(i, _CAS_CHUNK)  # Python objects for a chunk at a time only
-                script(keys=chunk.column("source_table").to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
+                script(keys=_keys(chunk).to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
                 if len(pipe) >= 8:  # a few thousand keys in flight: client memory stays small
                     deleted += sum(int(n) for n in pipe.execute())
             deleted += sum(int(n) for n in pipe.execute())
@@ -320,3 +370,13 @@ def _stored_date(raw: bytes, serializer: str) -> str:
     except Exception:  # noqa: BLE001 - it was decoded once already; this is only for display
         return ""
     return str(meta.get("date_done") or "") if isinstance(meta, dict) else ""
+
+
+def _keys(table: pa.Table) -> pa.Array:
+    """The keys to delete: the exact key bytes (raw_key), or for records of record schema v1,
+    which have none, the key's text (source_table)."""
+    import pyarrow.compute as pc
+
+    raw = table.column("raw_key")
+    text = table.column("source_table").cast(pa.binary())
+    return raw if raw.null_count == 0 else pc.coalesce(raw, text)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from celery_archive.errors import NotArchivedError
+from celery_archive.errors import NotArchivedError, ObjectNotFoundError, SinkError
 from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.index import lookup
 from celery_archive.pipeline.locate import fetch
@@ -19,6 +19,8 @@ from celery_archive.schemas import field_names
 from celery_archive.sinks import download
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from celery_archive.sinks import ObjectInfo, Sink
 
 
@@ -82,7 +84,15 @@ def find(sink: Sink | str, task_ids: Sequence[str]) -> Found:
         by_key.setdefault(e["key"], []).append(e)
     records = []
     for key, group in sorted(by_key.items()):
-        records += [_plain(r, key) for r in fetch(counting, key, group).to_pylist()]
+        try:
+            table = fetch(counting, key, group)
+        except ObjectNotFoundError as exc:
+            raise missing_file(sink, key) from exc
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise damaged_file(sink, key, exc) from exc
+        records += [_plain(r, key) for r in table.to_pylist()]
     order = {t: i for i, t in enumerate(task_ids)}
     records.sort(key=lambda r: (order.get(r["task_id"], 0), r["kind"]))
     missing = [t for t in dict.fromkeys(task_ids) if t not in entries]
@@ -105,8 +115,14 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
         if (since and hi < since) or (until and lo >= until):
             continue
         path = spool / "restore-select.data"
-        download(sink, entry["key"], path)
-        for t in read_tables(path, entry["format"], entry["compression"], field_names()):
+        try:
+            size, sha256 = download(sink, entry["key"], path)
+        except ObjectNotFoundError as exc:
+            raise missing_file(sink, entry["key"]) from exc
+        if (size, sha256) != (entry["bytes"], entry["sha256"]):
+            raise damaged_file(sink, entry["key"], ValueError(f"{size:,} bytes with sha256 {sha256[:12]}..., where its manifest "
+                                                              f"says {entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}..."))
+        for t in _tables(sink, entry, path):
             mask = pa.array([True] * t.num_rows)
             if since:
                 mask = pc.and_(mask, pc.greater_equal(t.column("date_done"), pa.scalar(since, t.column("date_done").type)))
@@ -118,6 +134,25 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
             if rows:
                 yield [_plain(r, entry["key"]) for r in rows]
         path.unlink()
+
+
+def _tables(sink: Sink, entry: dict[str, Any], path: Path) -> Iterator[pa.Table]:
+    try:
+        yield from read_tables(path, entry["format"], entry["compression"], field_names())
+    except Exception as exc:
+        raise damaged_file(sink, entry["key"], exc) from exc
+
+
+def missing_file(sink: Sink, key: str) -> SinkError:
+    return SinkError(f"data file {key} of a committed run is missing from {sink.url}: nothing was restored from it; "
+                     f"`celery-archive verify --sink {sink.url}` lists what is missing or damaged")
+
+
+def damaged_file(sink: Sink, key: str, exc: Exception) -> SinkError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SinkError(f"data file {key} in {sink.url} is damaged ({detail}): nothing was restored from it; "
+                     f"`celery-archive verify --sink {sink.url}` checks every file, and a damaged one can only be "
+                     "replaced from a copy of the archive")
 
 
 @dataclass(frozen=True)

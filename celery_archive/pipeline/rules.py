@@ -127,7 +127,7 @@ def policy_from(default_age: dt.timedelta, rules: list[dict[str, Any]], hold: di
         if name in (DEFAULT, HOLD):
             raise ConfigError(f"rule {i}: the name {name!r} is reserved")
         out.append(Rule(name=name, match=str(raw.get("match", "*")), status=tuple(str(s) for s in status),
-                        older_than=parse_duration(raw["older_than"]) if "older_than" in raw else None, action=action,
+                        older_than=parse_duration(raw["older_than"], f"rule {name!r} older_than") if "older_than" in raw else None, action=action,
                         larger_than=parse_size(str(raw["larger_than"])) if "larger_than" in raw else None,
                         smaller_than=parse_size(str(raw["smaller_than"])) if "smaller_than" in raw else None))
     if len({r.name for r in out}) != len(out):

@@ -58,7 +58,8 @@ class RunReport:
     seconds: float = 0.0
     ok: bool = True
     problems: list[str] = field(default_factory=list)
-    source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery (Redis)
+    source_counts: dict[str, int] = field(default_factory=dict)  # e.g. no_ttl, not_celery, wrong_type (Redis)
+    source_examples: dict[str, list[str]] = field(default_factory=dict)  # the first few records left alone, by reason
     rules: dict[str, dict[str, int]] = field(default_factory=dict)  # per rule: archived, deleted, kept, not_due
     deleted_by_rules: int = 0  # deleted without an archive (action = "delete")
     stopped_early: bool = False  # --max-runtime reached, or a SIGTERM/SIGINT: the rest is left for the next run
@@ -260,7 +261,8 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                      verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
-                     source_counts=dict(source.counts), rules=applied.counts() if applied else {},
+                     source_counts=dict(source.counts), source_examples=dict(source.examples),
+                     rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
                      swept=swept, dates=source.describe_dates(), warnings=date_notes(source))

@@ -10,7 +10,8 @@
   as they were read, and returns (deleted, skipped because changed or gone).
 * ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
 * ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...; for
-  SQL: no_task_id, bad_date_done), and date_done_ambiguous (wall times of a repeated hour).
+  SQL: no_task_id, bad_date_done), and date_done_ambiguous (wall times of a repeated hour);
+  ``examples`` names, for each reason a record was left alone, the first few of them.
 * ``describe_dates()`` says, per kind, how stored date_done values become UTC instants;
   ``warnings`` what the source found doubtful about them (said before anything is deleted).
 * ``newest(cutoff)`` is (task id, date_done as stored, its UTC instant) of the newest finished
@@ -56,7 +57,7 @@ class Tally:
             t.results += n
             t.bytes += nbytes
             t.by_kind[kind] += n
-            t.by_status[status or "(group)"] += n
+            t.by_status[status or ("(group)" if kind == "group" else "(unknown)")] += n
             t.by_name[name or "(unnamed)"] += n
             t.by_day[day] += n
         return t
@@ -69,6 +70,9 @@ class Source(Protocol):
 
     @property
     def counts(self) -> Mapping[str, int]: ...
+
+    @property
+    def examples(self) -> Mapping[str, list[str]]: ...
 
     def open(self) -> None: ...
 

@@ -89,6 +89,7 @@ class SqlSource:
         self.counts: Counter[str] = Counter()  # rows seen but not taken: no_task_id, bad_date_done, ...
         self.dates = StoredDates(self.dialect.name, {}, {})
         self.warnings: list[str] = []
+        self.examples: dict[str, list[str]] = {}
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> SourceError:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from celery_archive.errors import ConfigError
 
@@ -108,8 +108,29 @@ class RangeReader(io.RawIOBase):
         return len(data)
 
 
+LOCAL_OPTIONS: dict[str, Callable[[str], Any]] = {}
+"""Query options a local sink (a path or file://) takes, name -> parser: none yet. An option
+not in this table is refused, so a typo is never silently ignored."""
+
+
+def local_options(url: str, query: str) -> dict[str, Any]:
+    """The local sink options in ``query``, each checked; ConfigError names an unknown one."""
+    out: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in LOCAL_OPTIONS:
+            known = f"known: {', '.join(sorted(LOCAL_OPTIONS))}" if LOCAL_OPTIONS else "a local sink takes none"
+            raise ConfigError(f"unknown option {name!r} in --sink {url!r} ({known}); a '?' that is part of a directory's "
+                              "name is written %3F in a file:///path URL")
+        out[name] = LOCAL_OPTIONS[name](value)
+    return out
+
+
 def open_sink(url: str) -> Sink:
-    """A sink for ``url``: a filesystem path, a ``file://`` URL, or ``s3://bucket/prefix``."""
+    """A sink for ``url``: a filesystem path, a ``file://`` URL, or ``s3://bucket/prefix``.
+
+    Options are a URL's query (``?name=value&...``). A plain path is taken as it is when it
+    names an existing directory (whose name may hold a ``?``); otherwise what follows its
+    first ``?`` is read as options, as in a ``file://`` URL, and checked."""
     from celery_archive.sinks.local import LocalSink
 
     if not url:
@@ -123,8 +144,15 @@ def open_sink(url: str) -> Sink:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")
+        if not parts.path:
+            raise ConfigError(f"--sink {url!r} names no directory: use file:///absolute/path")
+        local_options(url, parts.query)
         return LocalSink(Path(unquote(parts.path)))
     if parts.scheme in ("", ) or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
+        if "?" in url and not Path(url).expanduser().is_dir():
+            path, _, query = url.partition("?")
+            local_options(url, query)
+            return LocalSink(Path(path))
         return LocalSink(Path(url))
     raise ConfigError(
         f"unsupported sink scheme {parts.scheme!r}: use a directory path, file:///path or s3://bucket/prefix"

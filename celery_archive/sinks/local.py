@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
+from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
 from celery_archive.sinks import ObjectInfo
 
 _TMP_PREFIX = ".tmp-"
@@ -27,6 +28,13 @@ def _fsync_dir(path: Path) -> None:
 class LocalSink:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
+        for path in (self.root, *self.root.parents):  # the nearest that exists must be a directory
+            if path.exists():
+                if not path.is_dir():
+                    where = "is" if path == self.root else f"is inside {path}, which is"
+                    raise ConfigError(f"--sink {self.root} {where} a file, not a directory: give a directory "
+                                      "(it is made if it does not exist yet)")
+                break
 
     @property
     def url(self) -> str:
@@ -56,7 +64,8 @@ class LocalSink:
         except OSError as exc:
             raise disk_error("writing", target, exc) from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the error above (if any) says what went wrong
+                tmp.unlink(missing_ok=True)
         return ObjectInfo(key, target.stat().st_size)
 
     def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo:

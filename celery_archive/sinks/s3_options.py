@@ -55,7 +55,7 @@ class S3Options:
             elif name in ("sse", "kms_key_id", "storage_class", "object_lock"):
                 opts[name] = value
             elif name == "retain":
-                opts[name] = parse_duration(value)
+                opts[name] = parse_duration(value, "sink option retain")
             elif name == "legal_hold":
                 if value.lower() not in ("on", "off", "true", "false", "1", "0"):
                     raise ConfigError(f"sink option legal_hold={value!r}: use legal_hold=on")
