@@ -399,6 +399,7 @@ def demo(directory: Path, as_json: bool) -> None:
 
 
 from celery_archive import cli_monitor, cli_query, cli_restore  # noqa: E402,F401  (register their commands)
+from celery_archive.web import command as _serve  # noqa: E402,F401  (celery-archive serve)
 
 
 def entry() -> None:
