@@ -67,8 +67,9 @@ def result_page(request: Request) -> Response:
     records = archive.results(task_id)
     if not records:
         return page(request, "missing.html", 404, task_id=task_id)
-    shown = [{"heading": present.heading(r), "kind": r["kind"], "task_id": r["task_id"], "status": r["status"], "name": r["name"], "fields": list(present.fields(r)),
-              "children": present.children(r), "run_id": r["run_id"], "restore": present.restore_command(r, archive.url)}
+    shown = [{"heading": present.heading(r), "kind": r["kind"], "task_id": r["task_id"], "status": r["status"],
+              "name": r["name"], "fields": list(present.fields(r)), "children": present.children(r),
+              "run_id": r["run_id"], "restore": present.restore_command(r, archive.url)}
              for r in records]
     return page(request, "result.html", task_id=task_id, records=shown)
 
