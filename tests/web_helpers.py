@@ -95,13 +95,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
+def _headers(items: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in items:  # a header sent twice (WWW-Authenticate) is one, joined
+        out[k.lower()] = f"{out[k.lower()]}, {v}" if k.lower() in out else v
+    return out
+
+
 def get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Answer:
     req = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with _OPENER.open(req, timeout=30) as resp:
-            return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode())
+            return Answer(resp.status, _headers(resp.headers.items()), resp.read().decode())
     except urllib.error.HTTPError as exc:
-        return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode())
+        return Answer(exc.code, _headers(exc.headers.items()), exc.read().decode())
 
 
 class Fields(HTMLParser):
