@@ -28,6 +28,14 @@ old_celery .venv55 5.5.3
 
 bash scripts/services.sh
 
+# The web pages' browser tests (tests/test_web_browser.py) drive Debian's own chromium through
+# its chromedriver; nothing downloads a browser.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+fi
+
 # LocalStack's runtime (S3 checks moto cannot do) needs Python 3.13; its tests run wherever
 # 3.13 is present, and this installs it there (its own venv, ~40 s the first time).
 bash localstack/install.sh || echo "LocalStack not installed (no Python 3.13): its tests will be skipped"
