@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from celery_archive.archive import manifest as mf
 from celery_archive.errors import LeaseLostError, LockError, SinkError
-from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.lease import PREFIX, FencedSink, Lease
 from celery_archive.sinks.local import LocalSink
 

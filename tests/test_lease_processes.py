@@ -19,7 +19,7 @@ import duckdb
 import pytest
 from conftest import age_rows, celery_app, table_rows
 
-from celery_archive.pipeline import manifest as mf
+from celery_archive.archive import manifest as mf
 from celery_archive.sinks import Sink, open_sink
 
 EXE = str(Path(sys.executable).parent / "celery-archive")

@@ -13,8 +13,8 @@ import pytest
 from conftest import age_rows, celery_app, cli, table_rows
 from helpers import archive, data_files, read_archive
 
+from celery_archive.archive import manifest as mf
 from celery_archive.errors import ConfigError, LockError, VerifyError
-from celery_archive.pipeline import manifest as mf
 from celery_archive.sinks.local import LocalSink
 
 HARNESS = Path(__file__).with_name("crash_harness.py")

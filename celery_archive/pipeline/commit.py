@@ -9,18 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery_archive import __version__
+from celery_archive.archive import manifest as mf
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ObjectNotFoundError, VerifyError
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline.index import DeltaWriter
+from celery_archive.formats.writer import FileEntry, iso
+from celery_archive.index.packs import DeltaWriter
 from celery_archive.pipeline.purge import purge_verified
-from celery_archive.pipeline.serialize import FileEntry, iso
 from celery_archive.pipeline.verify import Verifier, VerifyReport, discard
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
+from celery_archive.version import __version__
 
 if TYPE_CHECKING:
-    from celery_archive.pipeline.source import Source
+    from celery_archive.backends import Source
     from celery_archive.sinks import Sink
 
 

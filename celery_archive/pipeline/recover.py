@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from celery_archive.archive import manifest as mf
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.pipeline import manifest as mf
+from celery_archive.index.packs import referenced_runs
 from celery_archive.pipeline.commit import finish
-from celery_archive.pipeline.index import referenced_runs
 
 if TYPE_CHECKING:
-    from celery_archive.pipeline.source import Source
+    from celery_archive.backends import Source
     from celery_archive.sinks import Sink
 
 

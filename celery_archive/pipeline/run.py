@@ -18,20 +18,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive import manifest as mf
+from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
+from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline import source_lock
+from celery_archive.formats.writer import ArchiveWriter, iso
+from celery_archive.index.packs import COMPACT_AFTER, compact, state
 from celery_archive.pipeline.commit import Checks, finish, manifest_of
-from celery_archive.pipeline.index import COMPACT_AFTER, compact, state
 from celery_archive.pipeline.lease import FencedSink, Lease
 from celery_archive.pipeline.metrics import write_metrics
-from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.recover import recover
-from celery_archive.pipeline.serialize import ArchiveWriter, iso
-from celery_archive.pipeline.source import REDIS_SCHEMES, Source, Tally
-from celery_archive.pipeline.spool import spool_dir
 from celery_archive.sinks import open_sink
+from celery_archive.spool import spool_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -107,28 +106,6 @@ def date_notes(source: Source) -> list[str]:
         notes.append(f"{n} date_done value(s) are wall times of an hour repeated when the clocks went back: each could be "
                      "either of two instants an hour apart, and was read as the later (as PostgreSQL reads them)")
     return notes
-
-
-def open_source(cfg: RunConfig) -> Source:
-    """The source for ``cfg.source``, picked by URL scheme, connected. Each source's client
-    library is imported only when it is used (SQLAlchemy alone costs ~0.1 s of start-up)."""
-    source: Source
-    if cfg.source.split("://", 1)[0] in REDIS_SCHEMES:
-        from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
-
-        source = RedisSource(RedisSourceConfig(cfg.source, cfg.serializer, cfg.key_prefix, cfg.expiring_within,
-                                               cfg.result_expires, cfg.master_name))
-    elif cfg.source.startswith("django+"):
-        from celery_archive.pipeline.django_source import DjangoSource
-
-        source = DjangoSource(cfg.source, cfg.serializer)
-    else:
-        from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
-
-        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table, cfg.task_schema, cfg.group_schema,
-                                           cfg.serializer, cfg.timezone, cfg.celery_version))
-    source.open()
-    return source
 
 
 def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunReport:
@@ -255,7 +232,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
         compact(sink, spool)
     iceberg: list[str] = []
     if cfg.iceberg_table:
-        from celery_archive.pipeline.iceberg import append_runs
+        from celery_archive.warehouse.iceberg import append_runs
 
         iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),

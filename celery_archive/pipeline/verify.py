@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.errors import SinkError
-from celery_archive.pipeline.locate import locate
-from celery_archive.pipeline.readback import ids_digest
+from celery_archive.formats.locate import locate
+from celery_archive.formats.readback import ids_digest
 from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
-from celery_archive.sinks import ObjectInfo
+from celery_archive.sinks.base import ObjectInfo
 
 _TMP_PREFIX = ".tmp-"
 
@@ -150,7 +150,7 @@ class LocalSink:
         """Temp files of puts that died (kill -9) and staging directories no live process uses."""
         import time
 
-        from celery_archive.pipeline.spool import sweep as sweep_spools
+        from celery_archive.spool import sweep as sweep_spools
 
         removed = sweep_spools(self.spool_root()) if self.spool_root().is_dir() else 0
         if not self.root.is_dir():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
-from celery_archive.sinks import ObjectInfo, RangeReader
+from celery_archive.sinks.base import ObjectInfo, RangeReader
 from celery_archive.sinks.s3_options import S3Options
 
 MULTIPART_BYTES = 64 << 20
