@@ -156,15 +156,20 @@ def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Ca
 
 
 def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event | None = None,
-        on_wait: Callable[[str], None] | None = None, warn: Warn | None = None) -> RunReport | DryRunReport:
+        on_wait: Callable[[str], None] | None = None, warn: Warn | None = None,
+        now: dt.datetime | None = None) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
     ``progress`` is called after each batch with the number of results taken so far; once
     ``stop`` is set the run takes nothing more and finishes what it took (a safe stop);
     ``on_wait`` hears why the run waits (a held lease being watched); ``warn`` each doubt
-    about the stored dates, before anything is taken or deleted."""
+    about the stored dates, before anything is taken or deleted. ``now`` is the instant the
+    run counts ages from (aware, or naive UTC; default: the system clock's), so tests and
+    replays select by a known clock instead of waiting for one."""
     cfg.check()
     started = time.perf_counter()
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    if now is None:
+        now = dt.datetime.now(dt.timezone.utc)
+    now = now.astimezone(dt.timezone.utc).replace(tzinfo=None) if now.tzinfo else now
     cutoff = now - (cfg.policy.widest_age() if cfg.policy else cfg.older_than)
     archive = open_sink(cfg.sink)
     source = open_source(cfg)
