@@ -37,9 +37,9 @@ def list_runs(sink_url: str) -> list[RunInfo]:
     for run_id in mf.committed_runs(sink):
         m = mf.load_manifest(sink, run_id)
         r = reports.get(run_id)
-        state = "pending" if r is None else ("purged" if r.get("purged") else "kept")
-        out.append(RunInfo(run_id, m["created_at"], m["source"], m["cutoff"], m["totals"]["files"],
-                           m["totals"]["rows"], m["totals"]["bytes"], state, None if r is None else r.get("deleted")))
+        state = "pending" if r is None else ("purged" if r.purged else "kept")
+        out.append(RunInfo(run_id, m.created_at, m.source, m.cutoff, m.totals.files, m.totals.rows, m.totals.bytes,
+                           state, None if r is None else r.deleted))
     return out
 
 
@@ -92,7 +92,7 @@ def _unnamed(sink: Sink, committed: set[str], report: ArchiveVerifyReport) -> No
     reported, indexed = set(mf.reports(sink)), referenced_runs(sink)
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
-        state = (outcome or {}).get("outcome")
+        state = None if outcome is None else outcome.state
         if state == mf.COMMITTED:
             report.problems.append(f"run {rid}: committed ({mf.outcome_key(rid)}) but its manifest is missing; "
                                    f"`celery-archive manifest rebuild --sink {sink.url}` (or the next run) writes it again")

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive import manifest as mf
+from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
 from celery_archive.backends.codec import SERIALIZERS
 from celery_archive.formats.locate import locate
 from celery_archive.formats.readback import first_record, ids_digest, read_tables
-from celery_archive.formats.writer import iso
 from celery_archive.index.packs import DeltaWriter, referenced_runs
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION, field_names
 from celery_archive.sinks import download
+from celery_archive.times import iso
 from celery_archive.version import __version__
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def _format(key: str, path: Path) -> tuple[str, str | None, int]:
     return "jsonl", compression, version
 
 
-def file_entry(sink: Sink, key: str, dest: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def file_entry(sink: Sink, key: str, dest: Path) -> tuple[FileEntry, dict[str, Any], Any]:
     """(manifest entry, one record's source fields, index entries) of the stored file ``key``."""
     import pyarrow.compute as pc
 
@@ -64,13 +65,12 @@ def file_entry(sink: Sink, key: str, dest: Path) -> tuple[dict[str, Any], dict[s
     lo = min(pc.min(d).as_py() for d in dates)
     hi = max(pc.max(d).as_py() for d in dates)
     first = next(read_tables(dest, fmt, compression, ["source", "source_table", "kind", "content_type", "storage_format"], 1))
-    entry = {"key": key, "format": fmt, "compression": compression, "rows": located.num_rows, "bytes": size, "sha256": sha,
-             "ids_sha256": ids_digest(located["kind"], located["task_id"]), "min_date_done": iso(lo), "max_date_done": iso(hi),
-             "kinds": dict(Counter(located["kind"].to_pylist()))}
+    entry = FileEntry(key, Format(fmt), compression, located.num_rows, size, sha, ids_digest(located["kind"], located["task_id"]),
+                      iso(lo), iso(hi), dict(Counter(located["kind"].to_pylist())))
     return entry, {**first.slice(0, 1).to_pylist()[0], "schema_version": version}, located
 
 
-def _from_files(sink: Sink, run_id: str, keys: list[str], spool: Path, report: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any]]:
+def _from_files(sink: Sink, run_id: str, keys: list[str], spool: Path, report: RunRecord | None) -> tuple[Manifest, list[Any]]:
     entries, records, located = [], [], []
     for i, key in enumerate(keys):
         entry, rec, loc = file_entry(sink, key, spool / f"rebuild-{i}")
@@ -82,19 +82,16 @@ def _from_files(sink: Sink, run_id: str, keys: list[str], spool: Path, report: d
     sql = [r for r in records if not str(r["storage_format"]).endswith("redis")]
     tables = {r["kind"]: r["source_table"] for r in sql}
     created = dt.datetime.strptime(run_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ")
-    manifest = {
-        "manifest_version": MANIFEST_VERSION, "schema_version": min(r["schema_version"] for r in records), "run_id": run_id,
-        "created_at": iso(created),
-        "source": records[0]["source"], "source_tables": tables,
-        "cutoff": max(e["max_date_done"] for e in entries), "older_than": "unknown",
-        "serializer": by_type.get(records[0]["content_type"], "json"),
-        "delete": bool(report.get("purged", True)) if report else True, "tool_version": __version__,
-        "files": entries, "rules": None,
-        "totals": {"files": len(entries), "rows": sum(e["rows"] for e in entries), "bytes": sum(e["bytes"] for e in entries)},
-        "rebuilt": {"at": dt.datetime.now(dt.timezone.utc).isoformat(), "tool_version": __version__,
-                    "from": "data files and run report" if report else "data files",
-                    "note": "cutoff is the newest date_done found; the run's own cutoff and older_than are not known"},
-    }
+    manifest = Manifest(
+        run_id=run_id, created_at=iso(created), source=records[0]["source"], source_tables=tables,
+        cutoff=max(e.max_date_done for e in entries), older_than="unknown",
+        serializer=by_type.get(records[0]["content_type"], "json"), delete=report.purged if report else True,
+        tool_version=__version__, files=tuple(entries), totals=Totals.of(entries), rules=None,
+        manifest_version=MANIFEST_VERSION, schema_version=min(r["schema_version"] for r in records),
+        extra={"rebuilt": {"at": dt.datetime.now(dt.timezone.utc).isoformat(), "tool_version": __version__,
+                           "from": "data files and run report" if report else "data files",
+                           "note": "cutoff is the newest date_done found; the run's own cutoff and older_than are not known"}},
+    )
     return manifest, located
 
 
@@ -110,13 +107,13 @@ def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> Reb
         uncommitted = {run_id: uncommitted[run_id]}
     reports, indexed = mf.reports(sink), referenced_runs(sink)
     for rid, keys in sorted(uncommitted.items()):
-        outcome = mf.load_outcome(sink, rid) or {}
-        if outcome.get("outcome") == mf.COMMITTED:
-            mf.publish(sink, outcome["manifest"])
-            out.rebuilt.append({"run_id": rid, "source": "outcome", "files": len(outcome["manifest"]["files"]),
-                                "rows": outcome["manifest"]["totals"]["rows"]})
+        outcome = mf.load_outcome(sink, rid)
+        if outcome is not None and outcome.manifest is not None:  # committed: it holds the manifest
+            mf.publish(sink, outcome.manifest)
+            out.rebuilt.append({"run_id": rid, "source": "outcome", "files": len(outcome.manifest.files),
+                                "rows": outcome.manifest.totals.rows})
             continue
-        if outcome.get("outcome") == mf.ABANDONED or (rid not in reports and rid not in indexed):
+        if (outcome is not None and outcome.state is mf.ABANDONED) or (rid not in reports and rid not in indexed):
             out.skipped.append({"run_id": rid, "why": "it never committed: its results are still in the source, "
                                                       "and the next run removes its files"})
             continue
@@ -127,5 +124,5 @@ def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> Reb
             for table in located:
                 delta.add(table)
             delta.commit()
-        out.rebuilt.append({"run_id": rid, "source": "data files", "files": len(keys), "rows": manifest["totals"]["rows"]})
+        out.rebuilt.append({"run_id": rid, "source": "data files", "files": len(keys), "rows": manifest.totals.rows})
     return out

@@ -96,8 +96,8 @@ def ddl(sink: str, engine: str, table: str, data_format: str | None, location: s
     archive = open_sink(sink)
     if data_format is None:
         runs = mf.committed_runs(archive)
-        files = mf.load_manifest(archive, runs[-1])["files"] if runs else []
-        data_format = files[0]["format"] if files else "parquet"
+        files = mf.load_manifest(archive, runs[-1]).files if runs else ()
+        data_format = str(files[0].format) if files else "parquet"
     text = make_ddl(location or archive.url, engine, data_format, table)
     if as_json:
         emit({"command": "ddl", "engine": engine, "data_format": data_format, "ddl": text})

@@ -12,17 +12,19 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from celery_archive.archive.manifest import FileEntry, Format
 from celery_archive.errors import disk_error
 from celery_archive.formats import DEFAULT_COMPRESSION
 from celery_archive.formats.readback import feed_ids
 from celery_archive.schemas import arrow_schema, record_fields
 from celery_archive.sinks import Sink
+from celery_archive.times import iso
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -34,25 +36,6 @@ _MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so
 _DICTIONARY = ["kind", "status", "name", "worker", "queue", "content_type", "content_encoding", "compression",
                "storage_format", "source", "source_table", "rule", "run_id"]
 _STATISTICS = ["task_id", "kind", "status", "date_done", "name", "worker", "queue", "archived_at"]
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One committed data file, as its manifest lists it."""
-
-    key: str
-    format: str
-    compression: str | None
-    rows: int
-    bytes: int
-    sha256: str
-    ids_sha256: str
-    min_date_done: str
-    max_date_done: str
-    kinds: dict[str, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def file_sha256(path: Path) -> str:
@@ -67,11 +50,6 @@ def extension(fmt: str, compression: str | None) -> str:
     if fmt == "parquet":
         return "parquet"
     return {"zstd": "jsonl.zst", "gzip": "jsonl.gz"}.get(compression or "none", "jsonl")
-
-
-def iso(ts: dt.datetime) -> str:
-    """RFC 3339 in UTC with a Z; a naive datetime is taken as UTC."""
-    return (ts.astimezone(dt.timezone.utc) if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
 class _FileWriter(Protocol):
@@ -176,7 +154,7 @@ class ArchiveWriter:
     each finished file to the sink. ``close()`` returns the committed files' entries."""
 
     def __init__(self, sink: Sink, run_id: str, fmt: str, compression: str | None,
-                 max_file_bytes: int, spool_dir: Path, on_put: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 max_file_bytes: int, spool_dir: Path, on_put: Callable[[FileEntry], None] | None = None) -> None:
         self.sink, self.run_id, self.fmt, self.on_put = sink, run_id, fmt, on_put
         self.compression = compression or DEFAULT_COMPRESSION[fmt]
         self.max_file_bytes, self.spool_dir = max_file_bytes, spool_dir
@@ -252,13 +230,13 @@ class ArchiveWriter:
             sha256 = file_sha256(f.path)
             info = self.sink.put(f.key, f.path, sha256)
             entry = FileEntry(
-                key=f.key, format=self.fmt, compression=None if self.compression == "none" else self.compression,
+                key=f.key, format=Format(self.fmt), compression=None if self.compression == "none" else self.compression,
                 rows=f.rows, bytes=info.size, sha256=sha256,
                 ids_sha256=f.ids_hash.hexdigest(),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
             )
             if self.on_put is not None:
-                self.on_put(entry.to_json())  # e.g. verify it while the run goes on
+                self.on_put(entry)  # e.g. verify it while the run goes on
             return entry
         finally:
             f.path.unlink(missing_ok=True)

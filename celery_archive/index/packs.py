@@ -277,12 +277,12 @@ def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
     """(index entries of every committed data file, read from the data files themselves;
     how many entries that is)."""
     files = list(mf.committed_files(sink))
-    return _located(sink, spool, files), sum(int(e["rows"]) for e in files)
+    return _located(sink, spool, files), sum(e.rows for e in files)
 
 
-def _located(sink: Sink, spool: Path, files: list[dict[str, Any]]) -> Iterator[pa.Table]:
+def _located(sink: Sink, spool: Path, files: list[mf.FileEntry]) -> Iterator[pa.Table]:
     path = spool / "index-rebuild.data"
     for entry in files:
-        download(sink, entry["key"], path)
-        yield locate(path, entry["key"], entry["format"], entry["compression"])
+        download(sink, entry.key, path)
+        yield locate(path, entry.key, entry.format, entry.compression)
         path.unlink()

@@ -10,8 +10,8 @@ from typing import Any
 
 from celery_archive.backends import REDIS_SCHEMES, Tally, open_source
 from celery_archive.config import RunConfig, format_duration
-from celery_archive.formats.writer import iso
 from celery_archive.pipeline.run import date_notes, newest_json
+from celery_archive.times import iso
 
 AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
 

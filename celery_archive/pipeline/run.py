@@ -23,7 +23,7 @@ from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, op
 from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.formats.writer import ArchiveWriter, iso
+from celery_archive.formats.writer import ArchiveWriter
 from celery_archive.index.packs import COMPACT_AFTER, compact, state
 from celery_archive.pipeline.commit import Checks, finish, manifest_of
 from celery_archive.pipeline.lease import FencedSink, Lease
@@ -31,6 +31,7 @@ from celery_archive.pipeline.metrics import write_metrics
 from celery_archive.pipeline.recover import recover
 from celery_archive.sinks import open_sink
 from celery_archive.spool import spool_dir
+from celery_archive.times import iso
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -241,7 +242,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
 
         iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
-                     verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
+                     verified, deleted, skipped, len(entries), manifest.totals.bytes, cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
                      source_counts=dict(source.counts), source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},

@@ -110,18 +110,18 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
 
     patterns = list(names)
     for entry in mf.committed_files(sink, run_id):
-        lo = dt.datetime.fromisoformat(entry["min_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
-        hi = dt.datetime.fromisoformat(entry["max_date_done"].replace("Z", "+00:00")).replace(tzinfo=None)
+        lo = dt.datetime.fromisoformat(entry.min_date_done.replace("Z", "+00:00")).replace(tzinfo=None)
+        hi = dt.datetime.fromisoformat(entry.max_date_done.replace("Z", "+00:00")).replace(tzinfo=None)
         if (since and hi < since) or (until and lo >= until):
             continue
         path = spool / "restore-select.data"
         try:
-            size, sha256 = download(sink, entry["key"], path)
+            size, sha256 = download(sink, entry.key, path)
         except ObjectNotFoundError as exc:
-            raise missing_file(sink, entry["key"]) from exc
-        if (size, sha256) != (entry["bytes"], entry["sha256"]):
-            raise damaged_file(sink, entry["key"], ValueError(f"{size:,} bytes with sha256 {sha256[:12]}..., where its manifest "
-                                                              f"says {entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}..."))
+            raise missing_file(sink, entry.key) from exc
+        if (size, sha256) != (entry.bytes, entry.sha256):
+            raise damaged_file(sink, entry.key, ValueError(f"{size:,} bytes with sha256 {sha256[:12]}..., where its manifest "
+                                                              f"says {entry.bytes:,} bytes, sha256 {entry.sha256[:12]}..."))
         for t in _tables(sink, entry, path):
             mask = pa.array([True] * t.num_rows)
             if since:
@@ -132,15 +132,15 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
                 mask = pc.and_(mask, glob_mask(t.column("name"), patterns))
             rows = t.filter(mask).to_pylist()
             if rows:
-                yield [_plain(r, entry["key"]) for r in rows]
+                yield [_plain(r, entry.key) for r in rows]
         path.unlink()
 
 
-def _tables(sink: Sink, entry: dict[str, Any], path: Path) -> Iterator[pa.Table]:
+def _tables(sink: Sink, entry: mf.FileEntry, path: Path) -> Iterator[pa.Table]:
     try:
-        yield from read_tables(path, entry["format"], entry["compression"], field_names())
+        yield from read_tables(path, entry.format, entry.compression, field_names())
     except Exception as exc:
-        raise damaged_file(sink, entry["key"], exc) from exc
+        raise damaged_file(sink, entry.key, exc) from exc
 
 
 def missing_file(sink: Sink, key: str) -> SinkError:

@@ -76,11 +76,11 @@ def append_runs(sink: Sink, catalog_name: str, ident: str) -> list[str]:
         for run_id in mf.committed_runs(sink):
             if run_id in done:
                 continue
-            files = mf.load_manifest(sink, run_id)["files"]
-            if any(f["format"] != "parquet" for f in files):
+            files = mf.load_manifest(sink, run_id).files
+            if any(f.format is not mf.Format.PARQUET for f in files):
                 raise ConfigError(f"run {run_id} wrote JSONL files; an Iceberg table holds Parquet: use --format parquet")
             if files:
-                table.add_files([f"{scheme}{root}/{f['key']}" for f in files], snapshot_properties={RUN_PROPERTY: run_id})
+                table.add_files([f"{scheme}{root}/{f.key}" for f in files], snapshot_properties={RUN_PROPERTY: run_id})
                 table = table.refresh()
             added.append(run_id)
         return added

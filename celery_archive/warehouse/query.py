@@ -41,7 +41,7 @@ def archive_files(sink: Sink) -> ArchiveFiles:
     parquet: list[str] = []
     jsonl: list[str] = []
     for f in mf.committed_files(sink):
-        (parquet if f["format"] == "parquet" else jsonl).append(f["key"])
+        (parquet if f.format is mf.Format.PARQUET else jsonl).append(f.key)
     fs, root = filesystem(sink)
     return ArchiveFiles(fs, f"{root}/data", [f"{root}/{k}" for k in parquet], [f"{root}/{k}" for k in jsonl])
 
