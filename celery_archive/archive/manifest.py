@@ -2,12 +2,7 @@
 committed or abandoned), manifests (the committed run's files, as readers find them), run
 reports (written once a run's purge is done). The lease is in lease.py, the index in index.py.
 
-    data/date=YYYY-MM-DD/<run_id>-<seq>.parquet   data files (Hive partitions)
-    outcomes/<run_id>.json                        committed (with the manifest) or abandoned: create-only,
-                                                  so exactly one of the two ever exists
-    manifests/<run_id>.json                       a run counts once this exists (a copy of its outcome's manifest)
-    runs/<run_id>.json                            what the run verified and deleted
-    locks/lease-<version>.json                    who may change the archive now
+(Their keys: layout.py.)
 
 A run commits by creating its outcome ``committed``; a later run that finds a dead run's data
 files with no outcome creates ``abandoned`` for it before it removes a single file. Both are
@@ -26,11 +21,12 @@ from typing import Any
 
 import orjson
 
+from celery_archive.archive.layout import DATA, MANIFESTS, OUTCOMES, RUNS, manifest_key, new_run_id, outcome_key, report_key, run_id_of
 from celery_archive.errors import LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink
 
-MANIFESTS, RUNS, DATA, OUTCOMES = "manifests/", "runs/", "data/", "outcomes/"
+__all__ = ["DATA", "MANIFESTS", "OUTCOMES", "RUNS", "manifest_key", "new_run_id", "outcome_key", "report_key", "run_id_of"]
 
 
 class Format(StrEnum):
@@ -53,9 +49,9 @@ COMMITTED, ABANDONED = State.COMMITTED, State.ABANDONED
 def _field(obj: dict[str, Any], name: str, where: str) -> Any:
     try:
         return obj[name]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError) as exc:
         raise SinkError(f"{where} has no {name!r}: it is damaged or not celery-archive's; "
-                        "`celery-archive verify` names the damage, `celery-archive manifest rebuild` writes it again") from None
+                        "`celery-archive verify` names the damage, `celery-archive manifest rebuild` writes it again") from exc
 
 
 @dataclass(frozen=True)
@@ -81,8 +77,8 @@ class FileEntry:
         f = functools.partial(_field, obj, where=where)
         try:
             fmt = Format(f("format"))
-        except ValueError:
-            raise SinkError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from None
+        except ValueError as exc:
+            raise SinkError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
         return cls(f("key"), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), f("sha256"), f("ids_sha256"),
                    f("min_date_done"), f("max_date_done"), dict(f("kinds")))
 
@@ -201,25 +197,16 @@ class Outcome:
         f = functools.partial(_field, obj, where=where)
         try:
             state = State(f("outcome"))
-        except ValueError:
-            raise SinkError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from None
+        except ValueError as exc:
+            raise SinkError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from exc
         manifest = Manifest.from_json(obj["manifest"], f"{where}'s manifest") if obj.get("manifest") is not None else None
         if state is State.COMMITTED and manifest is None:
             raise SinkError(f"{where} says committed but holds no manifest: it is damaged")
         return cls(f("run_id"), state, obj.get("at", ""), manifest, obj.get("by"))
 
 
-def new_run_id(now: dt.datetime) -> str:
-    """``YYYYMMDDTHHMMSSZ-uuuuuu``: the suffix is the microsecond in hex, so run ids sort in the
-    order the runs started even within one second ("the latest run" means the same everywhere);
-    runs on one archive are serialized by its lease, and outcomes are create-only besides."""
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06x}"
 
 
-def run_id_of(data_key: str) -> str:
-    """The run that wrote a data file, from its name ``<run_id>-<seq>.<ext>``."""
-    name = data_key.rsplit("/", 1)[-1]
-    return name.rsplit("-", 1)[0]
 
 
 def _load(sink: Sink, key: str) -> dict[str, Any]:
@@ -228,7 +215,7 @@ def _load(sink: Sink, key: str) -> dict[str, Any]:
     try:
         obj: dict[str, Any] = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise SinkError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from None
+        raise SinkError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from exc
     return obj
 
 
@@ -236,20 +223,15 @@ def write_json(sink: Sink, key: str, obj: dict[str, Any]) -> None:
     sink.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
-def manifest_key(run_id: str) -> str:
-    return f"{MANIFESTS}{run_id}.json"
 
 
-def report_key(run_id: str, purged: bool = True) -> str:
-    """``runs/<id>.json`` once purged; ``runs/<id>.kept.json`` for a --no-delete run (both write-once)."""
-    return f"{RUNS}{run_id}.json" if purged else f"{RUNS}{run_id}.kept.json"
 
 
 def load_manifest(sink: Sink, run_id: str) -> Manifest:
     try:
         return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
-    except ObjectNotFoundError:
-        raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from None
+    except ObjectNotFoundError as exc:
+        raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
 
 
 def committed_runs(sink: Sink) -> list[str]:
@@ -289,8 +271,6 @@ def uncommitted_files(sink: Sink, committed: set[str]) -> dict[str, list[str]]:
     return out
 
 
-def outcome_key(run_id: str) -> str:
-    return f"{OUTCOMES}{run_id}.json"
 
 
 def load_outcome(sink: Sink, run_id: str) -> Outcome | None:
@@ -310,11 +290,11 @@ def commit(sink: Sink, manifest: Manifest) -> None:
     run_id = manifest.run_id
     try:
         write_json(sink, outcome_key(run_id), Outcome(run_id, COMMITTED, _now(), manifest).to_json())
-    except ObjectExistsError:
+    except ObjectExistsError as exc:
         outcome = load_outcome(sink, run_id)
         if outcome is None or outcome.manifest is None or outcome.manifest.to_json() != manifest.to_json():
             raise LeaseLostError(f"run {run_id} was abandoned by run {outcome and outcome.by} (it found this run dead and "
-                                 "removed its files) before it could commit: nothing was deleted from the source; run again") from None
+                                 "removed its files) before it could commit: nothing was deleted from the source; run again") from exc
     publish(sink, manifest)
 
 
@@ -322,10 +302,10 @@ def publish(sink: Sink, manifest: Manifest) -> None:
     """Write the manifest of a committed run (again, after a crash or a loss: the same bytes)."""
     try:
         write_json(sink, manifest_key(manifest.run_id), manifest.to_json())
-    except ObjectExistsError:
+    except ObjectExistsError as exc:
         if load_manifest(sink, manifest.run_id).to_json() != manifest.to_json():
             raise SinkError(f"{manifest_key(manifest.run_id)} in {sink.url} differs from the run's commit record "
-                            f"({outcome_key(manifest.run_id)}); it was changed by hand: `celery-archive verify` names the damage") from None
+                            f"({outcome_key(manifest.run_id)}); it was changed by hand: `celery-archive verify` names the damage") from exc
 
 
 def abandon(sink: Sink, run_id: str, by: str) -> Outcome:

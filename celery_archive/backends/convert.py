@@ -63,10 +63,10 @@ def convert(rec: dict[str, Any], what: str, action: Any) -> Any:
         return action()
     except ConversionError as exc:
         raise ConversionError(f"{rec['kind']} {rec['task_id']} was archived from {rec['storage_format']} and cannot be "
-                              f"put into {what}: {exc}; restore it into the kind of backend it came from") from None
-    except Exception as exc:  # noqa: BLE001 - a payload kombu cannot read
+                              f"put into {what}: {exc}; restore it into the kind of backend it came from") from exc
+    except Exception as exc:
         raise ConversionError(f"{rec['kind']} {rec['task_id']}: its stored bytes cannot be converted for {what}: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def pickled(value: Any) -> bytes:

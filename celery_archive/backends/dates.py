@@ -48,8 +48,8 @@ def parse_version(text: str | None) -> Version:
     parts = str(text).split(".")
     try:
         return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise ConfigError(f"--celery-version {text!r}: give a version such as 5.3, 5.4.0 or 5.5.3") from None
+    except ValueError as exc:
+        raise ConfigError(f"--celery-version {text!r}: give a version such as 5.3, 5.4.0 or 5.5.3") from exc
 
 
 def _local_name() -> str | None:
@@ -87,9 +87,9 @@ def zone(name: str) -> dt.tzinfo:
             return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError(f"unknown time zone {name!r}: give an IANA name such as Europe/Berlin or America/New_York, "
-                          "UTC, or local (this machine's)") from None
+                          "UTC, or local (this machine's)") from exc
 
 
 _POSIX_OFFSET = re.compile(r"^<([+-])(\d\d)(\d\d)?>[+-]\d")  # PostgreSQL's name for SET timezone = '-03'
@@ -103,9 +103,9 @@ def session_tz(name: str) -> dt.tzinfo:
         return dt.timezone(dt.timedelta(minutes=minutes if m.group(1) == "+" else -minutes), name)
     try:
         return zone(name)
-    except ConfigError:
+    except ConfigError as exc:
         raise ConfigError(f"PostgreSQL's TimeZone for Celery's sessions is {name!r}, which is not a zone celery-archive "
-                          "can read: set an IANA name (ALTER DATABASE ... SET timezone = 'Europe/Berlin')") from None
+                          "can read: set an IANA name (ALTER DATABASE ... SET timezone = 'Europe/Berlin')") from exc
 
 
 def _zone_name(tz: dt.tzinfo) -> str:

@@ -61,9 +61,9 @@ def _flock(path: str) -> Iterator[None]:
     with open(path, "rb") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             raise LockError(f"another celery-archive run is archiving {path} (it holds the database file's archiver lock); "
-                            "run one archiver per backend, or wait for it to finish") from None
+                            "run one archiver per backend, or wait for it to finish") from exc
         yield
 
 

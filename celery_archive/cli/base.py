@@ -194,7 +194,7 @@ def _load_settings(ctx: click.Context, _param: click.Parameter, value: Path | No
     try:
         defaults, data = default_map(ctx.find_root().params.get("app"), value)
     except ArchiveError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(str(exc)) from exc
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["celery_archive.file"] = data
     return value

@@ -29,8 +29,8 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
         return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
     except ValueError:
         pass
-    except OverflowError:
-        raise ConfigError(f"{option} {value!r} is out of range once taken to UTC: give a later date") from None
+    except OverflowError as exc:
+        raise ConfigError(f"{option} {value!r} is out of range once taken to UTC: give a later date") from exc
     if not is_duration(value):
         raise ConfigError(f"{option} {value!r}: give a date (2026-01-31), a UTC time (2026-01-31T12:00) or an age (30d)")
     age = parse_duration(value, option)  # an age too long to reach back is named as such

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from celery_archive.archive.layout import data_key
 from celery_archive.archive.manifest import FileEntry, Format
 from celery_archive.errors import disk_error
 from celery_archive.formats import DEFAULT_COMPRESSION
@@ -210,10 +211,10 @@ class ArchiveWriter:
         if len(self._open) >= _MAX_OPEN:
             self._finish(next(iter(self._open)))
         self._seq += 1
-        name = f"{self.run_id}-{self._seq:05d}.{extension(self.fmt, self.compression)}"
-        path = self.spool_dir / name
+        key = data_key(day, self.run_id, self._seq, extension(self.fmt, self.compression))
+        path = self.spool_dir / key.rsplit("/", 1)[-1]
         writer: _FileWriter = _ParquetFile(path, self.compression, self._pool) if self.fmt == "parquet" else _JsonlFile(path, self.compression)
-        f = self._open[day] = _OpenFile(f"data/date={day.isoformat()}/{name}", path, writer)
+        f = self._open[day] = _OpenFile(key, path, writer)
         return f
 
     def _finish(self, day: dt.date) -> None:

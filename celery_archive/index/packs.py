@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats.locate import index_schema, locate
 from celery_archive.sinks import download
@@ -31,18 +32,10 @@ if TYPE_CHECKING:
 
     from celery_archive.sinks import Sink
 
-LOG, PACKS = "index/log/", "index/packs/"
+LOG, PACKS = INDEX_LOG, INDEX_PACKS
 COMPACT_AFTER = 8  # a run compacts the index once this many run files wait in the log
 _MAX_PACKS = 4096  # beyond 4096 x 4096 entries the packs grow instead
 _PER_PACK = 4096  # entries per pack aimed at (packs stay small: one read, parsed in ~1 ms)
-
-
-def delta_key(run_id: str) -> str:
-    return f"{LOG}run-{run_id}.parquet"
-
-
-def _pack_key(gen: int, buckets: int, bucket: int) -> str:
-    return f"{PACKS}{gen:06d}/{bucket:0{len(f'{buckets - 1:x}')}x}.parquet"
 
 
 def bucket_of(task_id: str, buckets: int) -> int:
@@ -102,7 +95,7 @@ def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]
             tables = [_read(sink, key) for key in st.deltas]
             if st.generation:
                 for b in sorted({bucket_of(t, st.buckets) for t in wanted}):
-                    tables.append(_read(sink, _pack_key(st.generation, st.buckets, b)))
+                    tables.append(_read(sink, pack_key(st.generation, st.buckets, b)))
         except ObjectNotFoundError:
             continue  # a compaction replaced what was listed: list again
         found: dict[str, list[dict[str, Any]]] = {}
@@ -230,8 +223,8 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
         part = pa.concat_tables([pq.read_table(p, columns=names) for p in paths]) if paths else index_schema().empty_table()
         part = part.group_by(names, use_threads=False).aggregate([]).select(names)  # a run file merged twice
         part = part.sort_by([("task_id", "ascending"), ("key", "ascending")]).cast(index_schema())
-        _put_table(sink, _pack_key(gen, buckets, b), part, spool)
-    sink.put_bytes(f"{LOG}packs-{gen:06d}-{buckets}.ok", b"")  # the commit point
+        _put_table(sink, pack_key(gen, buckets, b), part, spool)
+    sink.put_bytes(pack_marker_key(gen, buckets), b"")  # the commit point
     for key in [*st.deltas, *st.markers]:
         sink.delete(key)
     for o in sink.list(PACKS):
@@ -244,7 +237,7 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
 
 
 def _pack_keys(st: IndexState) -> list[str]:
-    return [_pack_key(st.generation, st.buckets, b) for b in range(st.buckets)] if st.generation else []
+    return [pack_key(st.generation, st.buckets, b) for b in range(st.buckets)] if st.generation else []
 
 
 def _count(sink: Sink, keys: Iterable[str]) -> int:

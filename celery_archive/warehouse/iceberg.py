@@ -26,8 +26,8 @@ def _table(catalog_name: str, ident: str) -> Any:
         from pyiceberg.catalog import load_catalog
         from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
         from pyiceberg.transforms import DayTransform
-    except ImportError:
-        raise ConfigError("Iceberg needs pyiceberg: pip install 'celery-archive[iceberg]'") from None
+    except ImportError as exc:
+        raise ConfigError("Iceberg needs pyiceberg: pip install 'celery-archive[iceberg]'") from exc
     if "." not in ident:
         raise ConfigError(f"--iceberg-table {ident!r}: use NAMESPACE.TABLE")
     catalog = load_catalog(catalog_name)
@@ -86,6 +86,6 @@ def append_runs(sink: Sink, catalog_name: str, ident: str) -> list[str]:
         return added
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pyiceberg and its catalogs raise many kinds
+    except Exception as exc:
         raise SinkError(f"appending to Iceberg table {ident} (catalog {catalog_name}) failed: {type(exc).__name__}: {exc}; "
-                        "the archive itself is complete, and the next run appends what is missing") from None
+                        "the archive itself is complete, and the next run appends what is missing") from exc

@@ -151,7 +151,7 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise ConfigError(f"the query failed: {exc}; the table is `{TABLE}` (the record schema plus `date`)") from None
+        raise ConfigError(f"the query failed: {exc}; the table is `{TABLE}` (the record schema plus `date`)") from exc
     kinds = [st.type for st in statements]
     if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
         got = " + ".join(k.name for k in kinds) or "an empty query"

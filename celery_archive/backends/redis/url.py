@@ -39,7 +39,7 @@ def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return kind(value)
         except ValueError:
-            raise ValueError(f"use a{'n integer' if kind is int else ' number'}") from None
+            raise ValueError(f"use a{'n integer' if kind is int else ' number'}") from None  # not chained: the cause would repeat the URL, password included
 
     return parse
 
@@ -93,7 +93,7 @@ def _options(url: str, query: str, allowed: dict[str, Callable[[str], Any]]) -> 
         try:
             out[name] = allowed[name](value)
         except ValueError as exc:
-            raise _bad(url, f"{name}={value!r}: {exc}") from None
+            raise _bad(url, f"{name}={value!r}: {exc}") from None  # not chained: the cause would repeat the URL, password included
     return out
 
 
@@ -136,5 +136,5 @@ def _port(url: str, p: Any, default: int) -> int:
     try:
         port = p.port
     except ValueError:
-        raise _bad(url, "the port is not a number from 1 to 65535") from None
+        raise _bad(url, "the port is not a number from 1 to 65535") from None  # not chained: the cause would repeat the URL, password included
     return int(port) if port else default

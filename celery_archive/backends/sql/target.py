@@ -28,8 +28,8 @@ class SqlTarget:
         try:
             with self._engine.connect() as conn:
                 return {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(name, schema=schema)}
-        except sa.exc.NoSuchTableError:
-            raise SourceError(f"no table {name} in {self.display_url}: {missing}") from None
+        except sa.exc.NoSuchTableError as exc:
+            raise SourceError(f"no table {name} in {self.display_url}: {missing}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise backend_error(self.display_url, "connecting to", exc, self._url.password) from exc
 

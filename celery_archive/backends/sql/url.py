@@ -26,6 +26,7 @@ def parse_source_url(url: str) -> sa.URL:
     try:
         u = sa.make_url(url[3:])
     except sa.exc.ArgumentError:
+        # not chained: the cause would repeat the URL, password included
         raise ConfigError("cannot parse the --source URL; expected e.g. db+postgresql+psycopg://user@host/db") from None
     if u.drivername == "postgresql" and not _module_available("psycopg2"):
         u = u.set(drivername="postgresql+psycopg")
@@ -40,8 +41,8 @@ def parse_source_url(url: str) -> sa.URL:
         dialect = u.get_dialect()
         if adbc_uri(u) is None:  # on PostgreSQL, ADBC does the work: the driver loads only if needed
             dialect.import_dbapi()
-    except (sa.exc.NoSuchModuleError, ImportError):
-        raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from None
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"no database driver for {u.drivername!r}: install it (for example `pip install psycopg` or `pip install pymysql`)") from exc
     return u
 
 
