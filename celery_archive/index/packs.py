@@ -15,6 +15,7 @@ object stays write-once, and a reader that raced a compaction simply lists again
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -186,15 +187,9 @@ class CompactReport:
 def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | None = None) -> CompactReport:
     """Merge the log's run files and the current packs into a new pack generation (or, with
     ``rebuilt`` = (entries, how many), replace the whole index with those). Call under the
-    run lock."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
-
+    archive's lease. Readers see the old generation until the new one's marker exists."""
     st = state(sink)
-    for o in sink.list(PACKS):  # packs of a compaction that died before its marker
-        if int(o.key[len(PACKS):].split("/", 1)[0]) > st.generation:
-            sink.delete(o.key)
+    _drop_unfinished(sink, st)
     if rebuilt is None and not st.deltas and st.generation:
         return CompactReport(st.generation, st.buckets, _count(sink, _pack_keys(st)), 0)
     if rebuilt is not None:
@@ -202,38 +197,70 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
     else:
         keys = [*_pack_keys(st), *st.deltas]
         inputs, total = (_read(sink, key) for key in keys), _count(sink, keys)
+    buckets = bucket_count(total)
+    gen = st.generation + 1
+    spooled = spool / "index-compact"
+    try:
+        _spool_by_bucket(inputs, buckets, spooled)
+        _write_packs(sink, spooled, gen, buckets, spool)
+    finally:
+        shutil.rmtree(spooled, ignore_errors=True)
+    sink.put_bytes(pack_marker_key(gen, buckets), b"")  # the commit point
+    _retire(sink, st, gen)
+    return CompactReport(gen, buckets, total, len(st.deltas))
+
+
+def bucket_count(total: int) -> int:
+    """Packs for ``total`` entries: a power of two from 16, about _PER_PACK entries each, at most _MAX_PACKS."""
     buckets = 16
     while buckets < _MAX_PACKS and buckets * _PER_PACK < total:
         buckets *= 2
-    spooled = spool / "index-compact"
-    schema = index_schema().append(pa.field("bucket", pa.int32()))
+    return buckets
+
+
+def _drop_unfinished(sink: Sink, st: IndexState) -> None:
+    """Packs of a compaction that died before its marker (a generation above the current)."""
+    for o in sink.list(PACKS):
+        if int(o.key[len(PACKS):].split("/", 1)[0]) > st.generation:
+            sink.delete(o.key)
+
+
+def _spool_by_bucket(inputs: Iterable[pa.Table], buckets: int, spooled: Path) -> None:
+    """Every entry, spooled to local files partitioned by its bucket (memory stays one batch)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
 
     def batches() -> Iterator[pa.RecordBatch]:
         for t in inputs:
             b = pa.array([bucket_of(x, buckets) for x in t.column("task_id").to_pylist()], pa.int32())
             yield from t.cast(index_schema()).append_column("bucket", b).to_batches()
 
-    ds.write_dataset(batches(), spooled, schema=schema, format="parquet", max_partitions=buckets,
-                     partitioning=ds.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive"),
+    ds.write_dataset(batches(), spooled, schema=index_schema().append(pa.field("bucket", pa.int32())), format="parquet",
+                     max_partitions=buckets, partitioning=ds.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive"),
                      existing_data_behavior="delete_matching")
-    gen = st.generation + 1
+
+
+def _write_packs(sink: Sink, spooled: Path, gen: int, buckets: int, spool: Path) -> None:
+    """One pack per bucket: its entries deduplicated (a run file merged twice) and sorted by id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     names = index_schema().names
     for b in range(buckets):
         paths = sorted((spooled / f"bucket={b}").glob("*.parquet"))
         part = pa.concat_tables([pq.read_table(p, columns=names) for p in paths]) if paths else index_schema().empty_table()
-        part = part.group_by(names, use_threads=False).aggregate([]).select(names)  # a run file merged twice
+        part = part.group_by(names, use_threads=False).aggregate([]).select(names)
         part = part.sort_by([("task_id", "ascending"), ("key", "ascending")]).cast(index_schema())
         _put_table(sink, pack_key(gen, buckets, b), part, spool)
-    sink.put_bytes(pack_marker_key(gen, buckets), b"")  # the commit point
+
+
+def _retire(sink: Sink, st: IndexState, gen: int) -> None:
+    """After the new generation's marker: the run files it merged, older markers and packs."""
     for key in [*st.deltas, *st.markers]:
         sink.delete(key)
     for o in sink.list(PACKS):
         if int(o.key[len(PACKS):].split("/", 1)[0]) < gen:
             sink.delete(o.key)
-    import shutil
-
-    shutil.rmtree(spooled, ignore_errors=True)
-    return CompactReport(gen, buckets, total, len(st.deltas))
 
 
 def _pack_keys(st: IndexState) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,18 +23,18 @@ from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, op
 from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.formats.writer import ArchiveWriter
 from celery_archive.index.packs import COMPACT_AFTER, compact, state
-from celery_archive.pipeline.commit import Checks, finish, manifest_of
+from celery_archive.pipeline.commit import Checks, finish
+from celery_archive.pipeline.extract import Progress, batches
 from celery_archive.pipeline.lease import FencedSink, Lease
 from celery_archive.pipeline.metrics import write_metrics
 from celery_archive.pipeline.recover import recover
+from celery_archive.pipeline.write import write_and_commit
 from celery_archive.sinks import open_sink
 from celery_archive.spool import spool_dir
 from celery_archive.times import iso
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
     from celery_archive.pipeline.rules import Applied
 
@@ -116,35 +116,7 @@ def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunRepo
                         iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source))
 
 
-Progress = Callable[[int], None]  # called with the number of results taken so far
 Warn = Callable[[str], None]  # called with what the run doubts, before it deletes anything
-
-
-def _extract(source: Source, cfg: RunConfig, cutoff: dt.datetime, run_id: str, now: dt.datetime,
-             applied: Applied | None, progress: Progress | None, started: float,
-             stop: threading.Event | None) -> Iterator[pa.Table]:
-    """The run's record batches: the policy applied, throttled to --max-rate, ended at a batch
-    boundary once --max-runtime has passed or ``stop`` is set (``StopEarly`` is then raised
-    after the last one)."""
-    taken = 0
-    for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
-        if applied is not None:
-            cols = applied.apply(cols)
-        taken += cols.num_rows
-        yield cols
-        if progress is not None:
-            progress(taken)
-        if stop is not None and stop.is_set():
-            raise StopEarly("signal")
-        elapsed = time.perf_counter() - started
-        if cfg.max_rate and taken / cfg.max_rate > elapsed:
-            time.sleep(taken / cfg.max_rate - elapsed)
-        if cfg.max_runtime and time.perf_counter() - started >= cfg.max_runtime.total_seconds():
-            raise StopEarly("max_runtime")
-
-
-class StopEarly(Exception):
-    """--max-runtime reached, or a stop asked for, at a batch boundary (args[0]: which)."""
 
 
 def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Callable[[], None]) -> int:
@@ -209,29 +181,14 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     """The run proper, with the lease held: recover, extract and write, commit, finish."""
     recovered = recover(sink, source, spool, cfg, run_id, lease.check)
     checks = Checks(sink, run_id, spool, cfg)
-    writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool,
-                           on_put=checks.verifier.submit)
     applied = None
     if cfg.policy is not None:
         from celery_archive.pipeline.rules import Applied
 
         applied = Applied(cfg.policy, now, spool, source.purge_columns, cfg.expiring_within)
-    selected, stopped_by = 0, None
-    try:
-        try:
-            for cols in _extract(source, cfg, cutoff, run_id, now, applied, progress, started, stop):
-                selected += cols.num_rows
-                writer.write(cols)
-        except StopEarly as why:
-            stopped_by = str(why.args[0])
-        entries = writer.close()
-        manifest = manifest_of(run_id, now, cutoff, source, cfg, entries, selected, applied.counts() if applied else None)
-        lease.check()
-        mf.commit(sink, manifest)  # the commit point
-    except BaseException:
-        writer.abort()
-        checks.abandon()
-        raise
+    written = write_and_commit(sink, source, cfg, run_id, now, cutoff, spool, checks, batches(
+        source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
+    manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
     verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if len(state(sink).deltas) >= COMPACT_AFTER:
