@@ -1,6 +1,7 @@
-"""The archive's layout and its small JSON objects: outcomes (each run's one decision,
-committed or abandoned), manifests (the committed run's files, as readers find them), run
-reports (written once a run's purge is done). The lease is in lease.py, the index in index.py.
+"""The archive's small JSON objects, typed: outcomes (each run's one decision, committed or
+abandoned), manifests (the committed run's files, as readers find them), run reports (written
+once a run's purge is done). Their keys are in layout.py, the lease in pipeline/lease.py, the
+restore index in index/packs.py.
 
 (Their keys: layout.py.)
 

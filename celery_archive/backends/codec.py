@@ -136,8 +136,9 @@ def _default(obj: Any) -> Any:
 def to_json_text(obj: Any) -> bytes:
     """UTF-8 JSON text for a decoded value (datetimes ISO 8601, decimals and UUIDs as strings)."""
     out = orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
-    # orjson's output keeps a 4 KiB allocation however short the JSON: 10,000 results held
-    # 160 MiB. A copy of exactly its length lets that go.
+    # orjson's output keeps a 4 KiB allocation however short the JSON, so a batch of short
+    # values would hold many times its size (tests/test_memory.py); a copy of exactly its
+    # length lets that go.
     return bytes(memoryview(out)) if len(out) < 2048 else out
 
 
@@ -152,8 +153,9 @@ def _kombu_hook(obj: dict[str, Any]) -> Any:
 MAX_INFLATED = 64 * 1024**2
 """The most a compressed payload (Celery 5.7 result_compression) may inflate to. A 2 MB zlib
 payload can inflate to 2 GB: beyond this bound it is not inflated; its stored bytes are
-archived as they are, with a decode_error. 64 MiB keeps a run's memory bounded even where a
-payload becomes Python objects (several times its size) before its JSON copy is made."""
+archived as they are, with a decode_error. The bound keeps a run's memory bounded even where
+a payload becomes Python objects (several times its size) before its JSON copy is made
+(tests/test_bomb.py)."""
 
 
 class TooLarge(UnsafePayload):

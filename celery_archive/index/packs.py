@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LOG, PACKS = INDEX_LOG, INDEX_PACKS
 COMPACT_AFTER = 8  # a run compacts the index once this many run files wait in the log
 _MAX_PACKS = 4096  # beyond 4096 x 4096 entries the packs grow instead
-_PER_PACK = 4096  # entries per pack aimed at (packs stay small: one read, parsed in ~1 ms)
+_PER_PACK = 4096  # entries per pack aimed at (a pack stays small: one read, quick to parse)
 
 
 def bucket_of(task_id: str, buckets: int) -> int:

@@ -1,6 +1,6 @@
 """A run: extract -> serialize -> sink -> commit -> verify -> purge, under the archive's lease
 (lease.py: every change to the archive and every purge batch is fenced by it) and the
-backend's archiver lock (source_lock.py: one archiver per backend).
+backend's archiver lock (backends/lock.py: one archiver per backend).
 
 Before taking anything new, a run settles every earlier run that died (recover.py): files of
 runs that never committed are removed once their abandonment is decided, committed runs whose

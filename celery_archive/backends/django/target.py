@@ -1,4 +1,4 @@
-"""Putting results back into django-celery-results' tables (see putback.py): the row with the
+"""Putting results back into django-celery-results' tables (the conversions: ../convert.py): the row with the
 column values it was archived with (dates included), so that ``AsyncResult(id).get()`` in the
 Django project returns the original value again."""
 

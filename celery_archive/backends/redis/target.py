@@ -1,4 +1,4 @@
-"""Putting results back into Celery's Redis backend (see putback.py)."""
+"""Putting results back into Celery's Redis backend (the conversions: ../convert.py)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def _last(values: Any) -> Any:
 
 
 class SqlSource:
-    """Celery's own tables. A subclass reading other tables the same way (django_source.py)
+    """Celery's own tables. A subclass reading other tables the same way (django/source.py)
     sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
 
     purge_columns: tuple[str, ...] = ("source_id", "status", "date_done", "raw_date_done")

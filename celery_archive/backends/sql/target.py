@@ -1,4 +1,4 @@
-"""Putting results back into Celery's database backend (see putback.py)."""
+"""Putting results back into Celery's database backend (the conversions: ../convert.py)."""
 
 from __future__ import annotations
 
