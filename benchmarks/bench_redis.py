@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import redis
-from common import measure, write_samples
+from common import measure, rotated, write_samples
 
 URL = os.environ.get("CA_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 HERE = Path(__file__).resolve().parent
@@ -70,8 +70,8 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {"celery-archive run": [], "seed-style": []}
     if args.baseline_bin:
         results["baseline run"] = []
-    for _ in range(args.repeats):
-        for label in results:
+    for r in range(args.repeats):
+        for label in rotated(list(results), r):
             populate(sample, args.results)
             time.sleep(1.1)  # every result is now older than --older-than 1s
             with tempfile.TemporaryDirectory() as tmp:

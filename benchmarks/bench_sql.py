@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
-from common import measure, write_samples
+from common import measure, rotated, write_samples
 
 ADMIN = os.environ.get("CA_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 HERE = Path(__file__).resolve().parent
@@ -103,8 +103,8 @@ def main() -> None:
     cleanup_code = ("import sys, datetime; from celery import Celery; app = Celery('b', backend=sys.argv[1]); "
                     "app.conf.result_expires = datetime.timedelta(days=30); app.backend.cleanup()")
     try:
-        for _ in range(args.repeats):
-            for label in results:
+        for r in range(args.repeats):
+            for label in rotated(list(results), r):
                 db = clone(template)
                 try:
                     with tempfile.TemporaryDirectory() as tmp:

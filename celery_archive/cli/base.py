@@ -73,11 +73,27 @@ def stop_on_signals() -> Iterator[threading.Event]:
 def system_allocator() -> Iterator[None]:
     """Arrow's default allocator (mimalloc) keeps memory it freed, so a long run's peak RSS
     grows with what it ever held at once; the commands that stream many records allocate
-    through the system allocator instead (benchmarks/bench_sql.py reports the peak), and put
-    Arrow's default back afterwards. A pool the user chose (ARROW_DEFAULT_MEMORY_POOL) stands."""
+    through the system allocator instead (benchmarks/bench_sql.py reports the peak).
+
+    Arrow picks its allocator once, from ARROW_DEFAULT_MEMORY_POOL, when it is first asked
+    for one: so if pyarrow is not loaded yet, it is loaded here with that variable set for the
+    moment it takes, and the environment is as it was before anything else runs. If pyarrow is
+    loaded already (an -A app loaded it), its Python-side default pool is switched for the
+    command and put back afterwards. A pool the user chose (the variable set) stands."""
     import os
 
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    name = "ARROW_DEFAULT_MEMORY_POOL"
+    if os.environ.get(name):
+        yield
+        return
+    if "pyarrow" not in sys.modules:
+        os.environ[name] = "system"
+        try:
+            import pyarrow as pa
+
+            pa.default_memory_pool()  # the choice is made now, once for the process
+        finally:
+            del os.environ[name]
         yield
         return
     import pyarrow as pa
@@ -88,6 +104,29 @@ def system_allocator() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(previous)
+
+
+@contextlib.contextmanager
+def frozen_once_started() -> Iterator[Callable[[], None]]:
+    """A run's libraries (SQLAlchemy, pyarrow, a driver: objects that live as long as the
+    process) are loaded by its first batch; calling the yielded function then moves them out of
+    the cycle collector's way (gc.freeze) for the rest of the run, and leaving puts them back
+    (gc.unfreeze), so the collector is as it was. Only what was frozen here is unfrozen."""
+    import gc
+
+    frozen = False
+
+    def started() -> None:
+        nonlocal frozen
+        if not frozen and gc.isenabled() and gc.get_freeze_count() == 0:
+            gc.freeze()
+            frozen = True
+
+    try:
+        yield started
+    finally:
+        if frozen:
+            gc.unfreeze()
 
 
 def handle_errors(command: str, heavy: bool = False) -> Callable[[F], F]:

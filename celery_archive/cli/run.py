@@ -11,6 +11,7 @@ from celery_archive.cli.base import (
     SINK_HELP,
     _human_bytes,
     emit,
+    frozen_once_started,
     handle_errors,
     json_option,
     main,
@@ -64,8 +65,13 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     from celery_archive.settings import run_config
 
     cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
-    with progress_reporter(as_json) as show, stop_on_signals() as stop:
-        report = run_archive(cfg, progress=show, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
+    with progress_reporter(as_json) as show, stop_on_signals() as stop, frozen_once_started() as started:
+
+        def progress(n: int) -> None:
+            started()
+            show(n)
+
+        report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
                              warn=lambda note: click.echo(f"warning: {note}", err=True))
     if as_json:
         emit(report.to_json())
