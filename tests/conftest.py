@@ -273,3 +273,53 @@ def new_bucket(client: Any, lock: bool = False) -> str:
     name = f"ca-{secrets.token_hex(4)}"
     client.create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True} if lock else {}))
     return name
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The Redis server of the tests (CA_TEST_REDIS), checked to answer."""
+    import redis
+    from helpers import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); run `bash scripts/services.sh`")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_server: str) -> Iterator[str]:
+    """A global_keyprefix of this test's own on the Redis server; its keys are removed after."""
+    import redis
+
+    p = f"ca{secrets.token_hex(4)}_"
+    yield p
+    client = redis.Redis.from_url(redis_server)
+    for key in client.scan_iter(match=f"{p}*"):
+        client.delete(key)
+    client.close()
+
+
+BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis")
+"""Every result backend the contract suites run against (tests/backends.py)."""
+
+
+@pytest.fixture(scope="module", params=BACKEND_KINDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Each result backend (tests/backends.py), made once per test module."""
+    from backends import open_backend
+
+    if request.param == "redis":
+        request.getfixturevalue("redis_server")
+    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture
+def backend(served: Any) -> Any:
+    """Each result backend, emptied for this test."""
+    served.reset()
+    return served
