@@ -78,11 +78,18 @@ class Backend:
     def config(self, sink: Path | str = "unused", older_than: str = "1s", **kw: Any) -> RunConfig:
         return RunConfig(source=self.url, sink=str(sink), older_than=parse_duration(older_than), **kw)
 
-    # writing, as the backend's own code does
-    def store(self, tid: str, result: Any, state: str = "SUCCESS") -> None: ...
-    def fail(self, tid: str) -> None: ...
-    def revoke(self, tid: str) -> None: ...
-    def group(self, gid: str, children: list[str]) -> None: ...
+    # writing, as the backend's own code does (``app``'s, where it runs in this process)
+    def store(self, tid: str, result: Any, state: str = "SUCCESS") -> None:
+        self.app.backend.store_result(tid, result, state, request=_request(tid, "shop.checkout"))
+
+    def fail(self, tid: str) -> None:
+        _fail(self.app.backend, tid)
+
+    def revoke(self, tid: str) -> None:
+        self.app.backend.mark_as_revoked(tid, "terminated", request=_request(tid, "shop.slow"))
+
+    def group(self, gid: str, children: list[str]) -> None:
+        raise NotImplementedError
 
     def forget(self, tid: str) -> None:
         """Remove a result (AsyncResult.forget(), as an app does)."""
@@ -146,15 +153,6 @@ class SqlBackend(Backend):
         self.port = {"postgresql": 5432, "mysql": 3306}.get(self.dialect)
         self.app = celery_app(self.url)
         self.where = "celery_taskmeta"
-
-    def store(self, tid: str, result: Any, state: str = "SUCCESS") -> None:
-        self.app.backend.store_result(tid, result, state, request=_request(tid, "shop.checkout"))
-
-    def fail(self, tid: str) -> None:
-        _fail(self.app.backend, tid)
-
-    def revoke(self, tid: str) -> None:
-        self.app.backend.mark_as_revoked(tid, "terminated", request=_request(tid, "shop.slow"))
 
     def group(self, gid: str, children: list[str]) -> None:
         from celery.result import AsyncResult, GroupResult
@@ -311,15 +309,6 @@ class RedisBackend(Backend):
 
     def config(self, sink: Path | str = "unused", older_than: str = "1s", **kw: Any) -> RunConfig:
         return super().config(sink, older_than, key_prefix=self.prefix, **kw)
-
-    def store(self, tid: str, result: Any, state: str = "SUCCESS") -> None:
-        self.app.backend.store_result(tid, result, state, request=_request(tid, "shop.checkout"))
-
-    def fail(self, tid: str) -> None:
-        _fail(self.app.backend, tid)
-
-    def revoke(self, tid: str) -> None:
-        self.app.backend.mark_as_revoked(tid, "terminated", request=_request(tid, "shop.slow"))
 
     def group(self, gid: str, children: list[str]) -> None:
         from celery.result import AsyncResult, GroupResult

@@ -40,11 +40,16 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-def test_importing_and_running_the_cli_change_no_process_state(sqlite_url: str, tmp_path: Path) -> None:
-    app = celery_app(sqlite_url)
-    for i in range(3):
+def old_results(url: str, n: int) -> None:
+    """``n`` results written by Celery's DatabaseBackend, 40 days old."""
+    app = celery_app(url)
+    for i in range(n):
         app.backend.store_result(f"ok-{i}", {"n": i}, "SUCCESS")
-    age_rows(sqlite_url, 40)
+    age_rows(url, 40)
+
+
+def test_importing_and_running_the_cli_change_no_process_state(sqlite_url: str, tmp_path: Path) -> None:
+    old_results(sqlite_url, 3)
     proc = subprocess.run([sys.executable, "-c", PROBE, sqlite_url, str(tmp_path / "archive")], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,10 +72,7 @@ def test_importing_and_running_the_cli_change_no_process_state(sqlite_url: str, 
 
 
 def test_an_app_that_imports_polars_works_with_dash_a(sqlite_url: str, tmp_path: Path) -> None:
-    app = celery_app(sqlite_url)
-    for i in range(4):
-        app.backend.store_result(f"ok-{i}", {"n": i}, "SUCCESS")
-    age_rows(sqlite_url, 40)
+    old_results(sqlite_url, 4)
     (tmp_path / "proj_app.py").write_text(textwrap.dedent(f'''
         import polars as pl
         from celery import Celery

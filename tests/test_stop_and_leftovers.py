@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, table_rows
-from test_lease_processes import SLOW, assert_each_once, data_keys, fill, start, wait_for
+from helpers import wait_for
+from test_lease_processes import SLOW, assert_each_once, data_keys, fill, start
 from test_recovery import HARNESS, lease_state
 
 from celery_archive.sinks import open_sink

@@ -13,8 +13,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from conftest import age_rows, celery_app, cli, reset_database, run_celery
-from helpers import read_archive, utc
-from test_redis_source import REDIS_URL
+from helpers import REDIS_URL, read_archive, utc
 from test_time import pg_new_york, stored_texts, write  # noqa: F401 - pg_new_york is a fixture
 
 UTC = dt.timezone.utc
