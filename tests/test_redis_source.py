@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import cli
-from helpers import REDIS_URL, Hostile, after_extract, archive, free_port, keys, later, read_archive, redis_app, write_redis_results
+from helpers import REDIS_URL, Hostile, after_extract, archive, free_port, keys, later, read_archive, redis_app, wait_for, write_redis_results
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle", "yaml"])
@@ -113,6 +112,14 @@ def test_results_about_to_expire_and_results_that_never_do(prefix: str, tmp_path
     assert set(read_archive(tmp_path / "a3")) == {"forever-0"} and aged.source_counts["no_ttl"] == 1
 
 
+def answers(ask: Any) -> bool:
+    """Whether a server that is starting answers ``ask`` (truthy) yet."""
+    try:
+        return bool(ask())
+    except redis.ConnectionError:
+        return False
+
+
 def _redis_server(*args: str) -> Any:
     import shutil
     import subprocess
@@ -130,12 +137,7 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
     port, sock = free_port(), workdir / "redis.sock"
     proc = _redis_server("--bind", "127.0.0.1", "--port", str(port), "--unixsocket", str(sock), "--requirepass", "the-right-one",
                          "--save", "", "--appendonly", "no", "--dir", str(workdir))
-    for _ in range(100):
-        try:
-            redis.Redis(port=port, password="the-right-one").ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    wait_for(lambda: answers(lambda: redis.Redis(port=port, password="the-right-one").ping()), what="our Redis server")
     yield port, sock
     proc.terminate()
     proc.wait()
@@ -156,13 +158,8 @@ def test_redis_socket_and_sentinel_urls(own_redis: tuple[int, Path], tmp_path: P
                     "sentinel auth-pass mymaster the-right-one\n")
     sentinel = _redis_server(str(conf), "--sentinel")
     try:
-        for _ in range(100):
-            try:
-                if redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("mymaster"):
-                    break
-            except redis.ConnectionError:
-                pass
-            time.sleep(0.05)
+        wait_for(lambda: answers(lambda: redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("mymaster")),
+                 what="the sentinel to know its master")
         for n, url, extra in [
             (0, f"redis+socket://:the-right-one@{sock}?virtual_host=3", []),
             (1, f"sentinel://:the-right-one@127.0.0.1:{sentinel_port}/3", ["--master-name", "mymaster"]),
