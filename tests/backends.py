@@ -4,25 +4,21 @@ and Celery's Redis backend. Each writes results with the backend's own code (Cel
 DatabaseBackend and RedisBackend in this process; django-celery-results in one Django process
 per module, tests/django_results.py ``serve``) and reads them back with AsyncResult.
 
-Every test gets the same results (``write_standard``): OLD finished results and a saved group,
+django-celery-results' side is in tests/django_backend.py. Every test gets the same results (``write_standard``): OLD finished results and a saved group,
 older than the cutoff it returns; one result that is not finished (STARTED) and one YOUNG one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
-from conftest import MYSQL_ADMIN, PG_ADMIN, ROOT, _fresh_database, age_rows, celery_app, table_rows
+from conftest import MYSQL_ADMIN, PG_ADMIN, _fresh_database, age_rows, celery_app, table_rows
 from helpers import REDIS_URL, keys, redis_app
 
 from celery_archive import RunConfig, parse_duration
@@ -144,13 +140,39 @@ class Backend:
         pass
 
 
-class SqlBackend(Backend):
-    """Celery's DatabaseBackend (SQLAlchemy) in this process."""
+class OnDatabase(Backend):
+    """A backend in a SQL database (``db``: its SQLAlchemy URL); ``scheme`` starts celery-archive's URL of it."""
 
-    def __init__(self, kind: str, db: str) -> None:  # db: the SQLAlchemy URL, no db+
-        self.kind, self.db, self.url = kind, db, "db+" + db
+    scheme: str
+
+    def __init__(self, kind: str, db: str) -> None:
+        self.kind, self.db, self.url = kind, db, self.scheme + db
         self.dialect = sa.make_url(db).get_backend_name()
         self.port = {"postgresql": 5432, "mysql": 3306}.get(self.dialect)
+
+    def connections(self) -> int:
+        if self.dialect == "sqlite":
+            return own_connections(path=sa.make_url(self.db).database)
+        return super().connections()
+
+    def with_password(self) -> str:
+        """The URL with the user's password SECRET (SQLite has none: it shows as given)."""
+        return self.url.replace("://root@", f"://root:{SECRET}@").replace("://postgres@", f"://postgres:{SECRET}@")
+
+    def unreachable(self) -> str:
+        u = sa.make_url(self.db)
+        if u.get_backend_name() == "sqlite":
+            return f"{self.scheme}sqlite:///{Path(u.database or '').parent / 'no-such-dir' / 'r.db'}"
+        return f"{self.scheme}{u.drivername}://someone:{SECRET}@127.0.0.1:1/nothing"
+
+
+class SqlBackend(OnDatabase):
+    """Celery's DatabaseBackend (SQLAlchemy) in this process."""
+
+    scheme = "db+"
+
+    def __init__(self, kind: str, db: str) -> None:
+        super().__init__(kind, db)
         self.app = celery_app(self.url)
         self.where = "celery_taskmeta"
 
@@ -177,11 +199,6 @@ class SqlBackend(Backend):
     def held(self) -> set[str]:
         return {str(k) for rows in self.snapshot().values() for k in rows}
 
-    def connections(self) -> int:
-        if self.dialect == "sqlite":
-            return own_connections(path=sa.make_url(self.db).database)
-        return super().connections()
-
     def reset(self) -> None:
         self.store("seed", 1)  # Celery makes its tables on first use
         engine = sa.create_engine(self.db)
@@ -189,12 +206,6 @@ class SqlBackend(Backend):
             conn.exec_driver_sql("DELETE FROM celery_taskmeta")
             conn.exec_driver_sql("DELETE FROM celery_tasksetmeta")
         engine.dispose()
-
-    def with_password(self) -> str:
-        return _with_password(self.url)
-
-    def unreachable(self) -> str:
-        return _unreachable("db+", self.db)
 
     def no_results_here(self) -> tuple[RunConfig, str]:
         return self.config(task_table="no_such_results"), "no_such_results"
@@ -207,94 +218,6 @@ class SqlBackend(Backend):
         engine.dispose()
         age_rows(self.url, 40, where="task_id IS NULL")
         return "no_task_id", "celery_taskmeta"
-
-
-class DjangoBackend(Backend):
-    """django-celery-results' DatabaseBackend, in one Django process of the test module's."""
-
-    TABLES = ("django_celery_results_taskresult", "django_celery_results_groupresult")
-
-    def __init__(self, kind: str, db: str, empty_db: str) -> None:
-        self.kind, self.db, self.url, self.empty_db = kind, db, "django+" + db, empty_db
-        self.dialect = sa.make_url(db).get_backend_name()
-        self.port = {"postgresql": 5432, "mysql": 3306}.get(self.dialect)
-        self.where = self.TABLES[0]
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "django_results.py"), "serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "CA_DJANGO_DB": db})
-        self.call("migrate")
-
-    def call(self, op: str, **args: Any) -> Any:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline() or '{"error": "the Django process ended"}')
-        if "error" in answer:
-            pytest.fail(f"django-celery-results {op}: {answer['error']}")
-        return answer["ok"]
-
-    def store(self, tid: str, result: Any, state: str = "SUCCESS") -> None:
-        self.call("store", id=tid, result=result, state=state)
-
-    def fail(self, tid: str) -> None:
-        self.call("fail", id=tid)
-
-    def forget(self, tid: str) -> None:
-        self.call("forget", id=tid)
-
-    def revoke(self, tid: str) -> None:
-        self.call("revoke", id=tid)
-
-    def group(self, gid: str, children: list[str]) -> None:
-        self.call("group", id=gid, children=children)
-
-    def split(self) -> dt.datetime:
-        self.call("age", days=40)
-        return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=20)
-
-    def get(self, tid: str) -> tuple[str, Any]:
-        state, result = self.call("get", ids=[tid])[tid]
-        return state, result
-
-    def group_children(self, gid: str) -> list[str] | None:
-        children: list[str] | None = self.call("get", ids=[gid], kind="group")[gid]
-        return children
-
-    def snapshot(self) -> dict[str, Any]:
-        engine = sa.create_engine(self.db)
-        with engine.connect() as conn:
-            out = {t: sorted(tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t}"))) for t in self.TABLES}
-        engine.dispose()
-        return out
-
-    def held(self) -> set[str]:
-        engine = sa.create_engine(self.db)
-        with engine.connect() as conn:
-            ids = {r[0] for r in conn.execute(sa.text(f"SELECT task_id FROM {self.TABLES[0]}"))}
-            ids |= {r[0] for r in conn.execute(sa.text(f"SELECT group_id FROM {self.TABLES[1]}"))}
-        engine.dispose()
-        return ids
-
-    def connections(self) -> int:
-        if self.dialect == "sqlite":
-            return own_connections(path=sa.make_url(self.db).database)
-        return super().connections()
-
-    def reset(self) -> None:
-        self.call("clear")
-
-    def with_password(self) -> str:
-        return _with_password(self.url)
-
-    def unreachable(self) -> str:
-        return _unreachable("django+", self.db)
-
-    def no_results_here(self) -> tuple[RunConfig, str]:
-        return RunConfig(source="django+" + self.empty_db, sink="unused", older_than=parse_duration("1s")), self.TABLES[0]
-
-    def close(self) -> None:
-        assert self.proc.stdin
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 class RedisBackend(Backend):
@@ -366,18 +289,6 @@ class RedisBackend(Backend):
         client.close()
 
 
-def _with_password(url: str) -> str:
-    """``url`` with the user's password SECRET (SQLite has none: it shows as given)."""
-    return url.replace("://root@", f"://root:{SECRET}@").replace("://postgres@", f"://postgres:{SECRET}@")
-
-
-def _unreachable(scheme: str, db: str) -> str:
-    u = sa.make_url(db)
-    if u.get_backend_name() == "sqlite":
-        return f"{scheme}sqlite:///{Path(u.database or '').parent / 'no-such-dir' / 'r.db'}"
-    return f"{scheme}{u.drivername}://someone:{SECRET}@127.0.0.1:1/nothing"
-
-
 def _request(tid: str, name: str) -> Any:
     from celery.app.task import Context
 
@@ -434,7 +345,12 @@ def open_backend(kind: str, tmp: Path) -> Iterator[Backend]:
         dbs.append(gen)
         return next(gen)
 
-    b = SqlBackend(kind, database()) if family == "sql" else DjangoBackend(kind, database(), database())
+    if family == "sql":
+        b = SqlBackend(kind, database())
+    else:
+        from django_backend import DjangoBackend
+
+        b = DjangoBackend(kind, database(), database())
     try:
         yield b
     finally:
