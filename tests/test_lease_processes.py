@@ -11,13 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 from conftest import age_rows, celery_app, table_rows
+from helpers import wait_for
 
 from celery_archive.archive import manifest as mf
 from celery_archive.sinks import Sink, open_sink
@@ -52,15 +51,6 @@ def committed_ids(sink: Sink) -> list[str]:
             out += [r[0] for r in con.sql(f"select task_id from read_parquet('{path}')").fetchall()]
             path.unlink()
     return out
-
-
-def wait_for(predicate: Any, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def data_keys(sink: Sink) -> list[str]:

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from conftest import age_rows, celery_app, db_url, run_celery56, table_rows
-from helpers import archive, read_archive
-
-
-class Hostile:
-    """Unpickling this runs a shell command, if the unpickler lets it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> Any:
-        return (os.system, (f"touch {self.marker}",))
+from helpers import Hostile, archive, read_archive
 
 
 def test_hostile_pickle_is_archived_not_executed(sqlite_url: str, tmp_path: Path) -> None:

@@ -90,9 +90,11 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
     counts = report.source_counts
     if counts.get("no_task_id") or counts.get("bad_date_done"):
+        shown = [e for reason in ("no_task_id", "bad_date_done") for e in report.source_examples.get(reason, [])]
         click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
-                   "date_done that cannot be read; they were left in the backend (source_counts in --json)")
-    _left_alone(counts, report.source_examples)
+                   "date_done that cannot be read; they were left in the backend (source_counts in --json)"
+                   + (f"; first: {', '.join(shown)}" if shown else ""))
+    _left_alone(counts, {k: v for k, v in report.source_examples.items() if k not in ("no_task_id", "bad_date_done")})
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
                + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")

@@ -95,10 +95,11 @@ class StoredDates:
         return sa.func.julianday(column).desc() if self.dialect == "sqlite" else column.desc()
 
     def read(self, kind: str, page: dict[str, Any], cutoff: dt.datetime | None, counts: Counter[str],
-             id_col: str) -> dict[str, Any] | None:
+             id_col: str, examples: dict[str, list[str]] | None = None, where: str = "") -> dict[str, Any] | None:
         """A fetched page with ``raw_date_done`` (the stored text) and ``date_done`` as UTC
         instants, less rows that are not taken: no task id (``no_task_id``), a date_done that
-        cannot be read (``bad_date_done``), or (SQLite) not older than ``cutoff`` after all."""
+        cannot be read (``bad_date_done``), or (SQLite) not older than ``cutoff`` after all.
+        ``examples`` gets the first few of those left alone, by row id of table ``where``."""
         stored = page["date_done"]
         keep: Any = None
         if isinstance(stored, (pa.Array, pa.ChunkedArray)):  # ADBC (PostgreSQL)
@@ -106,12 +107,18 @@ class StoredDates:
             instants, repeated = self.rules[kind].instants(stored)
         else:
             raw, instants, repeated, keep = self._read_values(kind, stored, cutoff, counts)
+            if examples is not None and self.dialect == "sqlite":
+                bad = [isinstance(v, str) and parse_text(v) is None for v in stored]
+                if any(bad):
+                    _name(examples, "bad_date_done", where, page, pa.array(bad))
         if repeated:
             counts["date_done_ambiguous"] += repeated
         missing = pc.is_null(pa.array(page[id_col], pa.string())) if not isinstance(page[id_col], (pa.Array, pa.ChunkedArray)) \
             else pc.is_null(page[id_col])
         if pc.any(missing).as_py():
             counts["no_task_id"] += int(pc.sum(missing).as_py())
+            if examples is not None:
+                _name(examples, "no_task_id", where, page, missing)
             keep = pc.invert(missing) if keep is None else pc.and_(keep, pc.invert(missing))
         out = {**page, "raw_date_done": raw, "date_done": instants}
         if keep is None:
@@ -143,6 +150,18 @@ class StoredDates:
         if self.dialect == "sqlite":
             return raw
         return raw.cast(pa.timestamp("us", tz="UTC") if aware else pa.timestamp("us"))
+
+
+EXAMPLES = 5  # rows named per reason a row was left alone
+
+
+def _name(examples: dict[str, list[str]], reason: str, where: str, page: dict[str, Any], mask: pa.Array) -> None:
+    """Name (by table and row id) the first EXAMPLES rows of ``mask`` for ``reason``."""
+    if "id" not in page or len(examples.get(reason, ())) >= EXAMPLES:
+        return
+    shown = examples.setdefault(reason, [])
+    for row_id in _filter(page["id"], mask)[:EXAMPLES - len(shown)]:
+        shown.append(f"{where} id={row_id.as_py() if hasattr(row_id, 'as_py') else row_id}")
 
 
 def _filter(values: Any, keep: pa.Array) -> Any:

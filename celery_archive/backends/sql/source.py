@@ -276,7 +276,8 @@ class SqlSource:
         for kind, table in self.tables.items():
             for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
                 # a new dict: the prefetch thread still reads the fetched page's last key
-                page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name)
+                page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name,
+                                       self.examples, table.fullname)
                 if page is not None:
                     yield self.build(kind, page, table, run_id, archived_at)
 
