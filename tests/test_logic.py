@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from celery_archive.archive.manifest import FileEntry, Format
 from celery_archive.backends import PurgeBatch, backend_of
 from celery_archive.config import format_duration, parse_duration, parse_size
 from celery_archive.errors import ConfigError, SinkError
-from celery_archive.formats.locate import fetch, index_schema, locate
+from celery_archive.formats import fetch, locate
+from celery_archive.formats.entries import index_schema
 from celery_archive.index import packs
 from celery_archive.pipeline.purge import plan
 from celery_archive.pipeline.rules import Hold, Policy, Rule, glob_mask, policy_from
@@ -118,7 +120,8 @@ def keys_table(kind: str, ids: list[int], day: int = 1) -> pa.Table:
 def verified(tmp_path: Path, name: str, table: pa.Table) -> VerifiedFile:
     path = tmp_path / f"{name}.parquet"
     pq.write_table(table, path)
-    return VerifiedFile({"format": "parquet", "compression": None, "key": name}, path)
+    entry = FileEntry(name, Format.PARQUET, None, table.num_rows, path.stat().st_size, "", "", "", "", {})
+    return VerifiedFile(entry, path)
 
 
 def test_plan_cuts_batches_of_one_kind_that_run_on_across_files(tmp_path: Path) -> None:
