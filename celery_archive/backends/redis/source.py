@@ -138,9 +138,10 @@ class RedisSource:
         import redis
 
         detail = scrubbed(exc, self._secrets)
-        if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail:
+        if isinstance(exc, redis.AuthenticationError):  # redis-py's type for the WRONGPASS and NOAUTH replies
             detail = f"authentication failed ({detail}): check the password in --source"
-        elif "DB index is out of range" in detail:
+        elif isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
+            # Redis has no code of its own for this (the generic ERR): its text is all there is
             detail = f"{detail}: the database number in --source does not exist on this server"
         return SourceError(f"{action} {self.display_url} failed: {detail}")
 
