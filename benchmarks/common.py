@@ -43,3 +43,10 @@ def write_samples(app: object, n: int = 100) -> list[str]:
             backend.store_result(tid, {"order": i, "items": [1, 2, 3], "note": "ok " * 20}, "SUCCESS", request=req)
         ids.append(tid)
     return ids
+
+
+def rotated(labels: list[str], round_no: int) -> list[str]:
+    """The contenders in another order each round, so that none always runs first (after the
+    data is made, when the server may still be busy with it) or always right after another."""
+    k = round_no % len(labels)
+    return labels[k:] + labels[:k]

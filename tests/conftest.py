@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers import free_port, moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -38,12 +39,15 @@ def _admin(url: str) -> sa.Engine:
     return engine
 
 
-def _fresh_database(admin_url: str, drop_suffix: str = "") -> Iterator[str]:
-    """A database made for this test session on the server behind ``admin_url``, dropped after."""
+def _fresh_database(admin_url: str, drop_suffix: str = "", setup: str = "") -> Iterator[str]:
+    """A database made for this test session on the server behind ``admin_url``, dropped after;
+    ``setup`` (a statement, ``{name}`` the database's) runs right after it is made."""
     name = f"ca_test_{secrets.token_hex(4)}"
     admin = _admin(admin_url)
     with admin.connect() as c:
         c.exec_driver_sql(f"CREATE DATABASE {name}")
+        if setup:
+            c.exec_driver_sql(setup.format(name=name))
     yield str(sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False))
     with admin.connect() as c:
         c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{drop_suffix}")
@@ -198,13 +202,7 @@ def age_rows(url: str, days: int, where: str = "1=1", table: str = "celery_taskm
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (real HTTP); boto3 finds it through AWS_ENDPOINT_URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    server, env = moto_server()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env["AWS_ENDPOINT_URL"]
@@ -224,14 +222,6 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"ca-{secrets.token_hex(4)}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _python313() -> str | None:
@@ -255,7 +245,7 @@ def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if py is None and not (ROOT / "localstack/.venv/bin/python").exists():
         pytest.skip("LocalStack's runtime needs Python 3.13, which this machine does not have")
     data = tmp_path_factory.mktemp("localstack")
-    proc = subprocess.run(["bash", str(ROOT / "localstack/start.sh"), str(_free_port()), str(data)],
+    proc = subprocess.run(["bash", str(ROOT / "localstack/start.sh"), str(free_port()), str(data)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON313": py or ""})
     assert proc.returncode == 0, f"LocalStack did not start: {proc.stderr[-2000:]}"
     yield proc.stdout.strip()
@@ -273,3 +263,53 @@ def new_bucket(client: Any, lock: bool = False) -> str:
     name = f"ca-{secrets.token_hex(4)}"
     client.create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True} if lock else {}))
     return name
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The Redis server of the tests (CA_TEST_REDIS), checked to answer."""
+    import redis
+    from helpers import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); run `bash scripts/services.sh`")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_server: str) -> Iterator[str]:
+    """A global_keyprefix of this test's own on the Redis server; its keys are removed after."""
+    import redis
+
+    p = f"ca{secrets.token_hex(4)}_"
+    yield p
+    client = redis.Redis.from_url(redis_server)
+    for key in client.scan_iter(match=f"{p}*"):
+        client.delete(key)
+    client.close()
+
+
+BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis")
+"""Every result backend the contract suites run against (tests/backends.py)."""
+
+
+@pytest.fixture(scope="module", params=BACKEND_KINDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Each result backend (tests/backends.py), made once per test module."""
+    from backends import open_backend
+
+    if request.param == "redis":
+        request.getfixturevalue("redis_server")
+    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture
+def backend(served: Any) -> Any:
+    """Each result backend, emptied for this test."""
+    served.reset()
+    return served

@@ -2,6 +2,10 @@
 Celery's own django-db backend, ages them, and reads them back with AsyncResult, printing JSON.
 
     python tests/django_results.py migrate|write|age DAYS|get ID...   (CA_DJANGO_DB, CA_SERIALIZER)
+    python tests/django_results.py serve    one JSON command a line on stdin, one JSON answer a line
+
+``serve`` keeps one Django process for a whole test module (tests/backends.py): Django's start
+costs about a second, a command a few milliseconds.
 """
 
 from __future__ import annotations
@@ -78,6 +82,61 @@ def get(ids: list[str]) -> None:
     print(json.dumps(out, default=str))
 
 
+def serve() -> None:
+    """Commands (JSON objects with ``op``) from stdin: store, fail, revoke, group, age, get,
+    clear, migrate; each answered with one JSON line ({"ok": ...} or {"error": traceback})."""
+    from celery.result import AsyncResult, GroupResult
+    from django.db import connection
+    from django_celery_results.models import GroupResult as GroupRow
+    from django_celery_results.models import TaskResult
+
+    b = app.backend
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op, tid = cmd["op"], cmd.get("id", "")
+        try:
+            out: object = None
+            if op == "store":
+                b.store_result(tid, cmd["result"], cmd["state"], request=req(tid, cmd.get("name", "shop.checkout")))
+            elif op == "fail":
+                try:
+                    raise ValueError("card declined", 7)
+                except ValueError as exc:
+                    b.mark_as_failure(tid, exc, traceback=traceback.format_exc(), request=req(tid, "shop.charge"))
+            elif op == "forget":
+                b.forget(tid)
+            elif op == "revoke":
+                b.mark_as_revoked(tid, "terminated", request=req(tid, "shop.slow"))
+            elif op == "group":
+                GroupResult(tid, [AsyncResult(c, app=app) for c in cmd["children"]], app=app).save(backend=b)
+            elif op == "age":
+                age(int(cmd["days"]), [])
+            elif op == "get":
+                out = {}
+                for t in cmd["ids"]:
+                    if cmd.get("kind") == "group":
+                        g = app.GroupResult.restore(t)
+                        out[t] = None if g is None else [r.id for r in g.results]
+                    else:
+                        r = app.AsyncResult(t)
+                        res = r.get(timeout=5, propagate=False) if r.ready() else r.result
+                        out[t] = [r.state, repr(res) if isinstance(res, Exception) else res]
+            elif op == "clear":
+                TaskResult.objects.all().delete()
+                GroupRow.objects.all().delete()
+            elif op == "migrate":
+                from django.core.management import call_command
+
+                call_command("migrate", "django_celery_results", verbosity=0)
+            elif op == "close":
+                connection.close()
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            print(json.dumps({"ok": out}, default=str), flush=True)
+        except Exception:  # noqa: BLE001 - any failure is sent to the test, which fails with its traceback
+            print(json.dumps({"error": traceback.format_exc()}), flush=True)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "migrate":
@@ -92,3 +151,5 @@ if __name__ == "__main__":
         app.backend.store_result(sys.argv[2], "fixed on retry", "SUCCESS", request=req(sys.argv[2], "shop.charge"))
     elif cmd == "get":
         get(sys.argv[2:])
+    elif cmd == "serve":
+        serve()

@@ -1,20 +1,35 @@
-"""Shared test helpers: reading an archive the way a user would."""
+"""Shared test helpers: reading an archive the way a user would, a clock for runs, and
+Celery's Redis backend on the test server."""
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import os
+import secrets
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
+import pytest
 
 from celery_archive import RunConfig, parse_duration, run
 from celery_archive.pipeline.run import RunReport
 
+REDIS_URL = os.environ.get("CA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-def archive(source: str, sink: Path, older_than: str = "30d", **kw: Any) -> RunReport:
-    report = run(RunConfig(source=source, sink=str(sink), older_than=parse_duration(older_than), **kw))
+
+def later(seconds: float = 5) -> dt.datetime:
+    """An instant ``seconds`` from now (aware UTC): a run given ``now=later()`` counts ages as
+    if that much time had passed since the results were written, without waiting for it."""
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+
+
+def archive(source: str, sink: Path, older_than: str = "30d", now: dt.datetime | None = None, **kw: Any) -> RunReport:
+    """One run (in this process); ``now`` is the instant it counts ages from (default: the clock)."""
+    report = run(RunConfig(source=source, sink=str(sink), older_than=parse_duration(older_than), **kw), now=now)
     assert isinstance(report, RunReport)
     return report
 
@@ -50,3 +65,146 @@ def data_files(sink: Path) -> list[Path]:
 
 def env_without(*names: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names}
+
+
+class Hostile:
+    """Unpickling this runs a shell command, if the unpickler lets it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def redis_app(prefix: str, url: str = REDIS_URL, serializer: str = "json", **conf: Any) -> Any:
+    """A Celery app whose RedisBackend writes under the global_keyprefix ``prefix``."""
+    from celery import Celery
+
+    app = Celery(f"r{secrets.token_hex(3)}", backend=url, set_as_current=False)
+    app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"], accept_content=[serializer, "json"],
+                    result_extended=True, result_backend_transport_options={"global_keyprefix": prefix}, **conf)
+    return app
+
+
+def keys(prefix: str, url: str = REDIS_URL) -> dict[str, bytes]:
+    """Every key under ``prefix`` -> its value."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out = {k.decode(): client.get(k) or b"" for k in client.scan_iter(match=f"{prefix}*")}
+    client.close()
+    return out
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> None:
+    """Poll ``predicate`` until it holds (a state another process or thread reaches), or fail."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def moto_server(key: str = "testing", secret: str = "testing-secret") -> tuple[Any, dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 (real HTTP), started, and the environment that points boto3 at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_sql_results(app: Any) -> dict[str, str]:
+    """Results of every kind Celery stores; returns task id -> what it is."""
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    b = app.backend
+    kinds: dict[str, str] = {}
+
+    def req(tid: str, name: str) -> Context:
+        return Context(id=tid, task=name, args=[1, "two", [3]], kwargs={"when": dt.date(2026, 1, 2)},
+                       hostname="worker1@host", retries=2, delivery_info={"routing_key": "billing"})
+
+    for i in range(25):
+        tid = f"ok-{i}"
+        b.store_result(tid, {"n": i, "pair": (1, 2), "at": dt.datetime(2026, 3, 4, 5, 6, 7), "price": decimal.Decimal("9.10")},
+                       "SUCCESS", request=req(tid, "shop.checkout"))
+        kinds[tid] = "success"
+    for i in range(3):
+        tid = f"fail-{i}"
+        try:
+            raise ValueError("card declined", i)
+        except ValueError as exc:
+            b.mark_as_failure(tid, exc, traceback=traceback.format_exc(), request=req(tid, "shop.charge"))
+        kinds[tid] = "failure"
+    b.mark_as_revoked("revoked-0", "terminated", request=req("revoked-0", "shop.slow"))
+    kinds["revoked-0"] = "revoked"
+    b.store_result("started-0", {"pid": 1, "hostname": "w"}, "STARTED", request=req("started-0", "shop.slow"))
+    kinds["started-0"] = "started"
+    gid = "group-0"
+    b.save_group(gid, GroupResult(gid, [AsyncResult("ok-0", app=app), AsyncResult("ok-1", app=app)], app=app))
+    return kinds
+
+
+def after_extract(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Make runs call ``action`` once extraction is done, before anything is verified or purged."""
+    import celery_archive.pipeline.run as run_mod
+
+    real_open = run_mod.open_source
+
+    def open_source(cfg: Any) -> Any:
+        source = real_open(cfg)
+        extract = source.extract
+
+        def extract_then_act(*a: Any, **kw: Any) -> Any:
+            yield from extract(*a, **kw)
+            action()
+
+        source.extract = extract_then_act
+        return source
+
+    monkeypatch.setattr(run_mod, "open_source", open_source)
+
+
+def write_redis_results(app: Any) -> None:
+    """Results of every kind Celery's RedisBackend stores (a saved group an hour old, chord bookkeeping)."""
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    b = app.backend
+    for i in range(12):
+        b.store_result(f"ok-{i}", {"n": i, "pair": (1, 2)}, "SUCCESS",
+                       request=Context(id=f"ok-{i}", task="shop.checkout", args=[i, "x"], kwargs={"k": i}, hostname="w1",
+                                       retries=0, delivery_info={"routing_key": "billing"}))
+    try:
+        raise ValueError("card declined", 7)
+    except ValueError as exc:
+        b.mark_as_failure("fail-0", exc, traceback=traceback.format_exc())
+    b.mark_as_revoked("revoked-0", "terminated")
+    b.store_result("started-0", {"pid": 1}, "STARTED")
+    hour_old(app).backend.save_group("group-0", GroupResult("group-0", [AsyncResult("ok-0", app=app)], app=app))
+    b.set_chord_size("group-0", 3)  # chord bookkeeping: group-0.s
+
+
+def hour_old(app: Any) -> Any:
+    """``app`` as it was an hour ago, for saved groups: Celery stores no date for them, so their
+    age is result_expires (a day) less the TTL left; an hour ago the TTL was set an hour shorter
+    than now. (Tasks carry date_done: a run's ``now`` ages them.)"""
+    conf = app.conf
+    return redis_app(conf.result_backend_transport_options["global_keyprefix"], conf.result_backend, conf.result_serializer,
+                     result_expires=dt.timedelta(hours=23))

@@ -120,13 +120,9 @@ def main() -> None:
     server = None
     if kind == "s3":
         import boto3
-        from moto.server import ThreadedMotoServer
+        from helpers import moto_server
 
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        server, env = moto_server("k", "s")
         os.environ.update(env)
         boto3.client("s3").create_bucket(Bucket="kill-loop")
         sink = "s3://kill-loop/arch"

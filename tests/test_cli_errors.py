@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, table_rows
-from test_redis_source import REDIS_URL
+from helpers import REDIS_URL
 
 RUNS = 2  # the README: 2 bad usage or configuration
 BROKEN = 1  # the README: 1 the backend or the archive could not be read or written

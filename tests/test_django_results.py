@@ -113,7 +113,7 @@ def test_archive_purge_restore(django_db: str, serializer: str, tmp_path: Path) 
 
 def test_only_unchanged_rows_are_purged(django_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A result stored again between extract and purge (a retried task) is kept."""
-    from test_sql_archive import after_extract
+    from helpers import after_extract
 
     from celery_archive import RunConfig, parse_duration, run
 

@@ -11,15 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 from conftest import age_rows, celery_app, table_rows
+from helpers import wait_for
 
-from celery_archive.pipeline import manifest as mf
+from celery_archive.archive import manifest as mf
 from celery_archive.sinks import Sink, open_sink
 
 EXE = str(Path(sys.executable).parent / "celery-archive")
@@ -45,22 +44,13 @@ def committed_ids(sink: Sink) -> list[str]:
     out: list[str] = []
     with duckdb.connect() as con:
         for entry in mf.committed_files(sink):
-            with sink.open(entry["key"]) as f:
+            with sink.open(entry.key) as f:
                 data = f.read()
             path = Path(f"/tmp/ca-count-{os.getpid()}.parquet")
             path.write_bytes(data)
             out += [r[0] for r in con.sql(f"select task_id from read_parquet('{path}')").fetchall()]
             path.unlink()
     return out
-
-
-def wait_for(predicate: Any, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def data_keys(sink: Sink) -> list[str]:
@@ -156,4 +146,4 @@ def test_a_paused_run_taken_over_commits_nothing_when_it_comes_back(sources: tup
 
 def _abandoned(archive: Sink) -> list[str]:
     names = [o.key[len(mf.OUTCOMES):-len(".json")] for o in archive.list(mf.OUTCOMES)]
-    return [n for n in names if (mf.load_outcome(archive, n) or {}).get("outcome") == mf.ABANDONED]
+    return [n for n in names if getattr(mf.load_outcome(archive, n), "state", None) is mf.ABANDONED]

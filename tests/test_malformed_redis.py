@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from pathlib import Path
 
 import redis
 from conftest import cli
-from helpers import read_archive, utc
-from test_redis_source import REDIS_URL, keys, prefix, redis_app, write_results  # noqa: F401 - prefix is a fixture
+from helpers import REDIS_URL, keys, read_archive, redis_app, utc, write_redis_results
 
 GOOD = {"fail-0", "revoked-0", "group-0"} | {f"ok-{i}" for i in range(12)}
 
@@ -24,9 +22,9 @@ def _meta_of(client: redis.Redis, key_prefix: str, task_id: str) -> dict[str, ob
     return meta
 
 
-def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
-    write_results(app)
+    write_redis_results(app)
     client = redis.Redis.from_url(REDIS_URL)
     task = f"{prefix}celery-task-meta-".encode()
     # keys of the wrong type under the task prefix: Redis answers GET with WRONGTYPE
@@ -48,10 +46,10 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     client.setex(binary_key, 86400, celery_value.replace(b"ok-5", b"bin-0"))
     hostile = {k for k in client.scan_iter(match=f"{prefix}*") if k != binary_key and b"-meta-ok-" not in k
                and not k.endswith((b"fail-0", b"revoked-0", b"group-0", b"started-0"))}
-    time.sleep(1.1)
     sink = tmp_path / "archive"
 
-    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(sink), "--older-than", "1s", "--json")
+    # a CLI run takes no clock: --older-than 0s takes whatever was written before it started
+    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(sink), "--older-than", "0s", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     counts, examples = report["source_counts"], report["source_examples"]
@@ -86,7 +84,7 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     client.close()
 
 
-def test_a_finished_result_without_date_done_is_dated_from_its_ttl(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_finished_result_without_date_done_is_dated_from_its_ttl(prefix: str, tmp_path: Path) -> None:
     """Item 5: no date_done, a TTL: its age is result_expires less the TTL left, as for groups,
     so --expiring-within and --older-than both take it before Redis expires it."""
     app = redis_app(prefix, result_expires=86400)
@@ -116,13 +114,12 @@ def test_a_finished_result_without_date_done_is_dated_from_its_ttl(prefix: str, 
     client.close()
 
 
-def test_records_of_schema_v1_have_no_key_bytes_and_go_by_their_text(prefix: str) -> None:  # noqa: F811
+def test_records_of_schema_v1_have_no_key_bytes_and_go_by_their_text(prefix: str) -> None:
     """A v1 record has raw_key null: the purge and restore use its key's text (source_table)."""
     import pyarrow as pa
 
-    from celery_archive.pipeline.purge import PurgeBatch
-    from celery_archive.pipeline.putback import TargetConfig, open_target
-    from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
+    from celery_archive.backends import PurgeBatch, TargetConfig, open_target
+    from celery_archive.backends.redis.source import RedisSource, RedisSourceConfig
 
     app = redis_app(prefix)
     app.backend.store_result("v1-0", 7, "SUCCESS")

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from conftest import age_rows, celery_app, db_url, run_celery56, table_rows
-from helpers import archive, read_archive
-
-
-class Hostile:
-    """Unpickling this runs a shell command, if the unpickler lets it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> Any:
-        return (os.system, (f"touch {self.marker}",))
+from helpers import Hostile, archive, read_archive
 
 
 def test_hostile_pickle_is_archived_not_executed(sqlite_url: str, tmp_path: Path) -> None:
@@ -120,7 +108,7 @@ def test_celery_57_compressed_payloads(compression: str) -> None:
     """Celery 5.7's result_compression (key-value backends; the DatabaseBackend ignores it)."""
     from celery import Celery
 
-    from celery_archive.pipeline.decode import decode_column
+    from celery_archive.backends.codec import decode_column
 
     app = Celery("c", backend="redis://127.0.0.1:6379/15", set_as_current=False)
     app.conf.result_compression = compression
@@ -158,7 +146,7 @@ def test_pickle_restricted_unpickler_admits_plain_data_only() -> None:
     import decimal
     import uuid
 
-    from celery_archive.pipeline.decode import UnsafePayload, restricted_loads
+    from celery_archive.backends.codec import UnsafePayload, restricted_loads
 
     plain = {"s": {1, 2}, "f": frozenset([3]), "d": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
              "u": uuid.UUID(int=5), "m": decimal.Decimal("1.5"), "b": b"\x00\x01", "t": (1, [2]), "e": ValueError("x")}
@@ -178,7 +166,7 @@ def test_plain_json_check_accepts_what_a_json_parser_accepts() -> None:
 
     import orjson
 
-    from celery_archive.pipeline.decode import plain_json
+    from celery_archive.backends.codec import plain_json
 
     rng = random.Random(7)
     samples = [{"order": 1, "items": [1, 2.5, -3e5, None, True, False], "note": 'ok é ☃ 𝄞 \\ " \n'},

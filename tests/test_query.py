@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, age_rows, celery_app, cli, table_rows
-from test_sql_archive import write_results
+from helpers import write_sql_results
 
 FIXTURE = ROOT / "tests" / "fixtures" / "archive-v1"
 
@@ -23,7 +23,7 @@ def archive_two_formats(url: str, sink: str) -> Counter[str]:
     counts by status the backend held before (groups as "(group)"), and under "parquet" how
     many the Parquet run took."""
     app = celery_app(url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(url, 40, "task_id like 'ok-1%'")
     age_rows(url, 36, "task_id like 'ok-2%'")
     age_rows(url, 33, "task_id not like 'ok-1%' and task_id not like 'ok-2%'")
@@ -68,8 +68,8 @@ def test_query_duckdb_pyarrow_polars_agree_with_the_backend(sqlite_url: str, tmp
     import polars as pl
     import pyarrow.dataset as ds
 
-    from celery_archive.pipeline.query import archive_files, parquet_dataset
     from celery_archive.sinks import open_sink
+    from celery_archive.warehouse.query import archive_files, parquet_dataset
 
     files = archive_files(open_sink(sink))
     table = parquet_dataset(files).to_table()  # type: ignore[union-attr]
@@ -175,7 +175,7 @@ def test_iceberg_snapshot_per_run(sqlite_url: str, tmp_path: Path) -> None:
     env = {"PYICEBERG_CATALOG__LOCAL__TYPE": "sql", "PYICEBERG_CATALOG__LOCAL__URI": f"sqlite:///{tmp_path / 'catalog.db'}",
            "PYICEBERG_CATALOG__LOCAL__WAREHOUSE": f"file://{tmp_path / 'warehouse'}"}
     app = celery_app(sqlite_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(sqlite_url, 40, "task_id like 'ok-%'")
     age_rows(sqlite_url, 33, "task_id not like 'ok-%'")
     age_rows(sqlite_url, 40, table="celery_tasksetmeta")
@@ -209,9 +209,9 @@ def test_a_v1_archive_still_reads(tmp_path: Path) -> None:
     extra columns come back null for v1 files) reads, verifies and restores it."""
     import pyarrow as pa
 
-    from celery_archive.pipeline.query import ArchiveFiles, archive_files, parquet_dataset
     from celery_archive.schemas import arrow_schema
     from celery_archive.sinks import open_sink
+    from celery_archive.warehouse.query import ArchiveFiles, archive_files, parquet_dataset
 
     sink = tmp_path / "archive-v1"
     shutil.copytree(FIXTURE, sink)

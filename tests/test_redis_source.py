@@ -3,11 +3,8 @@ Celery's own RedisBackend. Each test works under its own global_keyprefix and re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
-import secrets
-import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,81 +12,23 @@ from typing import Any
 import pytest
 import redis
 from conftest import cli
-from helpers import archive, read_archive
-
-REDIS_URL = os.environ.get("CA_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-class Hostile:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> Any:
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); run `bash scripts/services.sh`")
-    p = f"ca{secrets.token_hex(4)}_"
-    yield p
-    for key in client.scan_iter(match=f"{p}*"):
-        client.delete(key)
-    client.close()
-
-
-def redis_app(prefix: str, url: str = REDIS_URL, serializer: str = "json", **conf: Any) -> Any:
-    from celery import Celery
-
-    app = Celery(f"r{secrets.token_hex(3)}", backend=url, set_as_current=False)
-    app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"], accept_content=[serializer, "json"],
-                    result_extended=True, result_backend_transport_options={"global_keyprefix": prefix}, **conf)
-    return app
-
-
-def keys(prefix: str) -> dict[str, bytes]:
-    client = redis.Redis.from_url(REDIS_URL)
-    out = {k.decode(): client.get(k) or b"" for k in client.scan_iter(match=f"{prefix}*")}
-    client.close()
-    return out
-
-
-def write_results(app: Any) -> None:
-    from celery.app.task import Context
-    from celery.result import AsyncResult, GroupResult
-
-    b = app.backend
-    for i in range(12):
-        b.store_result(f"ok-{i}", {"n": i, "pair": (1, 2)}, "SUCCESS",
-                       request=Context(id=f"ok-{i}", task="shop.checkout", args=[i, "x"], kwargs={"k": i}, hostname="w1",
-                                       retries=0, delivery_info={"routing_key": "billing"}))
-    try:
-        raise ValueError("card declined", 7)
-    except ValueError as exc:
-        b.mark_as_failure("fail-0", exc, traceback=traceback.format_exc())
-    b.mark_as_revoked("revoked-0", "terminated")
-    b.store_result("started-0", {"pid": 1}, "STARTED")
-    b.save_group("group-0", GroupResult("group-0", [AsyncResult("ok-0", app=app)], app=app))
-    b.set_chord_size("group-0", 3)  # chord bookkeeping: group-0.s
+from helpers import REDIS_URL, Hostile, after_extract, archive, free_port, keys, later, read_archive, redis_app, wait_for, write_redis_results
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle", "yaml"])
 def test_redis_archive_verify_compare_and_delete(prefix: str, tmp_path: Path, serializer: str) -> None:
     app = redis_app(prefix, serializer=serializer)
-    write_results(app)
+    write_redis_results(app)
     client = redis.Redis.from_url(REDIS_URL)
     client.set(f"{prefix}celery-task-meta-not-ours", b"\x00\x01 some other application's value")
     expected = {tid: app.AsyncResult(tid).state for tid in ["fail-0", "revoked-0"] + [f"ok-{i}" for i in range(12)]}
-    time.sleep(1.1)
+    written = dt.datetime.now(dt.timezone.utc)  # every result above is older than this instant
     app.backend.store_result("young-0", 1, "SUCCESS")
     before = keys(prefix)
     assert any(k.endswith(".s") for k in before), "Celery's chord size key should be there"
 
-    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", serializer=serializer, key_prefix=prefix)
+    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", now=written + dt.timedelta(seconds=1), serializer=serializer,
+                     key_prefix=prefix)
 
     records = read_archive(tmp_path / "archive")
     assert set(records) == set(expected) | {"group-0"}
@@ -118,8 +57,7 @@ def test_hostile_pickle_in_redis_is_not_executed(prefix: str, tmp_path: Path) ->
     marker = tmp_path / "pwned"
     app = redis_app(prefix, serializer="pickle")
     app.backend.store_result("evil-0", Hostile(marker), "SUCCESS")
-    time.sleep(1.1)
-    archive(REDIS_URL, tmp_path / "archive", older_than="1s", serializer="pickle", key_prefix=prefix)
+    archive(REDIS_URL, tmp_path / "archive", older_than="1s", now=later(), serializer="pickle", key_prefix=prefix)
     assert not marker.exists()
     rec = read_archive(tmp_path / "archive")["evil-0"]
     assert rec["status"] == "SUCCESS" and rec["result"] is None
@@ -133,18 +71,17 @@ def test_celery_57_compressed_results(prefix: str, tmp_path: Path, compression: 
     app.backend.store_result("big-0", value, "SUCCESS")
     stored = keys(prefix)[f"{prefix}celery-task-meta-big-0"]
     assert stored.startswith(b"\x00celery-compressed\x00")
-    time.sleep(1.1)
-    archive(REDIS_URL, tmp_path / "archive", older_than="1s", key_prefix=prefix)
+    archive(REDIS_URL, tmp_path / "archive", older_than="1s", now=later(), key_prefix=prefix)
     rec = read_archive(tmp_path / "archive")["big-0"]
     assert rec["raw_value"] == stored and rec["compression"] and json.loads(rec["result"]) == value
 
 
 def test_redis_dry_run_counts_and_changes_nothing(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
-    write_results(app)
-    time.sleep(1.1)
+    write_redis_results(app)
     before = keys(prefix)
-    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(tmp_path / "a"), "--older-than", "1s",
+    # a CLI run takes no clock: --older-than 0s takes whatever was written before it started
+    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(tmp_path / "a"), "--older-than", "0s",
               "--dry-run", "--json")
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["selected"] == 15
@@ -153,13 +90,10 @@ def test_redis_dry_run_counts_and_changes_nothing(prefix: str, tmp_path: Path) -
 
 
 def test_a_key_rewritten_after_it_was_read_survives(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_sql_archive import after_extract
-
     app = redis_app(prefix)
-    write_results(app)
-    time.sleep(1.1)
+    write_redis_results(app)
     after_extract(monkeypatch, lambda: app.backend.store_result("fail-0", "fixed on retry", "SUCCESS"))
-    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", key_prefix=prefix)
+    report = archive(REDIS_URL, tmp_path / "archive", older_than="1s", now=later(), key_prefix=prefix)
     assert report.skipped_changed == 1
     assert app.AsyncResult("fail-0").get(timeout=5) == "fixed on retry"
     assert read_archive(tmp_path / "archive")["fail-0"]["status"] == "FAILURE"
@@ -170,21 +104,20 @@ def test_results_about_to_expire_and_results_that_never_do(prefix: str, tmp_path
     short.backend.store_result("short-0", 1, "SUCCESS")  # young, but Redis drops it in 30 s
     forever = redis_app(prefix, result_expires=None)
     forever.backend.store_result("forever-0", 2, "SUCCESS")
-    time.sleep(1.1)
     plain = archive(REDIS_URL, tmp_path / "a1", older_than="1d", key_prefix=prefix)
     assert plain.selected == 0 and plain.source_counts["no_ttl"] == 1
-    margin = archive(REDIS_URL, tmp_path / "a2", older_than="1d", key_prefix=prefix, expiring_within=__import__("datetime").timedelta(minutes=1))
+    margin = archive(REDIS_URL, tmp_path / "a2", older_than="1d", key_prefix=prefix, expiring_within=dt.timedelta(minutes=1))
     assert set(read_archive(tmp_path / "a2")) == {"short-0"} and margin.deleted == 1
-    aged = archive(REDIS_URL, tmp_path / "a3", older_than="1s", key_prefix=prefix)
+    aged = archive(REDIS_URL, tmp_path / "a3", older_than="1s", now=later(), key_prefix=prefix)
     assert set(read_archive(tmp_path / "a3")) == {"forever-0"} and aged.source_counts["no_ttl"] == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def answers(ask: Any) -> bool:
+    """Whether a server that is starting answers ``ask`` (truthy) yet."""
+    try:
+        return bool(ask())
+    except redis.ConnectionError:
+        return False
 
 
 def _redis_server(*args: str) -> Any:
@@ -201,15 +134,10 @@ def _redis_server(*args: str) -> Any:
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """A real Redis server of our own that requires a password and listens on a Unix socket too."""
     workdir = tmp_path_factory.mktemp("redis")
-    port, sock = _free_port(), workdir / "redis.sock"
+    port, sock = free_port(), workdir / "redis.sock"
     proc = _redis_server("--bind", "127.0.0.1", "--port", str(port), "--unixsocket", str(sock), "--requirepass", "the-right-one",
                          "--save", "", "--appendonly", "no", "--dir", str(workdir))
-    for _ in range(100):
-        try:
-            redis.Redis(port=port, password="the-right-one").ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    wait_for(lambda: answers(lambda: redis.Redis(port=port, password="the-right-one").ping()), what="our Redis server")
     yield port, sock
     proc.terminate()
     proc.wait()
@@ -224,26 +152,20 @@ def test_redis_socket_and_sentinel_urls(own_redis: tuple[int, Path], tmp_path: P
     """redis+socket:// and sentinel:// as Celery writes them, against real servers."""
     port, sock = own_redis
     app = redis_app("", f"redis://:the-right-one@127.0.0.1:{port}/3")
-    sentinel_port = _free_port()
+    sentinel_port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {port} 1\n"
                     "sentinel auth-pass mymaster the-right-one\n")
     sentinel = _redis_server(str(conf), "--sentinel")
     try:
-        for _ in range(100):
-            try:
-                if redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("mymaster"):
-                    break
-            except redis.ConnectionError:
-                pass
-            time.sleep(0.05)
+        wait_for(lambda: answers(lambda: redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("mymaster")),
+                 what="the sentinel to know its master")
         for n, url, extra in [
             (0, f"redis+socket://:the-right-one@{sock}?virtual_host=3", []),
             (1, f"sentinel://:the-right-one@127.0.0.1:{sentinel_port}/3", ["--master-name", "mymaster"]),
         ]:
             app.backend.store_result(f"via-{n}", n, "SUCCESS")
-            time.sleep(1.1)
-            out = cli("run", "--source", url, "--sink", str(tmp_path / f"a{n}"), "--older-than", "1s", "--json", *extra)
+            out = cli("run", "--source", url, "--sink", str(tmp_path / f"a{n}"), "--older-than", "0s", "--json", *extra)
             assert out.returncode == 0, out.stderr
             assert json.loads(out.stdout)["deleted"] == 1 and "the-right-one" not in out.stdout
             assert set(read_archive(tmp_path / f"a{n}")) == {f"via-{n}"}

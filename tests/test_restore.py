@@ -6,21 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from conftest import age_rows, celery_app, cli, table_rows
-from helpers import archive
-from test_redis_source import REDIS_URL, keys, prefix, redis_app  # noqa: F401 - prefix is a fixture
-from test_redis_source import write_results as write_redis_results
-from test_sql_archive import write_results as write_sql_results
+from helpers import REDIS_URL, archive, keys, later, redis_app, wait_for, write_redis_results, write_sql_results
 
-from celery_archive.pipeline.index import COMPACT_AFTER, state
-from celery_archive.pipeline.putback import TargetConfig, open_target
-from celery_archive.pipeline.restore import find
+from celery_archive.backends import TargetConfig, open_target
+from celery_archive.index.packs import COMPACT_AFTER, state
+from celery_archive.restore.search import find
 from celery_archive.sinks import open_sink
 
 IDS = ["ok-0", "ok-3", "fail-1", "revoked-0"]
@@ -88,15 +84,14 @@ def test_sql_restore_into_celery56_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("serializer", ["json", "pickle"])
-def test_redis_archive_purge_restore(prefix: str, tmp_path: Path, serializer: str) -> None:  # noqa: F811
+def test_redis_archive_purge_restore(prefix: str, tmp_path: Path, serializer: str) -> None:
     app = redis_app(prefix, serializer=serializer)
     write_redis_results(app)
     ids = ["ok-0", "ok-5", "fail-0", "revoked-0"]
     before_keys = keys(prefix)
     before = snapshot(app, ids)
-    time.sleep(1.1)
     sink = tmp_path / "archive"
-    archive(REDIS_URL, sink, older_than="1s", serializer=serializer, key_prefix=prefix)
+    archive(REDIS_URL, sink, older_than="1s", now=later(), serializer=serializer, key_prefix=prefix)
     assert app.AsyncResult("ok-5").state == "PENDING"
 
     proc = cli("restore", *ids, "--sink", str(sink), "--into", REDIS_URL, "--ttl", "2h", "--json")
@@ -113,18 +108,20 @@ def test_redis_archive_purge_restore(prefix: str, tmp_path: Path, serializer: st
         app2.AsyncResult("fail-0").get(timeout=5)
 
 
-def test_redis_restore_wakes_a_waiting_get(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+def test_redis_restore_wakes_a_waiting_get(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
     app.backend.store_result("late-0", {"answer": 42}, "SUCCESS")
-    time.sleep(1.1)
-    archive(REDIS_URL, tmp_path / "archive", older_than="1s", key_prefix=prefix)
+    archive(REDIS_URL, tmp_path / "archive", older_than="1s", now=later(), key_prefix=prefix)
     got: list[Any] = []
     waiter = redis_app(prefix)
     result = waiter.AsyncResult("late-0")
     result.backend.result_consumer.start("late-0")
     thread = threading.Thread(target=lambda: got.append(result.get(timeout=10)))
     thread.start()
-    time.sleep(0.5)  # the waiter is subscribed and blocked in .get()
+    channel = f"{prefix}celery-task-meta-late-0"  # Celery's get() waits on a channel named as the key
+    client = redis.Redis.from_url(REDIS_URL)
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] > 0, what="the waiter's subscription")
+    client.close()
     target = open_target(TargetConfig(REDIS_URL))
     target.put(find(open_sink(str(tmp_path / "archive")), ["late-0"]).records, "skip")
     target.close()
@@ -208,13 +205,12 @@ def test_print_and_bulk_selection(sqlite_url: str, tmp_path: Path) -> None:
     assert cli("restore", "--sink", sink).returncode == 2
 
 
-def test_redis_conflict_policies(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+def test_redis_conflict_policies(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
     app.backend.store_result("c-0", "archived value", "SUCCESS")
     app.backend.store_result("c-1", "archived too", "SUCCESS")
-    time.sleep(1.1)
     sink = str(tmp_path / "archive")
-    archive(REDIS_URL, Path(sink), older_than="1s", key_prefix=prefix)
+    archive(REDIS_URL, Path(sink), older_than="1s", now=later(), key_prefix=prefix)
     app.backend.store_result("c-0", "a newer run", "SUCCESS")  # the id is in use again
     proc = cli("restore", "c-0", "c-1", "--sink", sink, "--into", REDIS_URL, "--on-conflict", "fail", "--json")
     assert proc.returncode == 6 and app.AsyncResult("c-1").state == "PENDING"  # nothing was restored

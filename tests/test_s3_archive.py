@@ -9,14 +9,14 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import age_rows, celery_app, cli, table_rows
-from test_sql_archive import write_results
+from helpers import write_sql_results
 
-from celery_archive.pipeline.restore import find
+from celery_archive.restore.search import find
 
 
 def test_run_verify_restore_on_s3(sqlite_url: str, s3_bucket: str, tmp_path: Path) -> None:
     app = celery_app(sqlite_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(sqlite_url, 40)
     before = app.AsyncResult("ok-3").result
     sink = f"s3://{s3_bucket}/celery/prod"
@@ -56,7 +56,7 @@ def test_run_verify_restore_on_s3(sqlite_url: str, s3_bucket: str, tmp_path: Pat
 
 def test_a_corrupted_object_fails_verify_and_blocks_nothing_else(sqlite_url: str, s3_bucket: str) -> None:
     app = celery_app(sqlite_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(sqlite_url, 40)
     sink = f"s3://{s3_bucket}/a"
     assert cli("run", "--source", sqlite_url, "--sink", sink, "--older-than", "30d", "--no-delete").returncode == 0

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _free_port, age_rows, celery_app, cli, new_bucket, s3_client, table_rows
+from conftest import age_rows, celery_app, cli, new_bucket, s3_client, table_rows
+from helpers import free_port, write_sql_results
 from s3_faults import fault_proxy, s3_error
-from test_sql_archive import write_results
 
 OPTIONS = "sse=AES256&storage_class=STANDARD_IA&object_lock=GOVERNANCE&retain=30d&legal_hold=on&tag=team=billing&tag=env=prod"
 
 
 def _archive(url: str, sink: str, env: dict[str, str] | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
     app = celery_app(url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(url, 40)
     return cli("run", "--source", url, "--sink", sink, "--older-than", "30d", "--json", *extra, env=env)
 
@@ -149,7 +149,7 @@ def test_wrong_region_is_named(s3_endpoint: str) -> None:
 
 def test_access_denied_is_named_without_the_secret(tmp_path: Path) -> None:
     """moto's server with authentication on: a user without any S3 permission is refused."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,13 +5,12 @@ once the first has finished, the lock is free again. On SQLite, PostgreSQL, Mari
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from conftest import age_rows, celery_app, cli, db_url, table_rows
-from test_lease_processes import EXE, SLOW, data_keys, start, wait_for
-from test_redis_source import REDIS_URL, keys, prefix, redis_app  # noqa: F401 - prefix is a fixture
+from helpers import REDIS_URL, keys, redis_app, wait_for
+from test_lease_processes import EXE, SLOW, data_keys, start
 
 from celery_archive.sinks import open_sink
 
@@ -37,12 +36,11 @@ def test_a_second_archiver_of_the_same_tables_is_refused(kind: str, request: pyt
     assert third.returncode == 0 and json.loads(third.stdout)["selected"] == 0
 
 
-def test_a_second_archiver_of_the_same_redis_keys_is_refused(prefix: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_second_archiver_of_the_same_redis_keys_is_refused(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
     for i in range(800):
         app.backend.store_result(f"t{i:04d}", i, "SUCCESS")
-    time.sleep(1.1)
-    args = ("--source", REDIS_URL, "--key-prefix", prefix, "--older-than", "1s")
+    args = ("--source", REDIS_URL, "--key-prefix", prefix, "--older-than", "0s")  # all written before the runs start
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     first = __import__("subprocess").Popen([EXE, "run", *args, "--sink", a, "--json", *SLOW], stdout=-1, stderr=-1, text=True)
     wait_for(lambda: data_keys(open_sink(a)), what="the first run's first file")

@@ -3,61 +3,24 @@ DatabaseBackend: what is archived is exactly what was stored, and only that is d
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import age_rows, celery_app, cli, table_rows
-from helpers import archive, read_archive, utc
+from helpers import after_extract, archive, read_archive, utc, write_sql_results
 
 
 class Boom(Exception):
     pass
 
 
-def write_results(app: Any) -> dict[str, str]:
-    """Results of every kind Celery stores; returns task id -> what it is."""
-    from celery.app.task import Context
-    from celery.result import AsyncResult, GroupResult
-
-    b = app.backend
-    kinds: dict[str, str] = {}
-
-    def req(tid: str, name: str) -> Context:
-        return Context(id=tid, task=name, args=[1, "two", [3]], kwargs={"when": dt.date(2026, 1, 2)},
-                       hostname="worker1@host", retries=2, delivery_info={"routing_key": "billing"})
-
-    for i in range(25):
-        tid = f"ok-{i}"
-        b.store_result(tid, {"n": i, "pair": (1, 2), "at": dt.datetime(2026, 3, 4, 5, 6, 7), "price": decimal.Decimal("9.10")},
-                       "SUCCESS", request=req(tid, "shop.checkout"))
-        kinds[tid] = "success"
-    for i in range(3):
-        tid = f"fail-{i}"
-        try:
-            raise ValueError("card declined", i)
-        except ValueError as exc:
-            b.mark_as_failure(tid, exc, traceback=traceback.format_exc(), request=req(tid, "shop.charge"))
-        kinds[tid] = "failure"
-    b.mark_as_revoked("revoked-0", "terminated", request=req("revoked-0", "shop.slow"))
-    kinds["revoked-0"] = "revoked"
-    b.store_result("started-0", {"pid": 1, "hostname": "w"}, "STARTED", request=req("started-0", "shop.slow"))
-    kinds["started-0"] = "started"
-    gid = "group-0"
-    b.save_group(gid, GroupResult(gid, [AsyncResult("ok-0", app=app), AsyncResult("ok-1", app=app)], app=app))
-    return kinds
-
-
 @pytest.mark.parametrize("serializer", ["json", "pickle"])
 @pytest.mark.parametrize("extended", [True, False])
 def test_archive_verify_purge(backend_url: str, tmp_path: Path, serializer: str, extended: bool) -> None:
     app = celery_app(backend_url, serializer=serializer, extended=extended)
-    kinds = write_results(app)
+    kinds = write_sql_results(app)
     app.backend.store_result("recent-0", 42, "SUCCESS")  # stays: newer than the cutoff
     age_rows(backend_url, 40, "task_id <> 'recent-0'")
     age_rows(backend_url, 40, table="celery_tasksetmeta")
@@ -109,30 +72,10 @@ def test_archive_verify_purge(backend_url: str, tmp_path: Path, serializer: str,
     assert app.AsyncResult("recent-0").get(timeout=5) == 42
 
 
-def after_extract(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
-    """Make runs call ``action`` once extraction is done, before anything is verified or purged."""
-    import celery_archive.pipeline.run as run_mod
-
-    real_open = run_mod.open_source
-
-    def open_source(cfg: Any) -> Any:
-        source = real_open(cfg)
-        extract = source.extract
-
-        def extract_then_act(*a: Any, **kw: Any) -> Any:
-            yield from extract(*a, **kw)
-            action()
-
-        source.extract = extract_then_act
-        return source
-
-    monkeypatch.setattr(run_mod, "open_source", open_source)
-
-
 def test_changed_after_read_is_not_deleted(backend_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A result re-run between extract and purge survives the run (invariant 2)."""
     app = celery_app(backend_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(backend_url, 40)
     after_extract(monkeypatch, lambda: app.backend.store_result("fail-1", "fixed on retry", "SUCCESS"))  # a re-run
     report = archive(backend_url, tmp_path / "archive")
@@ -151,7 +94,7 @@ def test_row_written_into_the_range_is_not_deleted(backend_url: str, tmp_path: P
     import sqlalchemy as sa
 
     app = celery_app(backend_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(backend_url, 40)
     rows = table_rows(backend_url)
     middle = sorted(r["date_done"] for r in rows.values() if r["date_done"])[5]
@@ -192,7 +135,7 @@ def test_ids_digest_is_kind_colon_id_lines_in_file_order() -> None:
 
     import pyarrow as pa
 
-    from celery_archive.pipeline.readback import ids_digest
+    from celery_archive.formats.entries import ids_digest
 
     kinds = ["task", "group", "task", "task"]
     ids = ["b-1", "zé", "a-2", "Ä"]
@@ -236,7 +179,7 @@ def test_no_transaction_is_left_open_on_celerys_tables(pg_backend: str, tmp_path
 def test_dry_run_counts_tasks_and_groups(backend_url: str) -> None:
     """On every database, groups included (PostgreSQL refuses a NULL constant in GROUP BY)."""
     app = celery_app(backend_url)
-    write_results(app)
+    write_sql_results(app)
     age_rows(backend_url, 40)
     age_rows(backend_url, 40, table="celery_tasksetmeta")
     proc = cli("run", "--source", backend_url, "--sink", "/nonexistent/never-written", "--older-than", "30d", "--dry-run", "--json")

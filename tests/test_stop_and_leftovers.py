@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, table_rows
-from test_lease_processes import SLOW, assert_each_once, data_keys, fill, start, wait_for
+from conftest import cli, faketime_env, table_rows
+from helpers import later, wait_for
+from test_lease_processes import SLOW, assert_each_once, data_keys, fill, start
 from test_recovery import HARNESS, lease_state
 
 from celery_archive.sinks import open_sink
@@ -78,8 +79,9 @@ def test_unfinished_multipart_uploads_are_aborted(sqlite_url: str, s3_bucket: st
     s3 = boto3.client("s3")
     s3.create_multipart_upload(Bucket=s3_bucket, Key="arch/data/date=2026-01-01/x-00001.parquet")
     s3.create_multipart_upload(Bucket=s3_bucket, Key="elsewhere/not-ours.bin")
-    time.sleep(2.2)
-    out = cli("run", "--source", sqlite_url, "--sink", f"s3://{s3_bucket}/arch", "--older-than", "30d", "--lease-ttl", "1s", "--json")
+    # the run's clock 5 s ahead (libfaketime): the uploads are older than twice the lease TTL, without waiting
+    out = cli("run", "--source", sqlite_url, "--sink", f"s3://{s3_bucket}/arch", "--older-than", "30d", "--lease-ttl", "1s", "--json",
+              env=faketime_env(later(5)))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["swept"] == 1
     left = [u["Key"] for u in s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]

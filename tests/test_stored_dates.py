@@ -13,8 +13,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from conftest import age_rows, celery_app, cli, reset_database, run_celery
-from helpers import read_archive, utc
-from test_redis_source import REDIS_URL
+from helpers import REDIS_URL, read_archive, utc
 from test_time import pg_new_york, stored_texts, write  # noqa: F401 - pg_new_york is a fixture
 
 UTC = dt.timezone.utc
@@ -103,7 +102,7 @@ def test_a_row_without_a_task_id_is_counted_and_left(backend_url: str, tmp_path:
 
     out = cli("run", "--source", backend_url, "--sink", str(tmp_path / "a"), "--older-than", "30d")
     assert out.returncode == 0, out.stderr
-    assert "1 row(s) have no task id" in out.stdout
+    assert "1 row(s) have no task id" in out.stdout and "first: celery_taskmeta id=" in out.stdout
     unreadable = {"ok-4"} if "sqlite" in backend_url else set()
     assert set(read_archive(tmp_path / "a")) == {"ok-0", "ok-1", "ok-3", "ok-4"} - unreadable
     assert set(stored_texts(backend_url)) == {None} | unreadable  # the bad rows, left where they were

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import PG_ADMIN, _admin, cli, faketime_env, reset_database, run_celery
-from helpers import archive, read_archive, utc
-from test_redis_source import REDIS_URL
+from conftest import PG_ADMIN, _fresh_database, cli, faketime_env, reset_database, run_celery
+from helpers import REDIS_URL, archive, read_archive, utc
 
 from celery_archive import RunConfig, parse_duration, run
 from celery_archive.pipeline.run import RunReport
@@ -55,15 +54,7 @@ Window = tuple[dt.datetime, dt.datetime]  # the instants between which Celery wr
 def pg_new_york() -> Iterator[str]:
     """A PostgreSQL database whose TimeZone is America/New_York (as where the server runs in
     local time): Celery's connections, which set none, get it."""
-    name = f"ca_test_ny_{secrets.token_hex(4)}"
-    admin = _admin(PG_ADMIN)
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-        c.exec_driver_sql(f"ALTER DATABASE {name} SET timezone = 'America/New_York'")
-    yield str(sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False))
-    with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    yield from _fresh_database(PG_ADMIN, " WITH (FORCE)", "ALTER DATABASE {name} SET timezone = 'America/New_York'")
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import DATA
 from celery_archive.errors import ObjectNotFoundError
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline.index import PACKS, state
-from celery_archive.pipeline.restore import find
+from celery_archive.index.packs import PACKS, state
+from celery_archive.restore.search import find
 from celery_archive.web.cache import CachedSink
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class Archive:
 
     def is_empty(self) -> bool:
         """No committed run and no data file: not an archive (yet)."""
-        return not self.runs() and not any(True for _ in self.sink.list(mf.DATA))
+        return not self.runs() and not any(True for _ in self.sink.list(DATA))
 
     def results(self, task_id: str) -> list[dict[str, Any]]:
         """The archived records of ``task_id`` (one per kind), newest run's copy; [] if unknown."""
@@ -144,7 +145,7 @@ class Archive:
     def manifest(self, run_id: str) -> dict[str, Any]:
         m = self._manifests.get(run_id)
         if m is None:  # write-once: a manifest read once is the manifest
-            m = self._manifests[run_id] = mf.load_manifest(self.sink, run_id)
+            m = self._manifests[run_id] = mf.load_manifest(self.sink, run_id).to_json()
         return m
 
     def runs(self) -> list[Run]:
@@ -162,11 +163,11 @@ class Archive:
             out = []
             for run_id in mf.committed_runs(self.sink):
                 m, r = self.manifest(run_id), reports.get(run_id)
-                run_state = "pending" if r is None else ("purged" if r.get("purged") else "kept")
-                r = r or {}
+                run_state = "pending" if r is None else ("purged" if r.purged else "kept")
                 out.append(Run(run_id, m["created_at"], m["source"], m["cutoff"], m["totals"]["files"], m["totals"]["rows"],
-                               m["totals"]["bytes"], run_state, r.get("deleted"), r.get("verified"), r.get("skipped_changed"),
-                               r.get("finished_at")))
+                               m["totals"]["bytes"], run_state, None if r is None else r.deleted,
+                               None if r is None else r.verified, None if r is None else r.skipped_changed,
+                               (r.finished_at or None) if r is not None else None))
             self._runs = (time.monotonic(), out, self._totals(out))
             return self._runs
 

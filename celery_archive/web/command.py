@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from celery_archive.cli import emit, handle_errors, json_option, main, sink_option
+from celery_archive.cli.base import emit, handle_errors, json_option, main, sink_option
 from celery_archive.errors import ArchiveError, ConfigError
 
 if TYPE_CHECKING:
