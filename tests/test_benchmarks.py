@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -39,4 +40,11 @@ def test_s3_benchmark_runs_and_prints_its_ratios() -> None:
     text = run_bench("benchmarks/bench_s3.py", "--rows", "3000", "--repeats", "1", "--big-mib", "70")
     for line in ("moto server (own process)", "raw upload_file", "archive S3Sink.put", "archive upload rate / raw boto3 rate",
                  "one 70 MiB data file (multipart)", "what S3 adds to a whole run"):
+        assert line in text
+
+
+def test_web_benchmark_runs_and_prints_its_figures(tmp_path: Path) -> None:
+    text = run_bench("benchmarks/bench_web.py", "--results", "3000", "--lookups", "30", "--cli-lookups", "2", "--home", str(tmp_path))
+    for line in ("result page, first view of each id: 30 random ids, server time p50", "Python API find(), no cache",
+                 "`celery-archive restore ID` as a fresh process", "ratio page server time / find()", "target: result page p50"):
         assert line in text
