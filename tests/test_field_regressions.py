@@ -1,0 +1,51 @@
+"""Found by the field test after the layout refactor (issue 16): each test failed on the
+branch point and passes after its fix. Real servers, the installed command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli
+from test_cli_errors import BROKEN, fails
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("demo")
+    assert cli("demo", "--dir", str(where / "d"), cwd=where).returncode == 0
+    return where / "d"
+
+
+@pytest.fixture
+def copy(demo: Path, tmp_path: Path) -> Iterator[Path]:
+    shutil.copytree(demo, tmp_path / "d")
+    yield tmp_path / "d"
+
+
+def _edit(path: Path, change: Any) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize(("field", "value"), [("rows", "abc"), ("rows", [1]), ("kinds", "x"), ("key", 5), ("bytes", None)])
+def test_a_manifest_field_of_the_wrong_type_is_named_not_a_traceback(copy: Path, field: str, value: Any) -> None:
+    """A manifest whose file entry holds ``"rows": "abc"`` (or a list, or a number for the
+    key) made verify, runs, restore --run and query end in a ValueError/TypeError traceback."""
+    sink = copy / "archive"
+    manifest = sorted((sink / "manifests").glob("*.json"))[0]
+    _edit(manifest, lambda m: m["files"][0].__setitem__(field, value))
+    for command in (["verify"], ["runs"], ["restore", "--run", manifest.stem], ["query", "select count(*) from results"]):
+        fails(*command, "--sink", str(sink), code=BROKEN, says=(manifest.name, "wrong type"))
+
+
+def test_a_run_report_field_of_the_wrong_type_is_named(copy: Path) -> None:
+    sink = copy / "archive"
+    report = sorted((sink / "runs").glob("*.json"))[0]
+    _edit(report, lambda r: r.__setitem__("verified", "many"))
+    fails("runs", "--sink", str(sink), code=BROKEN, says=(report.name, "wrong type"))
