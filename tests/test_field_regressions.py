@@ -49,3 +49,19 @@ def test_a_run_report_field_of_the_wrong_type_is_named(copy: Path) -> None:
     report = sorted((sink / "runs").glob("*.json"))[0]
     _edit(report, lambda r: r.__setitem__("verified", "many"))
     fails("runs", "--sink", str(sink), code=BROKEN, says=(report.name, "wrong type"))
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"run_id": "x"}', "[]"])
+def test_manifest_rebuild_writes_a_damaged_manifest_again_as_its_message_says(copy: Path, damage: str) -> None:
+    """verify, runs, query and restore --run say of a damaged manifest that `manifest rebuild`
+    writes it again; it said "nothing to rebuild" and left the archive unreadable."""
+    sink = copy / "archive"
+    manifest = sorted((sink / "manifests").glob("*.json"))[0]
+    good = manifest.read_bytes()
+    manifest.write_text(damage)
+    fails("verify", "--sink", str(sink), code=BROKEN, says=(manifest.name, "manifest rebuild"))
+    out = cli("manifest", "rebuild", "--sink", str(sink), "--run", manifest.stem, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [r["run_id"] for r in json.loads(out.stdout)["rebuilt"]] == [manifest.stem]
+    assert manifest.read_bytes() == good
+    assert json.loads(cli("verify", "--sink", str(sink), "--json").stdout)["rows"] == 201

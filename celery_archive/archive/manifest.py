@@ -58,8 +58,7 @@ def _field(obj: dict[str, Any], name: str, where: str) -> Any:
     try:
         return obj[name]
     except (KeyError, TypeError) as exc:
-        raise SinkError(f"{where} has no {name!r}: it is damaged or not celery-archive's; "
-                        "`celery-archive verify` names the damage, `celery-archive manifest rebuild` writes it again") from exc
+        raise SinkError(f"{where} has no {name!r}: it is damaged or not celery-archive's") from exc
 
 
 @contextlib.contextmanager
@@ -69,8 +68,7 @@ def _typed(where: str) -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, AttributeError) as exc:
-        raise SinkError(f"{where} has a field of the wrong type ({exc}): it is damaged or not celery-archive's; "
-                        "`celery-archive verify` names the damage, `celery-archive manifest rebuild` writes it again") from exc
+        raise SinkError(f"{where} has a field of the wrong type ({exc}): it is damaged or not celery-archive's") from exc
 
 
 @dataclass(frozen=True)
@@ -256,6 +254,9 @@ def load_manifest(sink: Sink, run_id: str) -> Manifest:
         return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
+    except SinkError as exc:  # damaged: the run's commit record holds the manifest it committed
+        raise SinkError(f"{exc}; `celery-archive manifest rebuild --sink {sink.url} --run {run_id}` writes it again "
+                        "from the run's commit record") from exc
 
 
 def committed_runs(sink: Sink) -> list[str]:
