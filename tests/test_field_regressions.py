@@ -65,3 +65,31 @@ def test_manifest_rebuild_writes_a_damaged_manifest_again_as_its_message_says(co
     assert [r["run_id"] for r in json.loads(out.stdout)["rebuilt"]] == [manifest.stem]
     assert manifest.read_bytes() == good
     assert json.loads(cli("verify", "--sink", str(sink), "--json").stdout)["rows"] == 201
+
+
+def _packs(sink: Path) -> list[Path]:
+    assert cli("index", "compact", "--sink", str(sink)).returncode == 0
+    return sorted(p for p in (sink / "index").rglob("*.parquet") if "log" not in p.parts)
+
+
+def test_manifest_rebuild_names_a_damaged_index_pack(copy: Path) -> None:
+    """A truncated index pack made `manifest rebuild` end in pyarrow's ArrowInvalid traceback."""
+    sink = copy / "archive"
+    for pack in _packs(sink):
+        pack.write_bytes(pack.read_bytes()[:30])
+    fails("manifest", "rebuild", "--sink", str(sink), code=BROKEN, says=("restore index object", "is damaged", "index rebuild"))
+    assert cli("index", "rebuild", "--sink", str(sink)).returncode == 0
+    assert cli("manifest", "rebuild", "--sink", str(sink)).returncode == 0
+    assert cli("restore", "demo-00003", "--sink", str(sink)).returncode == 0
+
+
+def test_a_missing_index_pack_is_named_not_try_again(copy: Path) -> None:
+    """With a pack deleted, restore said "the index kept changing while being read; try
+    again", which no retry mends; it names the missing object and `index rebuild`."""
+    sink = copy / "archive"
+    for pack in _packs(sink):
+        pack.unlink()
+    fails("restore", "demo-00003", "--sink", str(sink), code=BROKEN, says=("is missing", "index rebuild"))
+    assert cli("index", "rebuild", "--sink", str(sink)).returncode == 0
+    out = cli("restore", "demo-00003", "--sink", str(sink), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["found"] is True, out.stdout + out.stderr
