@@ -93,3 +93,22 @@ def test_a_missing_index_pack_is_named_not_try_again(copy: Path) -> None:
     assert cli("index", "rebuild", "--sink", str(sink)).returncode == 0
     out = cli("restore", "demo-00003", "--sink", str(sink), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["found"] is True, out.stdout + out.stderr
+
+
+def test_manifest_rebuild_replaces_a_damaged_manifest_on_s3(copy: Path, s3_bucket: str) -> None:
+    """The same on S3, whose writes are create-only: the damaged object is replaced."""
+    import boto3
+
+    sink = f"s3://{s3_bucket}/arch"
+    run = cli("run", "--source", f"db+sqlite:///{copy / 'results.db'}", "--sink", sink, "--older-than", "1h", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    rid, rows = json.loads(run.stdout)["run_id"], json.loads(run.stdout)["verified"]
+    s3 = boto3.client("s3")
+    key = f"arch/manifests/{rid}.json"
+    good = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=b'{"files": "truncated')
+    fails("query", "--sink", sink, "select count(*) from results", code=BROKEN, says=(f"manifests/{rid}.json", "manifest rebuild"))
+    out = cli("manifest", "rebuild", "--sink", sink, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["rebuilt"][0]["run_id"] == rid, out.stdout + out.stderr
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == good
+    assert json.loads(cli("verify", "--sink", sink, "--json").stdout)["rows"] == rows > 0
