@@ -13,6 +13,8 @@ import pytest
 from conftest import cli
 from test_cli_errors import BROKEN, fails
 
+VERIFY_FAILED = 3  # the README: 3 verification failed
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,6 +35,17 @@ def _edit(path: Path, change: Any) -> None:
     path.write_text(json.dumps(obj))
 
 
+def _verify_fails(sink: Path | str) -> list[str]:
+    """verify's problems, after checking it failed as a verify does (exit 3, in text and JSON)."""
+    text = cli("verify", "--sink", str(sink))
+    assert text.returncode == VERIFY_FAILED and "Traceback" not in text.stderr, text.stdout + text.stderr
+    out = cli("verify", "--sink", str(sink), "--json")
+    assert out.returncode == VERIFY_FAILED, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] is False and report["problems"]
+    return list(report["problems"])
+
+
 @pytest.mark.parametrize(("field", "value"), [("rows", "abc"), ("rows", [1]), ("kinds", "x"), ("key", 5), ("bytes", None)])
 def test_a_manifest_field_of_the_wrong_type_is_named_not_a_traceback(copy: Path, field: str, value: Any) -> None:
     """A manifest whose file entry holds ``"rows": "abc"`` (or a list, or a number for the
@@ -40,8 +53,9 @@ def test_a_manifest_field_of_the_wrong_type_is_named_not_a_traceback(copy: Path,
     sink = copy / "archive"
     manifest = sorted((sink / "manifests").glob("*.json"))[0]
     _edit(manifest, lambda m: m["files"][0].__setitem__(field, value))
-    for command in (["verify"], ["runs"], ["restore", "--run", manifest.stem], ["query", "select count(*) from results"]):
+    for command in (["runs"], ["restore", "--run", manifest.stem], ["query", "select count(*) from results"]):
         fails(*command, "--sink", str(sink), code=BROKEN, says=(manifest.name, "wrong type"))
+    assert any(manifest.name in p and "wrong type" in p for p in _verify_fails(sink))
 
 
 def test_a_run_report_field_of_the_wrong_type_is_named(copy: Path) -> None:
@@ -59,7 +73,7 @@ def test_manifest_rebuild_writes_a_damaged_manifest_again_as_its_message_says(co
     manifest = sorted((sink / "manifests").glob("*.json"))[0]
     good = manifest.read_bytes()
     manifest.write_text(damage)
-    fails("verify", "--sink", str(sink), code=BROKEN, says=(manifest.name, "manifest rebuild"))
+    assert any(manifest.name in p and "manifest rebuild" in p for p in _verify_fails(sink))
     out = cli("manifest", "rebuild", "--sink", str(sink), "--run", manifest.stem, "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert [r["run_id"] for r in json.loads(out.stdout)["rebuilt"]] == [manifest.stem]
@@ -112,3 +126,20 @@ def test_manifest_rebuild_replaces_a_damaged_manifest_on_s3(copy: Path, s3_bucke
     assert out.returncode == 0 and json.loads(out.stdout)["rebuilt"][0]["run_id"] == rid, out.stdout + out.stderr
     assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == good
     assert json.loads(cli("verify", "--sink", sink, "--json").stdout)["rows"] == rows > 0
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"files": [{"format": "csv"}]}', '{"run_id": 1}'])
+def test_verify_reports_a_damaged_manifest_and_checks_the_other_runs(copy: Path, damage: str) -> None:
+    """Before the refactor verify reported a manifest entry of format "csv" as a problem
+    (exit 3) and went on; after it, any damaged manifest stopped verify at once (exit 1),
+    leaving every other run unchecked."""
+    sink = copy / "archive"
+    run = cli("run", "--source", f"db+sqlite:///{copy / 'results.db'}", "--sink", str(sink), "--older-than", "1h", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    second = json.loads(run.stdout)
+    first = next(p for p in sorted((sink / "manifests").glob("*.json")) if p.stem != second["run_id"])
+    first.write_text(damage)
+    problems = _verify_fails(sink)
+    assert len(problems) == 1 and first.stem in problems[0], problems
+    report = json.loads(cli("verify", "--sink", str(sink), "--json").stdout)
+    assert report["runs"] == 2 and report["rows"] == second["verified"] > 0

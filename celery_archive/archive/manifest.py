@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from celery_archive.archive.layout import DATA, MANIFESTS, OUTCOMES, RUNS, manifest_key, new_run_id, outcome_key, report_key, run_id_of
-from celery_archive.errors import LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.errors import DamagedObjectError, LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink
 
@@ -58,7 +58,7 @@ def _field(obj: dict[str, Any], name: str, where: str) -> Any:
     try:
         return obj[name]
     except (KeyError, TypeError) as exc:
-        raise SinkError(f"{where} has no {name!r}: it is damaged or not celery-archive's") from exc
+        raise DamagedObjectError(f"{where} has no {name!r}: it is damaged or not celery-archive's") from exc
 
 
 @contextlib.contextmanager
@@ -68,7 +68,7 @@ def _typed(where: str) -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, AttributeError) as exc:
-        raise SinkError(f"{where} has a field of the wrong type ({exc}): it is damaged or not celery-archive's") from exc
+        raise DamagedObjectError(f"{where} has a field of the wrong type ({exc}): it is damaged or not celery-archive's") from exc
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class FileEntry:
         try:
             fmt = Format(f("format"))
         except ValueError as exc:
-            raise SinkError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
+            raise DamagedObjectError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
         with _typed(where):
             return cls(_text(f("key")), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), _text(f("sha256")),
                        _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")))
@@ -153,10 +153,10 @@ class Manifest:
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "a manifest") -> Manifest:
         if not isinstance(obj, dict):
-            raise SinkError(f"{where} is not a JSON object: it is damaged or not celery-archive's")
+            raise DamagedObjectError(f"{where} is not a JSON object: it is damaged or not celery-archive's")
         f = functools.partial(_field, obj, where=where)
         if not isinstance(f("files"), list):
-            raise SinkError(f"{where}: 'files' is not a list: it is damaged or not celery-archive's")
+            raise DamagedObjectError(f"{where}: 'files' is not a list: it is damaged or not celery-archive's")
         files = tuple(FileEntry.from_json(e, f"{where}, file {i}") for i, e in enumerate(f("files")))
         totals = obj.get("totals") or {}
         known = {fl.name for fl in fields(cls)} - {"extra", "absent"}
@@ -220,10 +220,10 @@ class Outcome:
         try:
             state = State(f("outcome"))
         except ValueError as exc:
-            raise SinkError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from exc
+            raise DamagedObjectError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from exc
         manifest = Manifest.from_json(obj["manifest"], f"{where}'s manifest") if obj.get("manifest") is not None else None
         if state is State.COMMITTED and manifest is None:
-            raise SinkError(f"{where} says committed but holds no manifest: it is damaged")
+            raise DamagedObjectError(f"{where} says committed but holds no manifest: it is damaged")
         return cls(f("run_id"), state, obj.get("at", ""), manifest, obj.get("by"))
 
 
@@ -237,7 +237,7 @@ def _load(sink: Sink, key: str) -> dict[str, Any]:
     try:
         obj: dict[str, Any] = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise SinkError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from exc
+        raise DamagedObjectError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from exc
     return obj
 
 
@@ -254,8 +254,8 @@ def load_manifest(sink: Sink, run_id: str) -> Manifest:
         return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
-    except SinkError as exc:  # damaged: the run's commit record holds the manifest it committed
-        raise SinkError(f"{exc}; `celery-archive manifest rebuild --sink {sink.url} --run {run_id}` writes it again "
+    except DamagedObjectError as exc:  # the run's commit record holds the manifest it committed
+        raise DamagedObjectError(f"{exc}; `celery-archive manifest rebuild --sink {sink.url} --run {run_id}` writes it again "
                         "from the run's commit record") from exc
 
 

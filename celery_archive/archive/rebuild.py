@@ -16,7 +16,7 @@ from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import manifest_key
 from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
 from celery_archive.backends.codec import SERIALIZERS
-from celery_archive.errors import ObjectNotFoundError, SinkError
+from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
 from celery_archive.formats.entries import ids_digest
 from celery_archive.index.packs import DeltaWriter, referenced_runs
@@ -106,11 +106,11 @@ def _replace_damaged(sink: Sink, run_id: str, out: RebuildReport) -> None:
         return
     except ObjectNotFoundError:
         return
-    except SinkError as exc:
+    except DamagedObjectError as exc:
         damage = str(exc)
     try:
         outcome = mf.load_outcome(sink, run_id)
-    except SinkError as exc:
+    except DamagedObjectError as exc:
         outcome, damage = None, f"{damage}; its commit record too: {exc}"
     if outcome is None or outcome.manifest is None:
         out.skipped.append({"run_id": run_id, "why": f"its manifest is damaged and no commit record holds it ({damage})"})
