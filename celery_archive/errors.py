@@ -35,6 +35,11 @@ class ObjectExistsError(SinkError):
     """A write-once object already exists; it was not overwritten."""
 
 
+class DamagedObjectError(SinkError):
+    """An archive object is there but is not what celery-archive wrote (not JSON, a field
+    missing or of the wrong type): damage for verify to report, not a storage failure."""
+
+
 class ObjectNotFoundError(SinkError):
     """The object asked for is not in the sink."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from celery_archive.archive import manifest as mf
-from celery_archive.errors import ConfigError
+from celery_archive.errors import ConfigError, DamagedObjectError
 from celery_archive.pipeline.verify import verify_run
 from celery_archive.sinks import Sink, open_sink
 from celery_archive.spool import spool_dir
@@ -72,7 +72,13 @@ def verify_archive(sink_url: str, run_id: str | None = None) -> ArchiveVerifyRep
     run_ids = [run_id] if run_id else committed
     with spool_dir(None) as tmp:
         for rid in run_ids:
-            r = verify_run(sink, mf.load_manifest(sink, rid), Path(tmp))
+            try:
+                manifest = mf.load_manifest(sink, rid)
+            except DamagedObjectError as exc:  # damage to report (exit 3); the other runs are still checked
+                report.runs += 1
+                report.problems.append(f"run {rid}: {exc}")
+                continue
+            r = verify_run(sink, manifest, Path(tmp))
             report.runs += 1
             report.files += r.files
             report.rows += r.rows

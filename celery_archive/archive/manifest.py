@@ -13,6 +13,7 @@ never commit files that were removed: its own create fails, and it stops.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 
 from celery_archive.archive.layout import DATA, MANIFESTS, OUTCOMES, RUNS, manifest_key, new_run_id, outcome_key, report_key, run_id_of
-from celery_archive.errors import LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
+from celery_archive.errors import DamagedObjectError, LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
 from celery_archive.sinks import Sink
 
@@ -47,12 +48,27 @@ class State(StrEnum):
 COMMITTED, ABANDONED = State.COMMITTED, State.ABANDONED
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
 def _field(obj: dict[str, Any], name: str, where: str) -> Any:
     try:
         return obj[name]
     except (KeyError, TypeError) as exc:
-        raise SinkError(f"{where} has no {name!r}: it is damaged or not celery-archive's; "
-                        "`celery-archive verify` names the damage, `celery-archive manifest rebuild` writes it again") from exc
+        raise DamagedObjectError(f"{where} has no {name!r}: it is damaged or not celery-archive's") from exc
+
+
+@contextlib.contextmanager
+def _typed(where: str) -> Iterator[None]:
+    """A field of the wrong type (``"rows": "abc"``, ``"kinds": 5``, a list for an object) is
+    damage to name, like a missing one, not a traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DamagedObjectError(f"{where} has a field of the wrong type ({exc}): it is damaged or not celery-archive's") from exc
 
 
 @dataclass(frozen=True)
@@ -79,9 +95,10 @@ class FileEntry:
         try:
             fmt = Format(f("format"))
         except ValueError as exc:
-            raise SinkError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
-        return cls(f("key"), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), f("sha256"), f("ids_sha256"),
-                   f("min_date_done"), f("max_date_done"), dict(f("kinds")))
+            raise DamagedObjectError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
+        with _typed(where):
+            return cls(_text(f("key")), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), _text(f("sha256")),
+                       _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")))
 
 
 @dataclass(frozen=True)
@@ -136,22 +153,25 @@ class Manifest:
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "a manifest") -> Manifest:
         if not isinstance(obj, dict):
-            raise SinkError(f"{where} is not a JSON object: it is damaged or not celery-archive's")
+            raise DamagedObjectError(f"{where} is not a JSON object: it is damaged or not celery-archive's")
         f = functools.partial(_field, obj, where=where)
+        if not isinstance(f("files"), list):
+            raise DamagedObjectError(f"{where}: 'files' is not a list: it is damaged or not celery-archive's")
         files = tuple(FileEntry.from_json(e, f"{where}, file {i}") for i, e in enumerate(f("files")))
         totals = obj.get("totals") or {}
         known = {fl.name for fl in fields(cls)} - {"extra", "absent"}
-        return cls(
-            run_id=f("run_id"), created_at=obj.get("created_at", ""), source=obj.get("source", ""),
-            source_tables=dict(obj.get("source_tables") or {}), cutoff=obj.get("cutoff", ""),
-            older_than=obj.get("older_than", ""), serializer=obj.get("serializer", "json"), delete=bool(obj.get("delete", True)),
-            tool_version=obj.get("tool_version", ""), files=files,
-            totals=Totals(int(totals.get("files", len(files))), int(totals.get("rows", sum(e.rows for e in files))),
-                          int(totals.get("bytes", sum(e.bytes for e in files)))),
-            rules=obj.get("rules"), manifest_version=int(obj.get("manifest_version", 1)),
-            schema_version=int(obj.get("schema_version", 1)),
-            extra={k: v for k, v in obj.items() if k not in known}, absent=frozenset(known - set(obj)),
-        )
+        with _typed(where):
+            return cls(
+                run_id=f("run_id"), created_at=obj.get("created_at", ""), source=obj.get("source", ""),
+                source_tables=dict(obj.get("source_tables") or {}), cutoff=obj.get("cutoff", ""),
+                older_than=obj.get("older_than", ""), serializer=obj.get("serializer", "json"), delete=bool(obj.get("delete", True)),
+                tool_version=obj.get("tool_version", ""), files=files,
+                totals=Totals(int(totals.get("files", len(files))), int(totals.get("rows", sum(e.rows for e in files))),
+                              int(totals.get("bytes", sum(e.bytes for e in files)))),
+                rules=obj.get("rules"), manifest_version=int(obj.get("manifest_version", 1)),
+                schema_version=int(obj.get("schema_version", 1)),
+                extra={k: v for k, v in obj.items() if k not in known}, absent=frozenset(known - set(obj)),
+            )
 
 
 @dataclass(frozen=True)
@@ -171,8 +191,9 @@ class RunRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "a run report") -> RunRecord:
         f = functools.partial(_field, obj, where=where)
-        return cls(f("run_id"), obj.get("finished_at", ""), int(obj.get("verified", 0)), int(obj.get("deleted", 0)),
-                   int(obj.get("skipped_changed", 0)), bool(obj.get("purged", True)))
+        with _typed(where):
+            return cls(f("run_id"), obj.get("finished_at", ""), int(obj.get("verified", 0)), int(obj.get("deleted", 0)),
+                       int(obj.get("skipped_changed", 0)), bool(obj.get("purged", True)))
 
 
 @dataclass(frozen=True)
@@ -199,10 +220,10 @@ class Outcome:
         try:
             state = State(f("outcome"))
         except ValueError as exc:
-            raise SinkError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from exc
+            raise DamagedObjectError(f"{where}: outcome {obj['outcome']!r} is neither committed nor abandoned") from exc
         manifest = Manifest.from_json(obj["manifest"], f"{where}'s manifest") if obj.get("manifest") is not None else None
         if state is State.COMMITTED and manifest is None:
-            raise SinkError(f"{where} says committed but holds no manifest: it is damaged")
+            raise DamagedObjectError(f"{where} says committed but holds no manifest: it is damaged")
         return cls(f("run_id"), state, obj.get("at", ""), manifest, obj.get("by"))
 
 
@@ -216,7 +237,7 @@ def _load(sink: Sink, key: str) -> dict[str, Any]:
     try:
         obj: dict[str, Any] = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise SinkError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from exc
+        raise DamagedObjectError(f"{key} in {sink.url} is not valid JSON ({exc}); it may be corrupt") from exc
     return obj
 
 
@@ -233,6 +254,9 @@ def load_manifest(sink: Sink, run_id: str) -> Manifest:
         return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
+    except DamagedObjectError as exc:  # the run's commit record holds the manifest it committed
+        raise DamagedObjectError(f"{exc}; `celery-archive manifest rebuild --sink {sink.url} --run {run_id}` writes it again "
+                        "from the run's commit record") from exc
 
 
 def committed_runs(sink: Sink) -> list[str]:

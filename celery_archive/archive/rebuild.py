@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import manifest_key
 from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
 from celery_archive.backends.codec import SERIALIZERS
+from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
 from celery_archive.formats.entries import ids_digest
 from celery_archive.index.packs import DeltaWriter, referenced_runs
@@ -95,11 +97,40 @@ def _from_files(sink: Sink, run_id: str, keys: list[str], spool: Path, report: R
     return manifest, located
 
 
+def _replace_damaged(sink: Sink, run_id: str, out: RebuildReport) -> None:
+    """A manifest that is there but cannot be read (not JSON, a field missing or of the wrong
+    type) is written again from the run's commit record, which holds the very manifest it
+    committed; the messages about a damaged manifest point here."""
+    try:
+        mf.load_manifest(sink, run_id)
+        return
+    except ObjectNotFoundError:
+        return
+    except DamagedObjectError as exc:
+        damage = str(exc)
+    try:
+        outcome = mf.load_outcome(sink, run_id)
+    except DamagedObjectError as exc:
+        outcome, damage = None, f"{damage}; its commit record too: {exc}"
+    if outcome is None or outcome.manifest is None:
+        out.skipped.append({"run_id": run_id, "why": f"its manifest is damaged and no commit record holds it ({damage})"})
+        return
+    sink.delete(manifest_key(run_id))
+    mf.publish(sink, outcome.manifest)
+    out.rebuilt.append({"run_id": run_id, "source": "outcome (a damaged manifest replaced)", "files": len(outcome.manifest.files),
+                        "rows": outcome.manifest.totals.rows})
+
+
 def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> RebuildReport:
     """Write again the manifest of every committed run whose data files no manifest names
     (or of ``run_id``); call under the archive's lease."""
     out = RebuildReport(sink.url)
-    uncommitted = mf.uncommitted_files(sink, set(mf.committed_runs(sink)))
+    committed = mf.committed_runs(sink)
+    for rid in sorted(committed) if run_id is None else [r for r in committed if r == run_id]:
+        _replace_damaged(sink, rid, out)
+    if run_id is not None and any(r["run_id"] == run_id for r in out.rebuilt + out.skipped):
+        return out
+    uncommitted = mf.uncommitted_files(sink, set(committed))
     if run_id is not None:
         if run_id not in uncommitted:
             out.skipped.append({"run_id": run_id, "why": "it has a manifest, or no data files"})

@@ -91,6 +91,7 @@ def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]
     import pyarrow.compute as pc
 
     wanted = sorted(set(task_ids))
+    before: IndexState | None = None
     for _attempt in range(3):
         st = state(sink)
         try:
@@ -98,7 +99,12 @@ def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]
             if st.generation:
                 for b in sorted({bucket_of(t, st.buckets) for t in wanted}):
                     tables.append(_read(sink, pack_key(st.generation, st.buckets, b)))
-        except ObjectNotFoundError:
+        except ObjectNotFoundError as exc:
+            if st == before:  # listed twice the same: no compaction moved it, it is gone
+                raise ObjectNotFoundError(f"an object of the restore index of {sink.url} is missing ({exc}): "
+                                          f"`celery-archive index rebuild --sink {sink.url}` makes the index again "
+                                          "from the data files") from exc
+            before = st
             continue  # a compaction replaced what was listed: list again
         found: dict[str, list[dict[str, Any]]] = {}
         if tables:
@@ -130,7 +136,10 @@ def _read_columns(sink: Sink, key: str, columns: list[str]) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(pa.BufferReader(sink.read(key)), columns=columns)
+    try:
+        return pq.read_table(pa.BufferReader(sink.read(key)), columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise damaged_index(sink, key, exc) from exc
 
 
 class DeltaWriter:
