@@ -106,12 +106,17 @@ def system_allocator() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
+CONSOLE_SCRIPT = False  # set by the console script (cli.entry): nothing runs in its process after the command
+
+
 @contextlib.contextmanager
 def frozen_once_started() -> Iterator[Callable[[], None]]:
     """A run's libraries (SQLAlchemy, pyarrow, a driver: objects that live as long as the
     process) are loaded by its first batch; calling the yielded function then moves them out of
     the cycle collector's way (gc.freeze) for the rest of the run, and leaving puts them back
-    (gc.unfreeze), so the collector is as it was. Only what was frozen here is unfrozen."""
+    (gc.unfreeze), so the collector is as it was for whoever called the command in-process.
+    Only what was frozen here is unfrozen; the console script's process ends with the command,
+    and unfreezing there would only make its exit collect every library object once more."""
     import gc
 
     frozen = False
@@ -125,7 +130,7 @@ def frozen_once_started() -> Iterator[Callable[[], None]]:
     try:
         yield started
     finally:
-        if frozen:
+        if frozen and not CONSOLE_SCRIPT:  # the console script's process ends now: its exit need not collect them all
             gc.unfreeze()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +81,7 @@ def _server(archive: Archive, token: str | None) -> uvicorn.Server:
 
 def _check(server: uvicorn.Server, sock: socket.socket, base: str, token: str | None) -> dict[str, Any]:
     """Serve in a thread, fetch /healthz and /, stop: what `--check` reports."""
+    import urllib.request  # here: every command's start-up imports this module
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     out: dict[str, Any] = {}
