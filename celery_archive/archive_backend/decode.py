@@ -47,6 +47,13 @@ def _date(value: Any) -> Any:
     return value
 
 
+def _naive(value: Any) -> Any:
+    """A date as Celery's DatabaseBackend hands it out: naive UTC."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
 def task_meta(backend: Any, rec: dict[str, Any]) -> dict[str, Any]:
     """The meta of an archived task, as ``backend._get_task_meta_for`` returns it."""
     fmt, ctype, enc = rec["storage_format"], rec["content_type"], rec["content_encoding"]
@@ -59,7 +66,7 @@ def task_meta(backend: Any, rec: dict[str, Any]) -> dict[str, Any]:
         result_type = PICKLE if fmt == "celery-db-5.6" else ctype  # Celery <= 5.6 pickled the result column
         meta = {"task_id": rec["task_id"], "status": rec["status"],
                 "result": _loads(backend, rec["raw_result"], result_type, "binary" if result_type == PICKLE else enc, what),
-                "traceback": rec["traceback"], "date_done": _date(rec["date_done"]),
+                "traceback": rec["traceback"], "date_done": _naive(rec["date_done"]),
                 "children": _loads(backend, rec["raw_children"], ctype, enc, what) or []}
         if rec.get("name") is not None:
             meta.update(name=rec["name"], args=_loads(backend, rec["raw_args"], ctype, enc, what),
@@ -112,4 +119,5 @@ def group_meta(backend: Any, rec: dict[str, Any]) -> dict[str, Any]:
         result_type = PICKLE if fmt == "celery-db-5.6" else ctype
         value = _loads(backend, rec["raw_result"], result_type, "binary" if result_type == PICKLE else enc, what)
     result = value if value is None or isinstance(value, GroupResult) else result_from_tuple(value, backend.app)
-    return {"group_id": rec["task_id"], "result": result, "date_done": _date(rec["date_done"])}
+    date = _date(rec["date_done"]) if fmt == "django-celery-results" else _naive(rec["date_done"])
+    return {"group_id": rec["task_id"], "result": result, "date_done": date}

@@ -1,0 +1,196 @@
+"""The archive+ result backend on real Redis, PostgreSQL and SQLite backends: results written
+by Celery's own backend code, archived and purged by celery-archive, then read through
+AsyncResult / GroupResult exactly as before the purge."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from archive_backend_support import app_for, redis_server, seen, write_results
+from celery.result import AsyncResult, GroupResult
+from conftest import age_rows, db_url, reset_database
+from helpers import archive
+
+from celery_archive.archive_backend import ArchivedContentRefused
+from celery_archive.errors import ConfigError
+
+IDS = ["ok-0", "ok-1", "ok-5", "fail-0", "revoked-0"]
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    yield from redis_server(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(params=["redis", "sqlite", "postgresql"])
+def live_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        port = request.getfixturevalue("redis_port")
+        redis.Redis(port=port).flushall()
+        return f"redis://127.0.0.1:{port}/0"
+    url = db_url(request, request.param, tmp_path)
+    if request.param == "postgresql":
+        reset_database(url[len("db+"):])
+    return url
+
+
+def archived(url: str, sink: Path, serializer: str = "json") -> dict[str, Any]:
+    """Write results, read them as a user does, archive and purge them all; what was seen before."""
+    app = app_for(url, serializer)
+    write_results(app)
+    if url.startswith("db+"):
+        age_rows(url, 40)
+        age_rows(url, 40, table="celery_tasksetmeta")
+    before = seen(app, IDS)
+    if url.startswith("db+"):
+        report = archive(url, sink, older_than="30d", serializer=serializer)
+    else:
+        report = archive(url, sink, older_than="0s", serializer=serializer)
+    assert report.deleted == 9  # ok-0..5, fail-0, revoked-0 and the group
+    assert seen(app, ["ok-0"])["ok-0"]["state"] == "PENDING"  # purged: the plain backend has forgotten it
+    return before
+
+
+def test_purged_results_read_as_before(live_url: str, tmp_path: Path) -> None:
+    sink = tmp_path / "archive"
+    before = archived(live_url, sink)
+    app = app_for("archive+" + live_url, archive_sink=str(sink))
+    assert type(app.backend).__name__.startswith("Archive")
+    after = seen(app, IDS)
+    for tid in IDS:
+        assert after[tid] == before[tid], tid
+    assert after["ok-1"]["state"] == "SUCCESS" and after["ok-1"]["name"] == "shop.checkout"
+    assert AsyncResult("ok-5", app=app).get(timeout=5) == {"n": 5, "items": [1, 2]}
+    with pytest.raises(KeyError, match="card declined"):  # a failure re-raises its own exception type
+        AsyncResult("fail-0", app=app).get(timeout=5)
+    assert AsyncResult("fail-0", app=app).exists() and not AsyncResult("never-ran", app=app).exists()
+    assert AsyncResult("never-ran", app=app).state == "PENDING"
+    group = GroupResult.restore("grp-0", app=app)
+    assert group is not None and [r.id for r in group.results] == ["ok-0", "ok-1"]
+    assert group.get(timeout=5) == [{"n": 0, "items": [1, 2]}, {"n": 1, "items": [1, 2]}]  # Redis: get_many
+    assert GroupResult.restore("no-such-group", app=app) is None
+
+
+def test_read_only_by_default_and_restore_on_read(live_url: str, tmp_path: Path) -> None:
+    sink = tmp_path / "archive"
+    archived(live_url, sink)
+    plain = app_for(live_url)
+    reader = app_for("archive+" + live_url, archive_sink=str(sink))
+    assert AsyncResult("ok-0", app=reader).state == "SUCCESS"
+    assert AsyncResult("ok-0", app=plain).state == "PENDING"  # nothing was written back
+    writer = app_for("archive+" + live_url, archive_sink=str(sink), archive_restore_on_read=True)
+    assert AsyncResult("ok-0", app=writer).get(timeout=5) == {"n": 0, "items": [1, 2]}
+    assert AsyncResult("fail-0", app=writer).state == "FAILURE"
+    GroupResult.restore("grp-0", app=writer)
+    put = seen(plain, ["ok-0", "fail-0"])
+    assert put["ok-0"]["state"] == "SUCCESS" and put["ok-0"]["result"] == {"n": 0, "items": [1, 2]}
+    assert put["ok-0"]["name"] == "shop.checkout" and put["ok-0"]["args"] == [0, "x"]
+    assert put["fail-0"]["state"] == "FAILURE" and "card declined" in put["fail-0"]["result"]
+    assert GroupResult.restore("grp-0", app=plain) is not None
+    if live_url.startswith("redis://"):
+        ttl = redis.Redis.from_url(live_url).ttl("celery-task-meta-ok-0")
+        assert 0 < ttl <= 86400  # the backend's own expiry (result_expires, 1 day)
+
+
+def test_live_results_and_writes_pass_through(live_url: str, tmp_path: Path) -> None:
+    sink = tmp_path / "archive"
+    archived(live_url, sink)
+    app = app_for("archive+" + live_url, archive_sink=str(sink), archive_miss_ttl=60)
+    assert AsyncResult("later-0", app=app).state == "PENDING"  # not archived: a miss, remembered for 60 s
+    app.backend.store_result("later-0", 42, "SUCCESS")  # a write goes to the live backend
+    assert AsyncResult("later-0", app=app).get(timeout=5) == 42  # seen at once despite the cached miss
+    app.backend.store_result("ok-0", "re-run", "SUCCESS")  # an archived id run again: the live result wins
+    assert AsyncResult("ok-0", app=app).get(timeout=5) == "re-run"
+    assert seen(app_for(live_url), ["ok-0"])["ok-0"]["result"] == "re-run"
+    AsyncResult("later-0", app=app).forget()
+    assert AsyncResult("later-0", app=app).state == "PENDING"
+    app.backend.mark_as_revoked("revoke-me", "terminated")
+    assert AsyncResult("revoke-me", app=app_for(live_url)).state == "REVOKED"
+
+
+def test_pickle_archive_is_refused_by_an_app_that_does_not_accept_pickle(redis_port: int, tmp_path: Path) -> None:
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    archived(url, sink, serializer="pickle")
+    json_only = app_for("archive+" + url, accept=["json"], archive_sink=str(sink))
+    with pytest.raises(ArchivedContentRefused, match=r"archived as pickle .*result_accept_content \(json\) does not accept"):
+        AsyncResult("ok-0", app=json_only).get(timeout=5)
+    trusting = app_for("archive+" + url, serializer="pickle", archive_sink=str(sink))
+    assert AsyncResult("ok-0", app=trusting).get(timeout=5) == {"n": 0, "items": [1, 2]}
+
+
+def test_sqlite_celery_56_pickle_column_needs_pickle_accepted(tmp_path: Path) -> None:
+    from conftest import run_celery56
+
+    url, sink = f"db+sqlite:///{tmp_path / 'r56.db'}", tmp_path / "archive"
+    run_celery56(url, "app.backend.store_result('old-0', {'v': 1}, 'SUCCESS')")
+    age_rows(url, 40)
+    assert archive(url, sink, older_than="30d", celery_version="5.6").deleted == 1
+    with pytest.raises(ArchivedContentRefused, match="pickle"):
+        AsyncResult("old-0", app=app_for("archive+" + url, archive_sink=str(sink))).state  # noqa: B018
+    app = app_for("archive+" + url, accept=["json", "pickle"], archive_sink=str(sink))
+    assert AsyncResult("old-0", app=app).get(timeout=5) == {"v": 1}
+
+
+def test_unreachable_or_damaged_archive_leaves_the_live_path_alone(redis_port: int, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    archived(url, sink)
+    for f in (sink / "data").rglob("*.parquet"):
+        f.write_bytes(b"not parquet at all")  # every data file damaged
+    app = app_for("archive+" + url, archive_sink=str(sink), archive_miss_ttl=0)
+    app.backend.store_result("live-0", 1, "SUCCESS")
+    with caplog.at_level(logging.WARNING, logger="celery_archive.archive_backend"):
+        assert AsyncResult("ok-0", app=app).state == "PENDING"
+        assert AsyncResult("ok-0", app=app).state == "PENDING"
+        assert AsyncResult("live-0", app=app).get(timeout=5) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "celery_archive.archive_backend"]
+    assert len(warnings) == 1 and "celery-archive verify --sink" in warnings[0], warnings
+    caplog.clear()
+    for f in (sink / "index").rglob("*.parquet"):
+        f.write_bytes(b"damaged")
+    gone = app_for("archive+" + url, archive_sink=str(sink), archive_miss_ttl=0, archive_retry_after=0)
+    with caplog.at_level(logging.WARNING, logger="celery_archive.archive_backend"):
+        for _ in range(3):
+            assert AsyncResult("ok-1", app=gone).state == "PENDING"
+        assert AsyncResult("live-0", app=gone).get(timeout=5) == 1
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+    assert "the live backend's answer stands" in caplog.records[0].getMessage()
+    assert "celery-archive index rebuild" in caplog.records[0].getMessage()
+
+
+def test_s3_archive_and_no_secret_in_warnings(redis_port: int, tmp_path: Path, s3_bucket: str,
+                                              caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis.Redis(port=redis_port).flushall()
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    archived(url, f"s3://{s3_bucket}/prod")  # type: ignore[arg-type]
+    app = app_for("archive+" + url, archive_sink=f"s3://{s3_bucket}/prod")
+    assert AsyncResult("ok-2", app=app).get(timeout=5) == {"n": 2, "items": [1, 2]}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-print-me")
+    down = app_for("archive+" + url, archive_sink=f"s3://{s3_bucket}/prod")
+    with caplog.at_level(logging.WARNING, logger="celery_archive.archive_backend"):
+        assert AsyncResult("ok-3", app=down).state == "PENDING"
+        assert AsyncResult("ok-4", app=down).state == "PENDING"
+    ours = [r for r in caplog.records if r.name == "celery_archive.archive_backend"]
+    text = " ".join(r.getMessage() for r in ours)
+    assert len(ours) == 1 and "AWS_ENDPOINT_URL" in text and "answer stands" in text and "do-not-print-me" not in text
+
+
+def test_configuration_errors_are_clear(redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CELERY_ARCHIVE_SINK", raising=False)
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    with pytest.raises(ConfigError, match="archive_sink"):
+        app_for("archive+" + url).backend  # noqa: B018
+    with pytest.raises(ConfigError, match="unsupported sink scheme 'ftp'"):
+        app_for("archive+" + url, archive_sink="ftp://x/y").backend  # noqa: B018
+    with pytest.raises(ConfigError, match="archive_miss_ttl must be a number"):
+        app_for("archive+" + url, archive_sink="/tmp", archive_miss_ttl="soon").backend  # noqa: B018
+    monkeypatch.setenv("CELERY_ARCHIVE_SINK", "/tmp")
+    assert app_for("archive+" + url).backend.archive.sink.url
