@@ -99,8 +99,8 @@ class ArchiveMixin:
 
     def _restore_group(self, group_id: str) -> dict[str, Any] | None:
         meta: dict[str, Any] | None = super()._restore_group(group_id)  # type: ignore[misc]
-        if meta is not None or _live():
-            return meta
+        if _live() or (meta is not None and meta.get("result") is not None):
+            return meta  # (django-celery-results answers an unknown group with an empty one)
         rec = self.archive.record(str(group_id), "group")
         if rec is None:
             return None

@@ -92,7 +92,7 @@ def _django(backend: Any, rec: dict[str, Any], what: str) -> dict[str, Any]:
 
     extra = content(row.get("meta")) or {}
     args, kwargs = content(row.get("task_args")), content(row.get("task_kwargs"))
-    meta = {"task_id": row["task_id"], "task_name": row.get("task_name"), "name": row.get("task_name"),
+    meta = {"task_id": row["task_id"], "task_name": row.get("task_name"),
             "status": row["status"], "result": content(row.get("result")), "date_done": _date(rec["date_done"]),
             "traceback": row.get("traceback"), "worker": row.get("worker"), "task_args": args, "task_kwargs": kwargs}
     meta.update(extra)
