@@ -194,3 +194,26 @@ def test_configuration_errors_are_clear(redis_port: int, monkeypatch: pytest.Mon
         app_for("archive+" + url, archive_sink="/tmp", archive_miss_ttl="soon").backend  # noqa: B018
     monkeypatch.setenv("CELERY_ARCHIVE_SINK", "/tmp")
     assert app_for("archive+" + url).backend.archive.sink.url
+
+
+def test_a_run_that_commits_later_is_seen_and_compaction_is_followed(redis_port: int, tmp_path: Path) -> None:
+    from celery_archive import open_sink
+    from celery_archive.pipeline.index import compact, state
+
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    archived(url, sink)
+    app = app_for("archive+" + url, archive_sink=str(sink), archive_miss_ttl=0, archive_relist_after=0)
+    assert AsyncResult("ok-0", app=app).state == "SUCCESS"  # the listing is now cached
+    plain = app_for(url)
+    plain.backend.store_result("late-0", "late", "SUCCESS")
+    assert AsyncResult("late-0", app=app).get(timeout=5) == "late"  # live
+    assert archive(url, sink, older_than="0s").deleted == 1  # a second run archives and purges it
+    assert AsyncResult("late-0", app=app).get(timeout=5) == "late"  # not in the cached listing: listed again
+    compact(open_sink(str(sink)), tmp_path)
+    assert state(open_sink(str(sink))).generation == 1 and not state(open_sink(str(sink))).deltas
+    fresh = app_for("archive+" + url, archive_sink=str(sink))
+    assert AsyncResult("late-0", app=fresh).get(timeout=5) == "late" and AsyncResult("ok-3", app=fresh).state == "SUCCESS"
+    app.backend.archive.index.refresh = 0  # the old listing named run files the compaction deleted: listed again
+    assert AsyncResult("ok-4", app=app).state == "SUCCESS"
+    assert AsyncResult("never-0", app=app).state == "PENDING"

@@ -40,3 +40,11 @@ def test_s3_benchmark_runs_and_prints_its_ratios() -> None:
     for line in ("moto server (own process)", "raw upload_file", "archive S3Sink.put", "archive upload rate / raw boto3 rate",
                  "one 70 MiB data file (multipart)", "what S3 adds to a whole run"):
         assert line in text
+
+
+def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
+    text = run_bench("benchmarks/bench_backend.py", "--results", "3000", "--lookups", "50", "--warmup", "20", "--live", "100",
+                     "--s3-lookups", "20")
+    for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
+                 "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
+        assert line in text

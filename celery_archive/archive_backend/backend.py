@@ -87,7 +87,7 @@ class ArchiveMixin:
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         meta: dict[str, Any] = super()._get_task_meta_for(task_id)  # type: ignore[misc]
-        if _live() or not self._no_record(meta):
+        if meta.get("status") != states.PENDING or _live() or not self._no_record(meta):  # a live result: nothing more
             return meta
         found = self.archived_meta(str(task_id))
         return meta if found is None else found

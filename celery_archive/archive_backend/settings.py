@@ -18,6 +18,7 @@ class ArchiveSettings:
     restore_on_read: bool = False  # put a result found in the archive back into the live backend
     miss_ttl: float = 2.0  # seconds an id the archive does not hold is not looked up again
     index_refresh: float = 60.0  # seconds the listing of the index is trusted for ids it holds
+    relist_after: float = 1.0  # an id not found is looked for again in a new listing once it is this old
     cache_bytes: int = 128 * MiB  # decoded row groups kept in memory
     index_cache_bytes: int = 64 * MiB  # index objects (run files and packs) kept in memory
     retry_after: float = 10.0  # seconds the archive is left alone after it could not be read
@@ -46,6 +47,7 @@ class ArchiveSettings:
             restore = restore.strip().lower() in ("1", "true", "yes", "on")
         return cls(sink=str(sink), restore_on_read=bool(restore), miss_ttl=number("archive_miss_ttl", cls.miss_ttl),
                    index_refresh=number("archive_index_refresh", cls.index_refresh),
+                   relist_after=number("archive_relist_after", cls.relist_after),
                    cache_bytes=int(number("archive_cache_size", cls.cache_bytes)),
                    index_cache_bytes=int(number("archive_index_cache_size", cls.index_cache_bytes)),
                    retry_after=number("archive_retry_after", cls.retry_after))

@@ -29,7 +29,7 @@ class ArchiveTier:
     def __init__(self, settings: ArchiveSettings, sink: Sink | None = None) -> None:
         self.settings = settings
         self.sink = sink if sink is not None else open_sink(settings.sink)  # a bad URL is a ConfigError now
-        self.index = IndexCache(self.sink, settings.index_cache_bytes, settings.index_refresh, settings.miss_ttl)
+        self.index = IndexCache(self.sink, settings.index_cache_bytes, settings.index_refresh, settings.relist_after)
         self.rows = RowCache(self.sink, settings.cache_bytes)
         self.misses = {"task": MissCache(settings.miss_ttl), "group": MissCache(settings.miss_ttl)}
         self._warned: set[str] = set()
