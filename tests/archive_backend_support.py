@@ -28,7 +28,7 @@ def redis_server(workdir: Path) -> Iterator[int]:
         pytest.fail("redis-server is not installed; run `bash scripts/services.sh`")
     port = free_port()
     proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+                             "--dir", str(workdir), "--unixsocket", str(workdir / "redis.sock")], stdout=subprocess.DEVNULL)
     for _ in range(200):
         try:
             redis.Redis(port=port).ping()

@@ -217,3 +217,45 @@ def test_a_run_that_commits_later_is_seen_and_compaction_is_followed(redis_port:
     app.backend.archive.index.refresh = 0  # the old listing named run files the compaction deleted: listed again
     assert AsyncResult("ok-4", app=app).state == "SUCCESS"
     assert AsyncResult("never-0", app=app).state == "PENDING"
+
+
+def test_readme_example_runs_as_written(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Reading archived results through Celery", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    out = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "archive" / "index").is_dir()
+
+
+@pytest.mark.parametrize(("inner", "wrapped"), [
+    ("redis://127.0.0.1:{port}/0", "RedisBackend"),
+    ("rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required", "RedisBackend"),
+    ("redis+socket://{sock}", "RedisBackend"),
+    ("sentinel://127.0.0.1:{port}/0;sentinel://127.0.0.1:{port}/0", "SentinelBackend"),
+    ("db+sqlite:///{tmp}/r.db", "DatabaseBackend"),
+])
+def test_every_url_kind_is_wrapped(inner: str, wrapped: str, redis_port: int, tmp_path: Path,
+                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    from celery.backends.redis import RedisBackend
+
+    sock = next(p for p in tmp_path_factory.getbasetemp().rglob("redis.sock"))
+    url = inner.format(port=redis_port, sock=sock, tmp=tmp_path)
+    app = app_for("archive+" + url, archive_sink=str(tmp_path / "archive"))
+    backend = app.backend
+    assert type(backend).__name__ == f"Archive{wrapped}" and type(backend).__mro__[2].__name__ == wrapped
+    if wrapped == "RedisBackend":
+        assert isinstance(backend, RedisBackend)
+    if url.startswith("redis+socket"):  # a real read and write over the Unix socket
+        redis.Redis(unix_socket_path=str(sock)).flushall()
+        archived("redis+socket://" + str(sock), tmp_path / "archive")
+        assert AsyncResult("ok-2", app=app).get(timeout=5) == {"n": 2, "items": [1, 2]}
+    with pytest.raises(ConfigError, match="wraps the archive backend in itself"):
+        app_for("archive+archive+" + url, archive_sink=str(tmp_path)).backend  # noqa: B018
