@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from bench_sql import drop, make_template, url_for
 
 from celery_archive import RunConfig, find, open_sink, run
-from celery_archive.pipeline.index import state
+from celery_archive.index.packs import state
 
 BIN = Path(sys.executable).parent
 

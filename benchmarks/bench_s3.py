@@ -97,7 +97,7 @@ def upload_raw(s3: Any, files: list[tuple[str, Path]], prefix: str) -> float:
 
 
 def upload_sink(files: list[tuple[str, Path]], prefix: str) -> float:
-    from celery_archive.pipeline.serialize import file_sha256
+    from celery_archive.formats.writer import file_sha256
     from celery_archive.sinks import open_sink
 
     sink = open_sink(f"s3://bench/{prefix}")

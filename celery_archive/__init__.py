@@ -9,19 +9,8 @@ archive, purge only what was verified, and bring any result back later.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-if "pyarrow" not in sys.modules:
-    # Arrow's default allocator (mimalloc) keeps freed memory: a 200,000-result run peaked at
-    # 277 MiB with it and 158 MiB with the system allocator, at the same speed. A choice the
-    # user made (this variable, or pyarrow already loaded) is left alone.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-
-from celery_archive.config import RunConfig, parse_duration, parse_size
 from celery_archive.errors import (
     ArchiveError,
     ConfigError,
@@ -31,21 +20,26 @@ from celery_archive.errors import (
     SourceError,
     VerifyError,
 )
-from celery_archive.pipeline.catalog import list_runs, verify_archive
-from celery_archive.pipeline.run import DryRunReport, RunReport, run
-from celery_archive.sinks import open_sink
+from celery_archive.version import __version__
 
 if TYPE_CHECKING:
+    from celery_archive.archive.catalog import list_runs, verify_archive
+    from celery_archive.backends import TargetConfig, open_target
+    from celery_archive.config import RunConfig, parse_duration, parse_size
     from celery_archive.integration import setup_beat
-    from celery_archive.pipeline.putback import TargetConfig, open_target
-    from celery_archive.pipeline.restore import Found, find, restore_into
+    from celery_archive.pipeline.run import DryRunReport, RunReport, run
+    from celery_archive.restore.search import Found, find, restore_into
+    from celery_archive.sinks import open_sink
 
-_LAZY = {"TargetConfig": "pipeline.putback", "open_target": "pipeline.putback", "Found": "pipeline.restore",
-         "find": "pipeline.restore", "restore_into": "pipeline.restore", "setup_beat": "integration"}
+_LAZY = {"list_runs": "archive.catalog", "verify_archive": "archive.catalog", "RunConfig": "config",
+         "parse_duration": "config", "parse_size": "config", "DryRunReport": "pipeline.run", "RunReport": "pipeline.run",
+         "run": "pipeline.run", "open_sink": "sinks", "TargetConfig": "backends", "open_target": "backends", "Found": "restore.search",
+         "find": "restore.search", "restore_into": "restore.search", "setup_beat": "integration"}
 
 
 def __getattr__(name: str) -> Any:
-    """The restore API and the Celery integration, imported on first use (a nightly run does not pay for them)."""
+    """The API, imported on first use: importing the package loads nothing else (the CLI and a
+    Celery worker pay only for what they call)."""
     if name in _LAZY:
         import importlib
 

@@ -96,8 +96,8 @@ class RunConfig:
     lease_ttl: float = 60.0  # seconds without renewal after which the archive's lease is stale
 
     def check(self) -> None:
-        from celery_archive.pipeline.decode import SERIALIZERS
-        from celery_archive.pipeline.serialize import COMPRESSIONS
+        from celery_archive.backends.codec import SERIALIZERS
+        from celery_archive.formats import COMPRESSIONS
 
         if self.format not in COMPRESSIONS:
             raise ConfigError(f"unknown --format {self.format!r}: use parquet or jsonl")
@@ -106,11 +106,11 @@ class RunConfig:
         if self.serializer not in SERIALIZERS:
             raise ConfigError(f"unknown --serializer {self.serializer!r}: use one of {', '.join(SERIALIZERS)}")
         if self.timezone is not None:
-            from celery_archive.pipeline.dates import zone
+            from celery_archive.backends.dates import zone
 
             zone(self.timezone)
         if self.celery_version is not None:
-            from celery_archive.pipeline.dates import parse_version
+            from celery_archive.backends.dates import parse_version
 
             parse_version(self.celery_version)
         if self.older_than < dt.timedelta(0):

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery_archive.archive.catalog import verify_archive
 from celery_archive.config import RunConfig, parse_duration
 from celery_archive.errors import ConfigError
-from celery_archive.pipeline.catalog import verify_archive
 from celery_archive.pipeline.run import DryRunReport, run
 
 MARKER = ".celery-archive-demo"

@@ -35,12 +35,12 @@ def load_file(path: Path) -> dict[str, Any]:
 
     try:
         data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     unknown = set(data) - FILE_KEYS
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(FILE_KEYS))}")
@@ -58,7 +58,7 @@ def load_app(spec: str) -> Any:
     try:
         return find_app(spec)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load the Celery app {spec!r} (-A): {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"cannot load the Celery app {spec!r} (-A): {type(exc).__name__}: {exc}") from exc
 
 
 def from_app(app: Any) -> dict[str, Any]:
@@ -98,8 +98,8 @@ def _django_url() -> str:
         from django.conf import settings  # type: ignore[import-untyped]
 
         db = settings.DATABASES["default"]
-    except Exception as exc:  # noqa: BLE001 - ImproperlyConfigured, ImportError, KeyError
-        raise ConfigError(f"the app uses django-db, but its Django settings cannot be read: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"the app uses django-db, but its Django settings cannot be read: {exc}") from exc
     engine = db.get("ENGINE", "").rsplit(".", 1)[-1]
     drivers = {"postgresql": "postgresql+psycopg", "postgresql_psycopg2": "postgresql+psycopg", "mysql": "mysql+pymysql",
                "sqlite3": "sqlite"}

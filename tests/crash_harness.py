@@ -13,8 +13,8 @@ from typing import Any
 
 import celery_archive.pipeline.run as run_mod
 from celery_archive import RunConfig, parse_duration, run
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline.serialize import ArchiveWriter
+from celery_archive.archive import manifest as mf
+from celery_archive.formats.writer import ArchiveWriter
 
 
 def die() -> None:

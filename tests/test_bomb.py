@@ -25,7 +25,7 @@ from conftest import age_rows, celery_app, cli
 from helpers import read_archive
 from test_redis_source import REDIS_URL, keys, prefix, redis_app  # noqa: F401 - prefix is a fixture
 
-from celery_archive.pipeline.decode import MAX_INFLATED
+from celery_archive.backends.codec import MAX_INFLATED
 
 BOMB = 512 * 1024**2  # inflated size: 8 times the bound
 MIB = 1024**2
@@ -143,7 +143,7 @@ def test_every_celery_compression_is_bounded(method: str) -> None:
     import zstandard
     from celery.backends.base import COMPRESSED_PAYLOAD_MAGIC, compress_payload
 
-    from celery_archive.pipeline.decode import TooLarge, decompress
+    from celery_archive.backends.codec import TooLarge, decompress
 
     plain = b'{"rows": [' + b"1, " * (700 * 1024) + b"1]}"  # ~2 MiB
     if method == "zstd":

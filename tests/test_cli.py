@@ -178,7 +178,7 @@ def test_run_ids_sort_in_the_order_runs_started(sqlite_url: str, tmp_path: Path)
     """Runs in the same second still sort in order: "the latest run" (restore, ddl) is the last one."""
     import datetime as dt
 
-    from celery_archive.pipeline.manifest import new_run_id
+    from celery_archive.archive.manifest import new_run_id
 
     second = dt.datetime(2026, 11, 25, 3, 30, 0)
     within = [new_run_id(second.replace(microsecond=us)) for us in (0, 9, 10, 65_535, 65_536, 999_999)]

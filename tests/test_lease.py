@@ -4,6 +4,7 @@ cannot renew, a lease removed by hand, and a paused run that comes back after it
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Callable
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from celery_archive.archive import manifest as mf
 from celery_archive.errors import LeaseLostError, LockError, SinkError
-from celery_archive.pipeline import manifest as mf
 from celery_archive.pipeline.lease import PREFIX, FencedSink, Lease
 from celery_archive.sinks.local import LocalSink
 
@@ -168,14 +169,40 @@ def test_two_runs_taking_a_free_lease_at_once(tmp_path: Path) -> None:
 def test_a_paused_run_cannot_commit_after_it_was_abandoned(tmp_path: Path) -> None:
     """The commit and the abandonment are one create-only object: whichever comes first stands."""
     sink = LocalSink(tmp_path)
-    manifest = {"run_id": "20260101T000000Z-00000a", "files": [], "totals": {"files": 0, "rows": 0, "bytes": 0}}
-    assert mf.abandon(sink, manifest["run_id"], by="20260101T000100Z-00000b")["outcome"] == mf.ABANDONED
+    manifest = mf.Manifest.from_json({"run_id": "20260101T000000Z-00000a", "files": [], "totals": {"files": 0, "rows": 0, "bytes": 0}})
+    assert mf.abandon(sink, manifest.run_id, by="20260101T000100Z-00000b").state is mf.ABANDONED
     with pytest.raises(LeaseLostError, match="abandoned by run 20260101T000100Z-00000b"):
         mf.commit(sink, manifest)
-    assert not (tmp_path / mf.manifest_key(manifest["run_id"])).exists()
+    assert not (tmp_path / mf.manifest_key(manifest.run_id)).exists()
 
-    other = {**manifest, "run_id": "20260101T000200Z-00000c"}
+    other = dataclasses.replace(manifest, run_id="20260101T000200Z-00000c")
     mf.commit(sink, other)
-    assert mf.abandon(sink, other["run_id"], by="late")["outcome"] == mf.COMMITTED  # committed first: kept
+    assert mf.abandon(sink, other.run_id, by="late").state is mf.COMMITTED  # committed first: kept
     mf.commit(sink, other)  # committing again (a resumed run) is the same decision
-    assert mf.load_manifest(sink, other["run_id"]) == other
+    assert mf.load_manifest(sink, other.run_id) == other
+
+
+def test_v1_manifests_reports_and_outcomes_read_into_types_and_write_back_byte_for_byte(tmp_path: Path) -> None:
+    """The typed manifest keeps the on-disk JSON: every manifest and run report of the v1
+    fixture archive, read and written again, is the same bytes."""
+    fixture = Path(__file__).parent / "fixtures" / "archive-v1"
+    sink = LocalSink(fixture)
+    runs = mf.committed_runs(sink)
+    assert len(runs) == 2
+    for run_id in runs:
+        manifest = mf.load_manifest(sink, run_id)
+        assert "rules" in manifest.absent and all(isinstance(e.format, mf.Format) for e in manifest.files)
+        assert manifest.totals.rows == sum(e.rows for e in manifest.files)
+        copy = LocalSink(tmp_path / run_id)
+        mf.publish(copy, manifest)
+        key = mf.manifest_key(run_id)
+        assert (tmp_path / run_id / key).read_bytes() == (fixture / key).read_bytes()
+    for run_id, record in mf.reports(sink).items():
+        copy = LocalSink(tmp_path / f"r-{run_id}")
+        mf.write_report(copy, record)
+        key = mf.report_key(run_id, record.purged)
+        assert (tmp_path / f"r-{run_id}" / key).read_bytes() == (fixture / key).read_bytes()
+    with pytest.raises(SinkError, match="has no 'key'"):
+        mf.Manifest.from_json({"run_id": "x", "files": [{"format": "parquet"}]})
+    with pytest.raises(SinkError, match="neither parquet nor jsonl"):
+        mf.FileEntry.from_json({"format": "csv"})

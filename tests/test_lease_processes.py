@@ -19,7 +19,7 @@ import duckdb
 import pytest
 from conftest import age_rows, celery_app, table_rows
 
-from celery_archive.pipeline import manifest as mf
+from celery_archive.archive import manifest as mf
 from celery_archive.sinks import Sink, open_sink
 
 EXE = str(Path(sys.executable).parent / "celery-archive")
@@ -45,7 +45,7 @@ def committed_ids(sink: Sink) -> list[str]:
     out: list[str] = []
     with duckdb.connect() as con:
         for entry in mf.committed_files(sink):
-            with sink.open(entry["key"]) as f:
+            with sink.open(entry.key) as f:
                 data = f.read()
             path = Path(f"/tmp/ca-count-{os.getpid()}.parquet")
             path.write_bytes(data)
@@ -156,4 +156,4 @@ def test_a_paused_run_taken_over_commits_nothing_when_it_comes_back(sources: tup
 
 def _abandoned(archive: Sink) -> list[str]:
     names = [o.key[len(mf.OUTCOMES):-len(".json")] for o in archive.list(mf.OUTCOMES)]
-    return [n for n in names if (mf.load_outcome(archive, n) or {}).get("outcome") == mf.ABANDONED]
+    return [n for n in names if getattr(mf.load_outcome(archive, n), "state", None) is mf.ABANDONED]

@@ -120,9 +120,8 @@ def test_records_of_schema_v1_have_no_key_bytes_and_go_by_their_text(prefix: str
     """A v1 record has raw_key null: the purge and restore use its key's text (source_table)."""
     import pyarrow as pa
 
-    from celery_archive.pipeline.purge import PurgeBatch
-    from celery_archive.pipeline.putback import TargetConfig, open_target
-    from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
+    from celery_archive.backends import PurgeBatch, TargetConfig, open_target
+    from celery_archive.backends.redis.source import RedisSource, RedisSourceConfig
 
     app = redis_app(prefix)
     app.backend.store_result("v1-0", 7, "SUCCESS")

@@ -120,7 +120,7 @@ def test_celery_57_compressed_payloads(compression: str) -> None:
     """Celery 5.7's result_compression (key-value backends; the DatabaseBackend ignores it)."""
     from celery import Celery
 
-    from celery_archive.pipeline.decode import decode_column
+    from celery_archive.backends.codec import decode_column
 
     app = Celery("c", backend="redis://127.0.0.1:6379/15", set_as_current=False)
     app.conf.result_compression = compression
@@ -158,7 +158,7 @@ def test_pickle_restricted_unpickler_admits_plain_data_only() -> None:
     import decimal
     import uuid
 
-    from celery_archive.pipeline.decode import UnsafePayload, restricted_loads
+    from celery_archive.backends.codec import UnsafePayload, restricted_loads
 
     plain = {"s": {1, 2}, "f": frozenset([3]), "d": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
              "u": uuid.UUID(int=5), "m": decimal.Decimal("1.5"), "b": b"\x00\x01", "t": (1, [2]), "e": ValueError("x")}
@@ -178,7 +178,7 @@ def test_plain_json_check_accepts_what_a_json_parser_accepts() -> None:
 
     import orjson
 
-    from celery_archive.pipeline.decode import plain_json
+    from celery_archive.backends.codec import plain_json
 
     rng = random.Random(7)
     samples = [{"order": 1, "items": [1, 2.5, -3e5, None, True, False], "note": 'ok é ☃ 𝄞 \\ " \n'},

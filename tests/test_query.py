@@ -68,8 +68,8 @@ def test_query_duckdb_pyarrow_polars_agree_with_the_backend(sqlite_url: str, tmp
     import polars as pl
     import pyarrow.dataset as ds
 
-    from celery_archive.pipeline.query import archive_files, parquet_dataset
     from celery_archive.sinks import open_sink
+    from celery_archive.warehouse.query import archive_files, parquet_dataset
 
     files = archive_files(open_sink(sink))
     table = parquet_dataset(files).to_table()  # type: ignore[union-attr]
@@ -209,9 +209,9 @@ def test_a_v1_archive_still_reads(tmp_path: Path) -> None:
     extra columns come back null for v1 files) reads, verifies and restores it."""
     import pyarrow as pa
 
-    from celery_archive.pipeline.query import ArchiveFiles, archive_files, parquet_dataset
     from celery_archive.schemas import arrow_schema
     from celery_archive.sinks import open_sink
+    from celery_archive.warehouse.query import ArchiveFiles, archive_files, parquet_dataset
 
     sink = tmp_path / "archive-v1"
     shutil.copytree(FIXTURE, sink)

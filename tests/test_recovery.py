@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ import pytest
 from conftest import age_rows, celery_app, cli, table_rows
 from helpers import archive, data_files, read_archive
 
+from celery_archive.archive import manifest as mf
 from celery_archive.errors import ConfigError, LockError, VerifyError
-from celery_archive.pipeline import manifest as mf
 from celery_archive.sinks.local import LocalSink
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
@@ -44,8 +45,8 @@ def committed_ids(sink: Path) -> set[str]:
     ids: set[str] = set()
     s = LocalSink(sink)
     for run_id in mf.committed_runs(s):
-        for entry in mf.load_manifest(s, run_id)["files"]:
-            ids.update(read_archive_file(sink / entry["key"]))
+        for entry in mf.load_manifest(s, run_id).files:
+            ids.update(read_archive_file(sink / entry.key))
     return ids
 
 
@@ -169,7 +170,7 @@ def test_files_checked_while_a_run_goes_on_count_only_against_their_manifest_ent
     archive(sqlite_url, tmp_path / "archive", delete=False)
     (run_id,) = mf.committed_runs(sink)
     manifest = mf.load_manifest(sink, run_id)
-    files = manifest["files"]
+    files = manifest.files
     assert len(files) == 3  # one a day
 
     spool = tmp_path / "spool"
@@ -179,16 +180,16 @@ def test_files_checked_while_a_run_goes_on_count_only_against_their_manifest_ent
     for entry in files[:2]:  # the last one is left for report() to check
         good.submit(entry)
     report = good.report(manifest)
-    assert report.ok and report.rows == 60 and located == [e["key"] for e in files]
+    assert report.ok and report.rows == 60 and located == [e.key for e in files]
     assert sorted(p.name for p in spool.iterdir()) == sorted(v.path.name for v in report.verified) and len(report.verified) == 3
     for v in report.verified:
         v.path.unlink()
 
     bad = Verifier(sink, run_id, spool, keep=True)
-    bad.submit({**files[1], "max_date_done": "1999-01-01T00:00:00Z"})  # the file is fine, its entry is not the manifest's
+    bad.submit(dataclasses.replace(files[1], max_date_done="1999-01-01T00:00:00Z"))  # the file is fine, its entry is not the manifest's
     report = bad.report(manifest)
     assert not report.ok and report.verified == [] and list(spool.iterdir()) == []
-    assert report.problems == [f"{files[1]['key']}: the manifest's entry is not the one the file was written with"]
+    assert report.problems == [f"{files[1].key}: the manifest's entry is not the one the file was written with"]
 
 
 def test_a_lost_manifest_is_written_again_from_its_commit_record(sqlite_url: str, tmp_path: Path) -> None:
@@ -229,7 +230,7 @@ def test_a_run_whose_manifest_and_commit_record_are_lost_keeps_its_files_and_is_
     assert json.loads(rebuilt.stdout)["rebuilt"] == [{"run_id": first.run_id, "source": "data files", "files": 3, "rows": 60}]
     assert cli("verify", "--sink", str(sink)).returncode == 0
     manifest = mf.load_manifest(LocalSink(sink), first.run_id)
-    assert manifest["rebuilt"]["from"] == "data files and run report" and manifest["totals"]["rows"] == 60
+    assert manifest.rebuilt and manifest.extra["rebuilt"]["from"] == "data files and run report" and manifest.totals.rows == 60
     assert set(read_archive(sink)) == old
     shown = cli("restore", "r007", "--sink", str(sink), "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["result"] == {"i": 7, "pad": "x" * 40}

@@ -18,9 +18,9 @@ from test_redis_source import REDIS_URL, keys, prefix, redis_app  # noqa: F401 -
 from test_redis_source import write_results as write_redis_results
 from test_sql_archive import write_results as write_sql_results
 
-from celery_archive.pipeline.index import COMPACT_AFTER, state
-from celery_archive.pipeline.putback import TargetConfig, open_target
-from celery_archive.pipeline.restore import find
+from celery_archive.backends import TargetConfig, open_target
+from celery_archive.index.packs import COMPACT_AFTER, state
+from celery_archive.restore.search import find
 from celery_archive.sinks import open_sink
 
 IDS = ["ok-0", "ok-3", "fail-1", "revoked-0"]

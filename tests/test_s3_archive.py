@@ -11,7 +11,7 @@ import pytest
 from conftest import age_rows, celery_app, cli, table_rows
 from test_sql_archive import write_results
 
-from celery_archive.pipeline.restore import find
+from celery_archive.restore.search import find
 
 
 def test_run_verify_restore_on_s3(sqlite_url: str, s3_bucket: str, tmp_path: Path) -> None:

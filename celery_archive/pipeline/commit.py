@@ -7,20 +7,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery_archive import __version__
+from celery_archive.archive import manifest as mf
+from celery_archive.archive.manifest import FileEntry, Manifest, RunRecord, Totals
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ObjectNotFoundError, VerifyError
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline.index import DeltaWriter
+from celery_archive.index.packs import DeltaWriter
 from celery_archive.pipeline.purge import purge_verified
-from celery_archive.pipeline.serialize import FileEntry, iso
 from celery_archive.pipeline.verify import Verifier, VerifyReport, discard
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
+from celery_archive.times import iso
+from celery_archive.version import __version__
 
 if TYPE_CHECKING:
-    from celery_archive.pipeline.source import Source
+    from celery_archive.backends import Source
     from celery_archive.sinks import Sink
 
 
@@ -38,14 +39,11 @@ class Checks:
 
 
 def manifest_of(run_id: str, now: dt.datetime, cutoff: dt.datetime, source: Source, cfg: RunConfig,
-                entries: list[FileEntry], selected: int, rules: dict[str, dict[str, int]] | None) -> dict[str, Any]:
-    return {
-        "manifest_version": MANIFEST_VERSION, "schema_version": RECORD_VERSION, "run_id": run_id,
-        "created_at": iso(now), "source": source.display_url, "source_tables": source.describe(),
-        "cutoff": iso(cutoff), "older_than": format_duration(cfg.older_than), "serializer": cfg.serializer,
-        "delete": cfg.delete, "tool_version": __version__, "files": [e.to_json() for e in entries],
-        "rules": rules, "totals": {"files": len(entries), "rows": selected, "bytes": sum(e.bytes for e in entries)},
-    }
+                entries: list[FileEntry], selected: int, rules: dict[str, dict[str, int]] | None) -> Manifest:
+    return Manifest(run_id=run_id, created_at=iso(now), source=source.display_url, source_tables=source.describe(),
+                    cutoff=iso(cutoff), older_than=format_duration(cfg.older_than), serializer=cfg.serializer,
+                    delete=cfg.delete, tool_version=__version__, files=tuple(entries), totals=Totals.of(entries, selected),
+                    rules=rules, manifest_version=MANIFEST_VERSION, schema_version=RECORD_VERSION)
 
 
 def _still_stored(sink: Sink, report: VerifyReport) -> list[str]:
@@ -54,21 +52,21 @@ def _still_stored(sink: Sink, report: VerifyReport) -> list[str]:
     problems = []
     for v in report.verified:
         try:
-            size = sink.stat(v.entry["key"]).size
+            size = sink.stat(v.entry.key).size
         except ObjectNotFoundError:
-            problems.append(f"{v.entry['key']}: verified, then removed from the archive before the purge")
+            problems.append(f"{v.entry.key}: verified, then removed from the archive before the purge")
             continue
-        if size != v.entry["bytes"]:
-            problems.append(f"{v.entry['key']}: verified, then changed in the archive before the purge ({size} bytes)")
+        if size != v.entry.bytes:
+            problems.append(f"{v.entry.key}: verified, then changed in the archive before the purge ({size} bytes)")
     return problems
 
 
-def finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cfg: RunConfig,
+def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: RunConfig,
            checks: Checks | None = None, fence: Callable[[], None] | None = None) -> tuple[int, int, int]:
     """Verify a committed run (its files not checked yet by ``checks``), write its restore
     index entries and, if asked, purge it (``fence`` before each batch); writes its report.
     (verified, deleted, skipped)."""
-    checks = checks or Checks(sink, manifest["run_id"], spool, cfg, workers=2)
+    checks = checks or Checks(sink, manifest.run_id, spool, cfg, workers=2)
     try:
         report = checks.verifier.report(manifest)
     except BaseException:
@@ -79,7 +77,7 @@ def finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cf
     if not report.ok:
         discard(report)
         checks.delta.discard()
-        exc = VerifyError(f"run {manifest['run_id']} failed verification, nothing was deleted: " + "; ".join(report.problems[:5]))
+        exc = VerifyError(f"run {manifest.run_id} failed verification, nothing was deleted: " + "; ".join(report.problems[:5]))
         exc.problems = report.problems  # type: ignore[attr-defined]
         raise exc
     checks.delta.commit()  # before the purge: whatever leaves the source can be found
@@ -90,8 +88,6 @@ def finish(sink: Sink, source: Source, manifest: dict[str, Any], spool: Path, cf
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)
-    mf.write_json(sink, mf.report_key(manifest["run_id"], purged=cfg.delete), {
-        "run_id": manifest["run_id"], "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "verified": report.rows, "deleted": deleted, "skipped_changed": skipped, "purged": cfg.delete,
-    })
+    mf.write_report(sink, RunRecord(manifest.run_id, dt.datetime.now(dt.timezone.utc).isoformat(), report.rows, deleted,
+                                    skipped, cfg.delete))
     return report.rows, deleted, skipped

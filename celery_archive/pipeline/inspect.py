@@ -8,10 +8,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from celery_archive.backends import REDIS_SCHEMES, Tally, open_source
 from celery_archive.config import RunConfig, format_duration
-from celery_archive.pipeline.run import date_notes, newest_json, open_source
-from celery_archive.pipeline.serialize import iso
-from celery_archive.pipeline.source import REDIS_SCHEMES, Tally
+from celery_archive.pipeline.run import date_notes, newest_json
+from celery_archive.times import iso
 
 AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
 

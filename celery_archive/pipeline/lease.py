@@ -30,11 +30,11 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
+from celery_archive.archive.layout import LEASE_PREFIX, LEGACY_LOCK, lease_key
 from celery_archive.errors import ArchiveError, LeaseLostError, LockError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks import ObjectInfo, Sink
 
-PREFIX = "locks/lease-"
-LEGACY = "locks/run.lock"  # celery-archive 0.1's lock, judged by its pid: never taken over
+PREFIX, LEGACY = LEASE_PREFIX, LEGACY_LOCK  # (LEGACY: celery-archive 0.1's lock, judged by its pid: never taken over)
 DEFAULT_TTL = 60.0
 MIN_TTL = 1.0
 _log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _ttl(v: Version, fallback: float) -> float:
 
 
 def _key(number: int) -> str:
-    return f"{PREFIX}{number:012d}.json"
+    return lease_key(number)
 
 
 class Lease:

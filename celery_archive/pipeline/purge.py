@@ -6,60 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery_archive.pipeline.ahead import ahead
-from celery_archive.pipeline.readback import read_tables
+from celery_archive.ahead import ahead
+from celery_archive.backends import KEY_COLUMNS, PurgeBatch
+from celery_archive.formats.readback import read_tables
 from celery_archive.pipeline.verify import VerifiedFile
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-KEY_COLUMNS = ("source_id", "status", "date_done")
-
-
-@dataclass(frozen=True)
-class PurgeBatch:
-    """Verified records of one kind: ``table`` has source_id, status and date_done (naive
-    UTC, as the backend stores it), the state they were read in, sorted by (date_done, id),
-    so that its first and last rows bound every row of it."""
-
-    kind: str
-    table: pa.Table
-
-    @classmethod
-    def of(cls, kind: str, tables: list[pa.Table]) -> PurgeBatch:
-        import pyarrow as pa
-
-        table = pa.concat_tables(tables)
-        if {"date_done", "source_id"} <= set(table.column_names):
-            table = table.sort_by([("date_done", "ascending"), ("source_id", "ascending")])
-        return cls(kind, table)
-
-    @property
-    def keys(self) -> list[str]:
-        """Columns that must match for a row to count as unchanged (groups have no status)."""
-        return list(KEY_COLUMNS) if self.kind == "task" else ["source_id", "date_done"]
-
-    def bounds(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-        """(date_done, source_id) of the first and the last row."""
-        d, i = self.table["date_done"], self.table["source_id"]
-        return (d[0].as_py(), i[0].as_py()), (d[-1].as_py(), i[-1].as_py())
-
-    def outside(self, got: dict[str, Any]) -> int:
-        """How many returned rows (``got``: the key columns, as Arrow arrays or value tuples)
-        are not in this batch: an anti-join in Arrow, no Python object per row."""
-        import pyarrow as pa
-
-        if not got:
-            return 0
-        schema = self.table.schema
-        returned = pa.table({k: pa.array(got[k], schema.field(k).type) if not isinstance(got[k], (pa.Array, pa.ChunkedArray))
-                             else got[k].cast(schema.field(k).type) for k in self.keys})
-        return int(returned.join(self.table.select(self.keys), keys=self.keys, join_type="left anti").num_rows)
-
-    def values(self) -> list[tuple[Any, ...]]:
-        return list(zip(*(self.table[k].to_pylist() for k in self.keys)))
 
 
 PurgeFn = Callable[[PurgeBatch], tuple[int, int]]
@@ -85,7 +40,7 @@ def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] 
     pending: list[pa.Table] = []
     size = 0
     for vf in files:
-        for table in read_tables(vf.path, vf.entry["format"], vf.entry["compression"], ("kind", *columns), batch_size):
+        for table in read_tables(vf.path, vf.entry.format, vf.entry.compression, ("kind", *columns), batch_size):
             kinds = pc.unique(table["kind"]).to_pylist()
             for k in kinds:
                 # one kind per file is the rule: then no copy is made

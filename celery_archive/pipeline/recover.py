@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from celery_archive.archive import manifest as mf
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.pipeline import manifest as mf
+from celery_archive.index.packs import referenced_runs
 from celery_archive.pipeline.commit import finish
-from celery_archive.pipeline.index import referenced_runs
 
 if TYPE_CHECKING:
-    from celery_archive.pipeline.source import Source
+    from celery_archive.backends import Source
     from celery_archive.sinks import Sink
 
 
@@ -60,8 +60,8 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
                 continue
             fence()
             outcome = mf.abandon(sink, rid, by=run_id)
-        if outcome.get("outcome") == mf.COMMITTED:
-            mf.publish(sink, outcome["manifest"])
+        if outcome.manifest is not None:  # committed: it holds the manifest
+            mf.publish(sink, outcome.manifest)
             out.restored.append(rid)
             continue
         for key in keys:
@@ -74,7 +74,7 @@ def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str
     """Settle dead runs, then finish committed runs whose purge never completed."""
     out = tidy(sink, run_id, fence)
     done = mf.reports(sink)
-    pending = sorted(r for r in mf.committed_runs(sink) if r not in done or not done[r].get("purged"))
+    pending = sorted(r for r in mf.committed_runs(sink) if r not in done or not done[r].purged)
     if pending and not cfg.delete:
         raise ConfigError(
             f"{len(pending)} earlier run(s) ({', '.join(pending[:3])}) archived results that are still in the source; "
@@ -84,9 +84,9 @@ def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str
         manifest = mf.load_manifest(sink, rid)
         # a rebuilt manifest knows its tables only from its records: the purge's exact match decides there
         tables = source.describe()  # it must still read every table or key pattern the run took from
-        tables_differ = not manifest.get("rebuilt") and any(tables.get(k) != v for k, v in (manifest.get("source_tables") or {}).items())
-        if manifest["source"] != source.display_url or tables_differ:
-            raise ConfigError(f"run {rid} was archived from {manifest['source']} and its purge did not finish: "
+        tables_differ = not manifest.rebuilt and any(tables.get(k) != v for k, v in manifest.source_tables.items())
+        if manifest.source != source.display_url or tables_differ:
+            raise ConfigError(f"run {rid} was archived from {manifest.source} and its purge did not finish: "
                               f"run again with --source for that backend to finish it")
         finish(sink, source, manifest, spool, cfg, fence=fence)
         out.resumed.append(rid)

@@ -1,6 +1,6 @@
 """A run: extract -> serialize -> sink -> commit -> verify -> purge, under the archive's lease
 (lease.py: every change to the archive and every purge batch is fenced by it) and the
-backend's archiver lock (source_lock.py: one archiver per backend).
+backend's archiver lock (backends/lock.py: one archiver per backend).
 
 Before taking anything new, a run settles every earlier run that died (recover.py): files of
 runs that never committed are removed once their abandonment is decided, committed runs whose
@@ -13,28 +13,28 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive import manifest as mf
+from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
+from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError
-from celery_archive.pipeline import manifest as mf
-from celery_archive.pipeline import source_lock
-from celery_archive.pipeline.commit import Checks, finish, manifest_of
-from celery_archive.pipeline.index import COMPACT_AFTER, compact, state
+from celery_archive.index.packs import COMPACT_AFTER, compact, state
+from celery_archive.pipeline.commit import Checks, finish
+from celery_archive.pipeline.extract import Progress, batches
 from celery_archive.pipeline.lease import FencedSink, Lease
 from celery_archive.pipeline.metrics import write_metrics
-from celery_archive.pipeline.purge import PurgeBatch
 from celery_archive.pipeline.recover import recover
-from celery_archive.pipeline.serialize import ArchiveWriter, iso
-from celery_archive.pipeline.source import REDIS_SCHEMES, Source, Tally
-from celery_archive.pipeline.spool import spool_dir
+from celery_archive.pipeline.write import write_and_commit
 from celery_archive.sinks import open_sink
+from celery_archive.spool import spool_dir
+from celery_archive.times import iso
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
     from celery_archive.pipeline.rules import Applied
 
@@ -109,28 +109,6 @@ def date_notes(source: Source) -> list[str]:
     return notes
 
 
-def open_source(cfg: RunConfig) -> Source:
-    """The source for ``cfg.source``, picked by URL scheme, connected. Each source's client
-    library is imported only when it is used (SQLAlchemy alone costs ~0.1 s of start-up)."""
-    source: Source
-    if cfg.source.split("://", 1)[0] in REDIS_SCHEMES:
-        from celery_archive.pipeline.redis_source import RedisSource, RedisSourceConfig
-
-        source = RedisSource(RedisSourceConfig(cfg.source, cfg.serializer, cfg.key_prefix, cfg.expiring_within,
-                                               cfg.result_expires, cfg.master_name))
-    elif cfg.source.startswith("django+"):
-        from celery_archive.pipeline.django_source import DjangoSource
-
-        source = DjangoSource(cfg.source, cfg.serializer)
-    else:
-        from celery_archive.pipeline.sql import SqlSource, SqlSourceConfig
-
-        source = SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table, cfg.task_schema, cfg.group_schema,
-                                           cfg.serializer, cfg.timezone, cfg.celery_version))
-    source.open()
-    return source
-
-
 def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunReport:
     t = Tally.of(source.stats(cutoff))
     return DryRunReport(source.display_url, iso(cutoff), t.results, t.bytes, dict(t.by_kind),
@@ -138,35 +116,7 @@ def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunRepo
                         iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source))
 
 
-Progress = Callable[[int], None]  # called with the number of results taken so far
 Warn = Callable[[str], None]  # called with what the run doubts, before it deletes anything
-
-
-def _extract(source: Source, cfg: RunConfig, cutoff: dt.datetime, run_id: str, now: dt.datetime,
-             applied: Applied | None, progress: Progress | None, started: float,
-             stop: threading.Event | None) -> Iterator[pa.Table]:
-    """The run's record batches: the policy applied, throttled to --max-rate, ended at a batch
-    boundary once --max-runtime has passed or ``stop`` is set (``StopEarly`` is then raised
-    after the last one)."""
-    taken = 0
-    for cols in source.extract(cutoff, cfg.batch_size, run_id, now):
-        if applied is not None:
-            cols = applied.apply(cols)
-        taken += cols.num_rows
-        yield cols
-        if progress is not None:
-            progress(taken)
-        if stop is not None and stop.is_set():
-            raise StopEarly("signal")
-        elapsed = time.perf_counter() - started
-        if cfg.max_rate and taken / cfg.max_rate > elapsed:
-            time.sleep(taken / cfg.max_rate - elapsed)
-        if cfg.max_runtime and time.perf_counter() - started >= cfg.max_runtime.total_seconds():
-            raise StopEarly("max_runtime")
-
-
-class StopEarly(Exception):
-    """--max-runtime reached, or a stop asked for, at a batch boundary (args[0]: which)."""
 
 
 def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Callable[[], None]) -> int:
@@ -179,15 +129,20 @@ def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Ca
 
 
 def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event | None = None,
-        on_wait: Callable[[str], None] | None = None, warn: Warn | None = None) -> RunReport | DryRunReport:
+        on_wait: Callable[[str], None] | None = None, warn: Warn | None = None,
+        now: dt.datetime | None = None) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
     ``progress`` is called after each batch with the number of results taken so far; once
     ``stop`` is set the run takes nothing more and finishes what it took (a safe stop);
     ``on_wait`` hears why the run waits (a held lease being watched); ``warn`` each doubt
-    about the stored dates, before anything is taken or deleted."""
+    about the stored dates, before anything is taken or deleted. ``now`` is the instant the
+    run counts ages from (aware, or naive UTC; default: the system clock's), so tests and
+    replays select by a known clock instead of waiting for one."""
     cfg.check()
     started = time.perf_counter()
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    if now is None:
+        now = dt.datetime.now(dt.timezone.utc)
+    now = now.astimezone(dt.timezone.utc).replace(tzinfo=None) if now.tzinfo else now
     cutoff = now - (cfg.policy.widest_age() if cfg.policy else cfg.older_than)
     archive = open_sink(cfg.sink)
     source = open_source(cfg)
@@ -226,40 +181,25 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     """The run proper, with the lease held: recover, extract and write, commit, finish."""
     recovered = recover(sink, source, spool, cfg, run_id, lease.check)
     checks = Checks(sink, run_id, spool, cfg)
-    writer = ArchiveWriter(sink, run_id, cfg.format, cfg.compression, cfg.max_file_bytes, spool,
-                           on_put=checks.verifier.submit)
     applied = None
     if cfg.policy is not None:
         from celery_archive.pipeline.rules import Applied
 
         applied = Applied(cfg.policy, now, spool, source.purge_columns, cfg.expiring_within)
-    selected, stopped_by = 0, None
-    try:
-        try:
-            for cols in _extract(source, cfg, cutoff, run_id, now, applied, progress, started, stop):
-                selected += cols.num_rows
-                writer.write(cols)
-        except StopEarly as why:
-            stopped_by = str(why.args[0])
-        entries = writer.close()
-        manifest = manifest_of(run_id, now, cutoff, source, cfg, entries, selected, applied.counts() if applied else None)
-        lease.check()
-        mf.commit(sink, manifest)  # the commit point
-    except BaseException:
-        writer.abort()
-        checks.abandon()
-        raise
+    written = write_and_commit(sink, source, cfg, run_id, now, cutoff, spool, checks, batches(
+        source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
+    manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
     verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if len(state(sink).deltas) >= COMPACT_AFTER:
         compact(sink, spool)
     iceberg: list[str] = []
     if cfg.iceberg_table:
-        from celery_archive.pipeline.iceberg import append_runs
+        from celery_archive.warehouse.iceberg import append_runs
 
         iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
-                     verified, deleted, skipped, len(entries), manifest["totals"]["bytes"], cfg.delete,
+                     verified, deleted, skipped, len(entries), manifest.totals.bytes, cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
                      source_counts=dict(source.counts), source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},

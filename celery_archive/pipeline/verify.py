@@ -7,11 +7,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from celery_archive.archive.manifest import FileEntry, Manifest
 from celery_archive.errors import SinkError
-from celery_archive.pipeline.locate import locate
-from celery_archive.pipeline.readback import ids_digest
+from celery_archive.formats.locate import locate
+from celery_archive.formats.readback import ids_digest
 from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class VerifiedFile:
-    entry: dict[str, Any]
+    entry: FileEntry
     path: Path  # the verified local copy, read again by purge
 
 
@@ -39,26 +40,26 @@ class VerifyReport:
         return not self.problems
 
 
-def check_file(sink: Sink, entry: dict[str, Any], dest: Path) -> tuple[str | None, pa.Table | None]:
+def check_file(sink: Sink, entry: FileEntry, dest: Path) -> tuple[str | None, pa.Table | None]:
     """(None, where each record sits) if the stored file matches its manifest entry, else
     (what is wrong, None)."""
-    key = entry["key"]
+    key = entry.key
     try:
         size, sha = download(sink, key, dest)
     except SinkError as exc:
         return f"{key}: cannot be read back: {exc}", None
-    if size != entry["bytes"]:
-        return f"{key}: {size} bytes stored, manifest says {entry['bytes']}", None
-    if sha != entry["sha256"]:
-        return f"{key}: sha256 {sha} does not match the manifest's {entry['sha256']}", None
+    if size != entry.bytes:
+        return f"{key}: {size} bytes stored, manifest says {entry.bytes}", None
+    if sha != entry.sha256:
+        return f"{key}: sha256 {sha} does not match the manifest's {entry.sha256}", None
     try:
-        table = locate(dest, key, entry["format"], entry["compression"])
+        table = locate(dest, key, entry.format, entry.compression)
         digest = ids_digest(table["kind"], table["task_id"])
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not what was written
-        return f"{key}: unreadable as {entry['format']}: {type(exc).__name__}: {exc}", None
-    if table.num_rows != entry["rows"]:
-        return f"{key}: holds {table.num_rows} rows, manifest says {entry['rows']}", None
-    if digest != entry["ids_sha256"]:
+        return f"{key}: unreadable as {entry.format}: {type(exc).__name__}: {exc}", None
+    if table.num_rows != entry.rows:
+        return f"{key}: holds {table.num_rows} rows, manifest says {entry.rows}", None
+    if digest != entry.ids_sha256:
         return f"{key}: the task ids in the file are not the ones extracted into it", None
     return None, table
 
@@ -75,13 +76,13 @@ class Verifier:
         # reading, hashing and decoding release the GIL: files can be checked side by side
         self._checks = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="celery-archive-verify")
         self._ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-located")
-        self._files: dict[str, tuple[dict[str, Any], Path, Future[str | None]]] = {}
+        self._files: dict[str, tuple[FileEntry, Path, Future[str | None]]] = {}
 
-    def submit(self, entry: dict[str, Any]) -> None:
+    def submit(self, entry: FileEntry) -> None:
         """Check the file ``entry`` describes (as its manifest will list it)."""
         dest = self.spool / f"verify-{self.run_id}-{len(self._files):05d}"
         check = self._checks.submit(check_file, self.sink, entry, dest)
-        self._files[entry["key"]] = (dict(entry), dest, self._ordered.submit(self._deliver, check, dest))
+        self._files[entry.key] = (entry, dest, self._ordered.submit(self._deliver, check, dest))
 
     def _deliver(self, check: Future[tuple[str | None, pa.Table | None]], dest: Path) -> str | None:
         problem, located = check.result()
@@ -91,23 +92,23 @@ class Verifier:
             dest.unlink(missing_ok=True)
         return problem
 
-    def report(self, manifest: dict[str, Any]) -> VerifyReport:
+    def report(self, manifest: Manifest) -> VerifyReport:
         """Every file of ``manifest`` checked against its entry there."""
-        report = VerifyReport(manifest["run_id"])
-        listed = {e["key"] for e in manifest["files"]}
+        report = VerifyReport(manifest.run_id)
+        listed = {e.key for e in manifest.files}
         report.problems += [f"{key}: was written by the run but is not in its manifest" for key in self._files if key not in listed]
-        for entry in manifest["files"]:
-            if entry["key"] not in self._files:
+        for entry in manifest.files:
+            if entry.key not in self._files:
                 self.submit(entry)
         total = 0
         try:
-            for entry in manifest["files"]:
-                checked, dest, outcome = self._files[entry["key"]]
+            for entry in manifest.files:
+                checked, dest, outcome = self._files[entry.key]
                 report.files += 1
-                total += int(entry["rows"])
+                total += entry.rows
                 problem = outcome.result()
                 if problem is None and checked != entry:
-                    problem = f"{entry['key']}: the manifest's entry is not the one the file was written with"
+                    problem = f"{entry.key}: the manifest's entry is not the one the file was written with"
                 if problem:
                     report.problems.append(problem)
                 elif self.keep:
@@ -115,7 +116,7 @@ class Verifier:
         except BaseException:
             self.abandon()
             raise
-        expected = manifest["totals"]["rows"]
+        expected = manifest.totals.rows
         if total != expected:
             report.problems.append(f"manifest lists {total} rows in its files but {expected} were extracted")
         report.rows = total
@@ -137,11 +138,11 @@ class Verifier:
             dest.unlink(missing_ok=True)
 
 
-def verify_run(sink: Sink, manifest: dict[str, Any], spool: Path, keep: bool = False,
+def verify_run(sink: Sink, manifest: Manifest, spool: Path, keep: bool = False,
                on_located: OnLocated | None = None) -> VerifyReport:
     """Check every file of ``manifest``; with ``keep`` the verified copies stay in ``spool``;
     ``on_located`` gets each verified file's index entries, in manifest order."""
-    return Verifier(sink, manifest["run_id"], spool, keep, on_located, workers=2).report(manifest)
+    return Verifier(sink, manifest.run_id, spool, keep, on_located, workers=2).report(manifest)
 
 
 def discard(report: VerifyReport) -> None:

@@ -1,111 +1,18 @@
-"""Archive storage behind one small contract, picked by URL scheme.
-
-Every sink keeps write-once objects under string keys (``/``-separated, relative to the
-sink's root). The contract, which ``tests/test_sink_contract.py`` checks for every sink:
-
-* ``put(key, path)`` / ``put_bytes(key, data)`` store an object only if ``key`` does not
-  exist yet; otherwise they raise :class:`ObjectExistsError` and change nothing. A reader
-  never sees a partly written object: it is either absent or complete. ``put(..., sha256=)``
-  is the digest taken when the file was written: a sink that copies the bytes refuses to
-  store others (S3 sends it as the object's checksum; the local sink checks while copying,
-  and a hard link stores the very bytes that were hashed).
-* ``open(key)`` returns a seekable binary file with the object's bytes.
-* ``read(key, start, length)`` returns ``length`` bytes from offset ``start`` (all the rest
-  when ``length`` is None) in one request: the unit restore counts as one object read.
-* ``stat(key)`` returns its :class:`ObjectInfo`; a missing key raises
-  :class:`ObjectNotFoundError` (as ``open`` does).
-* ``list(prefix)`` yields every complete object whose key starts with ``prefix``, in key order.
-* ``delete(key)`` removes an object; deleting a missing key is not an error.
-* ``url`` is the sink's location for messages and manifests, with no secret in it.
-* ``spool_root()`` names a directory on the sink's own filesystem where a run may stage
-  files (so that ``put`` can link rather than copy), or None for a remote sink. Nothing
-  under it is ever listed.
-* ``sweep(older_than)`` removes what writers that died mid-write left behind and that no
-  reader ever sees (partial temp files, unfinished multipart uploads) started more than
-  ``older_than`` seconds ago; returns how many. Only the holder of the archive's lease calls it.
-"""
+"""Archive storage behind one small contract (``base.Sink``), picked by URL scheme: a
+directory (``local``) or S3 (``s3``, its URL options in ``s3_options``). Add a sink by one module
+that implements the contract and passes ``tests/test_sink_contract.py``, and one branch here."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from celery_archive.errors import ConfigError
+from celery_archive.sinks.base import ObjectInfo, RangeReader, Sink, download
 
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-
-
-class Sink(Protocol):
-    @property
-    def url(self) -> str: ...
-
-    def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo: ...
-
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
-
-    def open(self, key: str) -> BinaryIO: ...
-
-    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes: ...
-
-    def stat(self, key: str) -> ObjectInfo: ...
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def spool_root(self) -> Path | None: ...
-
-    def sweep(self, older_than: float) -> int: ...
-
-
-def download(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
-    """Copy an object to the local file ``dest`` in 1 MiB chunks: (bytes, sha256 hex)."""
-    h, size = hashlib.sha256(), 0
-    with sink.open(key) as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    return size, h.hexdigest()
-
-
-class RangeReader(io.RawIOBase):
-    """A read-only, seekable file of ``size`` bytes whose reads are served by
-    ``read_at(offset, length)``: ranged requests, or ranges fetched earlier."""
-
-    def __init__(self, size: int, read_at: Callable[[int, int], bytes]) -> None:
-        self._size, self._read_at, self._pos = size, read_at, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self._size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._read_at(self._pos, n)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+__all__ = ["LOCAL_OPTIONS", "ObjectInfo", "RangeReader", "Sink", "download", "local_options", "open_sink"]
 
 
 LOCAL_OPTIONS: dict[str, Callable[[str], Any]] = {}
@@ -136,6 +43,10 @@ def open_sink(url: str) -> Sink:
     if not url:
         raise ConfigError("--sink is empty: give a directory path, file:///path or s3://bucket/prefix")
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # the message must not repeat the URL: it would print the secret
+        raise ConfigError(f"--sink {parts.scheme or 'file'}:// URL holds credentials (user:secret@ before the bucket or host): "
+                          "celery-archive never takes a secret in a URL; give S3 credentials as boto3 finds them "
+                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, ?profile=NAME, an instance role)")
     if parts.scheme == "s3":
         from celery_archive.sinks.s3 import S3Sink
         from celery_archive.sinks.s3_options import S3Options

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
-from celery_archive.sinks import ObjectInfo
+from celery_archive.sinks.base import ObjectInfo
 
 _TMP_PREFIX = ".tmp-"
 
@@ -58,8 +58,8 @@ class LocalSink:
                 os.fsync(out.fileno())
             try:
                 os.link(tmp, target)  # atomic, and fails rather than replace
-            except FileExistsError:
-                raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from None
+            except FileExistsError as exc:
+                raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from exc
             _fsync_dir(target.parent)
         except OSError as exc:
             raise disk_error("writing", target, exc) from exc
@@ -93,8 +93,8 @@ class LocalSink:
             with open(path, "rb") as src:
                 os.fsync(src.fileno())
             os.link(path, target)
-        except FileExistsError:
-            raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from None
+        except FileExistsError as exc:
+            raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten") from exc
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 return False  # another filesystem, or links not allowed: copy instead
@@ -109,8 +109,8 @@ class LocalSink:
         path = self._path(key)
         try:
             return open(path, "rb")
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"{path} is not in the archive") from None
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{path} is not in the archive") from exc
         except OSError as exc:
             raise disk_error("reading", path, exc) from exc
 
@@ -123,8 +123,8 @@ class LocalSink:
         path = self._path(key)
         try:
             return ObjectInfo(key, path.stat().st_size)
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"{path} is not in the archive") from None
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"{path} is not in the archive") from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
@@ -150,7 +150,7 @@ class LocalSink:
         """Temp files of puts that died (kill -9) and staging directories no live process uses."""
         import time
 
-        from celery_archive.pipeline.spool import sweep as sweep_spools
+        from celery_archive.spool import sweep as sweep_spools
 
         removed = sweep_spools(self.spool_root()) if self.spool_root().is_dir() else 0
         if not self.root.is_dir():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
-from celery_archive.sinks import ObjectInfo, RangeReader
+from celery_archive.sinks.base import ObjectInfo, RangeReader
 from celery_archive.sinks.s3_options import S3Options
 
 MULTIPART_BYTES = 64 << 20
@@ -41,8 +41,8 @@ def _retries() -> Any:
     raw = os.environ.get("AWS_MAX_ATTEMPTS", "8")
     try:
         attempts = int(raw)
-    except ValueError:
-        raise ConfigError(f"AWS_MAX_ATTEMPTS={raw!r} is not a number of attempts") from None
+    except ValueError as exc:
+        raise ConfigError(f"AWS_MAX_ATTEMPTS={raw!r} is not a number of attempts") from exc
     return {"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "total_max_attempts": max(attempts, 1)}
 
 
@@ -109,10 +109,10 @@ class S3Sink:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise ObjectExistsError(f"{self.url}/{key} already exists; archive objects are never overwritten") from None
-            raise self._error(exc, key) from None
+                raise ObjectExistsError(f"{self.url}/{key} already exists; archive objects are never overwritten") from exc
+            raise self._error(exc, key) from exc
         except BotoCoreError as exc:
-            raise self._error(exc, key) from None
+            raise self._error(exc, key) from exc
 
     def _check_lock(self) -> None:
         """Before the first locked write: does the bucket have Object Lock at all?"""
@@ -124,8 +124,8 @@ class S3Sink:
             self.client.get_object_lock_configuration(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
-                raise self._no_lock() from None
-            raise self._error(exc) from None
+                raise self._no_lock() from exc
+            raise self._error(exc) from exc
         self._lock_checked = True
 
     def _no_lock(self) -> SinkError:
@@ -145,7 +145,7 @@ class S3Sink:
             size = path.stat().st_size
             f = open(path, "rb")
         except OSError as exc:
-            raise SinkError(f"cannot read {path} to store it as {self.url}/{key}: {exc.strerror}") from None
+            raise SinkError(f"cannot read {path} to store it as {self.url}/{key}: {exc.strerror}") from exc
         with f:
             if size <= MULTIPART_BYTES:
                 self._call(self.client.put_object, key, Body=f, IfNoneMatch="*", **self._write_args(key, sha256))
@@ -207,7 +207,10 @@ class S3Sink:
         try:
             r = self._call(self.client.get_object, key, Bucket=self.bucket, Key=self._key(key), Range=rng)
         except SinkError as exc:
-            if "InvalidRange" in str(exc):
+            from botocore.exceptions import ClientError
+
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""  # past the end: nothing there
             raise
         data: bytes = r["Body"].read()
@@ -228,7 +231,7 @@ class S3Sink:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][len(base):], int(obj["Size"]))
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc) from None
+            raise self._error(exc) from exc
 
     def delete(self, key: str) -> None:
         self._call(self.client.delete_object, key, Bucket=self.bucket, Key=self._key(key))
@@ -254,6 +257,6 @@ class S3Sink:
                                    Key=up["Key"], UploadId=up["UploadId"])
                         aborted += 1
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc) from None
+            raise self._error(exc) from exc
         return aborted
 

@@ -1,0 +1,74 @@
+"""Every key shape of an archive, in one place. Keys are ``/``-separated, relative to the sink's root.
+
+    data/date=YYYY-MM-DD/<run_id>-<seq>.<ext>      data files (Hive partitions; ext parquet, jsonl, jsonl.zst, jsonl.gz)
+    outcomes/<run_id>.json                         committed (with the manifest) or abandoned: create-only,
+                                                   so exactly one of the two ever exists
+    manifests/<run_id>.json                        a run counts once this exists (a copy of its outcome's manifest)
+    runs/<run_id>.json                             what the run verified and deleted (runs/<run_id>.kept.json: --no-delete)
+    locks/lease-<version>.json                     who may change the archive now (create-only versions)
+    locks/run.lock                                 celery-archive 0.1's lock: refused, never taken over
+    index/log/run-<run_id>.parquet                 the restore index entries of one run's files
+    index/log/packs-<gen>-<buckets>.ok             commits pack generation <gen>
+    index/packs/<gen>/<bucket>.parquet             compacted index entries, by crc32(task_id) % buckets
+
+Run ids are ``YYYYMMDDTHHMMSSZ-uuuuuu`` and sort in the order the runs started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+DATA, OUTCOMES, MANIFESTS, RUNS = "data/", "outcomes/", "manifests/", "runs/"
+LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
+INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
+
+
+def new_run_id(now: dt.datetime) -> str:
+    """``YYYYMMDDTHHMMSSZ-uuuuuu``: the suffix is the microsecond in hex, so run ids sort in the
+    order the runs started even within one second ("the latest run" means the same everywhere);
+    runs on one archive are serialized by its lease, and outcomes are create-only besides."""
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:06x}"
+
+
+def data_key(day: dt.date, run_id: str, seq: int, extension: str) -> str:
+    return f"{DATA}date={day.isoformat()}/{run_id}-{seq:05d}.{extension}"
+
+
+def run_id_of(data_key: str) -> str:
+    """The run that wrote a data file, from its name ``<run_id>-<seq>.<ext>``."""
+    name = data_key.rsplit("/", 1)[-1]
+    return name.rsplit("-", 1)[0]
+
+
+def day_of(data_key: str) -> str:
+    """``YYYY-MM-DD`` of a data file, from its ``date=`` partition."""
+    return data_key[len(DATA):].split("/", 1)[0].removeprefix("date=")
+
+
+def outcome_key(run_id: str) -> str:
+    return f"{OUTCOMES}{run_id}.json"
+
+
+def manifest_key(run_id: str) -> str:
+    return f"{MANIFESTS}{run_id}.json"
+
+
+def report_key(run_id: str, purged: bool = True) -> str:
+    """``runs/<id>.json`` once purged; ``runs/<id>.kept.json`` for a --no-delete run (both write-once)."""
+    return f"{RUNS}{run_id}.json" if purged else f"{RUNS}{run_id}.kept.json"
+
+
+def lease_key(version: int) -> str:
+    return f"{LEASE_PREFIX}{version:012d}.json"
+
+
+def delta_key(run_id: str) -> str:
+    return f"{INDEX_LOG}run-{run_id}.parquet"
+
+
+def pack_marker_key(gen: int, buckets: int) -> str:
+    return f"{INDEX_LOG}packs-{gen:06d}-{buckets}.ok"
+
+
+def pack_key(gen: int, buckets: int, bucket: int) -> str:
+    return f"{INDEX_PACKS}{gen:06d}/{bucket:0{len(f'{buckets - 1:x}')}x}.parquet"

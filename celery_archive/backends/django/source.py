@@ -1,0 +1,153 @@
+"""django-celery-results (``result_backend = "django-db"``) as a source.
+
+``--source django+<SQLAlchemy URL of the Django database>``: its tables are read and purged the
+way Celery's own database backend is (keyset pages on (date_done, id), set-wise deletes of rows
+unchanged since they were read), through SQLAlchemy and ADBC, without importing the user's
+Django project. Each record keeps the row's stored column values verbatim in ``raw_value`` (a
+JSON object), so a restore puts back the very same row, dates included.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+import pyarrow as pa
+import sqlalchemy as sa
+
+from celery_archive.backends.codec import decode_column
+from celery_archive.backends.dates import Naive
+from celery_archive.backends.records import as_array, assemble, utc_naive
+from celery_archive.backends.sql.source import SqlSource, SqlSourceConfig
+from celery_archive.errors import ConfigError
+
+if TYPE_CHECKING:
+    from celery_archive.config import RunConfig
+
+TASK_TABLE = "django_celery_results_taskresult"
+GROUP_TABLE = "django_celery_results_groupresult"
+STORAGE_FORMAT = "django-celery-results"
+STORED = {
+    "task": ("task_id", "status", "content_type", "content_encoding", "result", "date_done", "traceback", "meta",
+             "task_args", "task_kwargs", "task_name", "worker", "date_created", "periodic_task_name", "date_started"),
+    "group": ("group_id", "content_type", "content_encoding", "result", "date_done", "date_created"),
+}
+"""The columns a row is stored with (all but its id), kept verbatim in raw_value."""
+DATES = ("date_done", "date_created", "date_started")
+SERIALIZER_OF = {"application/json": "json", "application/x-python-serialize": "pickle",
+                 "application/x-msgpack": "msgpack", "application/x-yaml": "yaml"}
+
+
+def celery_db_url(url: str) -> str:
+    """``django+postgresql://...`` -> ``db+postgresql://...`` (the same database)."""
+    if not url.startswith("django+"):
+        raise ConfigError(f"not a django-celery-results URL: expected django+postgresql+psycopg://..., django+sqlite:///..., got {url.split('://')[0]}://")
+    return "db+" + url[len("django+"):]
+
+
+def iso(value: Any) -> str | None:
+    """A stored date as ISO 8601 in UTC (Django stores UTC when USE_TZ is on)."""
+    if value is None:
+        return None
+    naive = utc_naive(value)
+    return str(naive.isoformat()) + "+00:00"
+
+
+class DjangoSource(SqlSource):
+    required: ClassVar[dict[str, set[str]]] = {
+        "task": {"id", "task_id", "status", "result", "date_done", "content_type", "content_encoding"},
+        "group": {"id", "group_id", "result", "date_done", "content_type", "content_encoding"}}
+    name_column = "task_name"
+    id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "group_id"}
+    what = "a django-celery-results table"
+    sized_columns = ("result", "task_args", "task_kwargs", "traceback", "meta")
+
+    def __init__(self, url: str, serializer: str = "json") -> None:
+        super().__init__(SqlSourceConfig(celery_db_url(url), TASK_TABLE, GROUP_TABLE, serializer=serializer))
+        self.display_url = "django+" + self.display_url[len("db+"):]
+
+    def _format(self, columns: set[str]) -> str:
+        return STORAGE_FORMAT
+
+    def _rule(self, kind: str) -> Naive:
+        return Naive(why="django-celery-results stores UTC (USE_TZ = True; timestamptz on PostgreSQL)")
+
+    def _not_found(self, where: str) -> str:
+        return (f"table {where} not found in {self.display_url}: is this the Django database of a project with "
+                "django_celery_results in INSTALLED_APPS and its migrations applied (manage.py migrate)?")
+
+    def columns(self, kind: str, table: sa.Table) -> list[str]:
+        return ["id", *(c for c in STORED[kind] if c in table.c)]
+
+    def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
+        n = len(page["id"])
+        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in page.items()}
+        for d in DATES:
+            if d in cols:
+                cols[d] = [iso(v) for v in cols[d]]
+        stored = [{c: cols[c][i] for c in STORED[kind] if c in cols} for i in range(n)]
+        ctypes, encs = cols["content_type"], cols["content_encoding"]
+        texts: dict[str, list[bytes | None]] = {}
+        errors: list[list[str | None]] = []
+        meta_field = "meta" if kind == "task" else None
+        for field in ("result", "task_args", "task_kwargs", meta_field):
+            if field and field in cols:
+                texts[field], errs = self._decode(cols[field], ctypes, encs, field)
+                errors.append(errs)
+        decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)]
+        children = [_children(m) for m in texts.get("meta", [None] * n)]
+        given: dict[str, Any] = {
+            "task_id": cols["task_id" if kind == "task" else "group_id"], "kind": kind,
+            "status": cols.get("status", ["SUCCESS"] * n) if kind == "task" else None,
+            "date_done": as_array("date_done", [utc_naive(dt.datetime.fromisoformat(v)) if v else None for v in cols["date_done"]]),
+            "name": cols.get("task_name"), "worker": cols.get("worker"), "traceback": cols.get("traceback"),
+            "args": texts.get("task_args"), "kwargs": texts.get("task_kwargs"), "result": texts["result"],
+            "children": children if kind == "task" else None, "decode_error": decode_error,
+            "raw_result": [None if v is None else v.encode() for v in cols["result"]],
+            "raw_args": [None if v is None else v.encode() for v in cols.get("task_args", [None] * n)],
+            "raw_kwargs": [None if v is None else v.encode() for v in cols.get("task_kwargs", [None] * n)],
+            "raw_value": [orjson.dumps(row) for row in stored], "raw_date_done": cols["raw_date_done"],
+            "content_type": ctypes, "content_encoding": encs, "storage_format": STORAGE_FORMAT,
+            "source": self.display_url, "source_table": table.fullname, "source_id": cols["id"],
+            "run_id": run_id, "archived_at": archived_at,
+        }
+        return assemble(given, n)
+
+    def _decode(self, values: list[str | None], ctypes: list[str], encs: list[str], field: str) -> tuple[list[bytes | None], list[str | None]]:
+        """JSON texts (UTF-8) and errors for a text column whose rows say how they are encoded."""
+        texts: list[bytes | None] = [None] * len(values)
+        errors: list[str | None] = [None] * len(values)
+        groups: dict[str, list[int]] = {}
+        for i, ct in enumerate(ctypes):
+            groups.setdefault(SERIALIZER_OF.get(ct, self.config.serializer), []).append(i)
+        for serializer, rows in groups.items():
+            raw: list[bytes | None] = []
+            for i in rows:
+                v = values[i]
+                try:
+                    raw.append(None if v is None else base64.b64decode(v, validate=True) if encs[i] == "binary" else v.encode())
+                except ValueError:
+                    raw.append(None)
+                    errors[i] = f"{field}: not valid base64 for content_encoding binary"
+            out, errs, _ = decode_column(raw, serializer, field)
+            for j, i in enumerate(rows):
+                texts[i] = out[j]
+                errors[i] = errors[i] or (errs[j] if errs else None)
+        return texts, errors
+
+
+def _children(meta_text: bytes | None) -> str | None:
+    if meta_text is None:
+        return None
+    try:
+        meta = orjson.loads(meta_text)
+    except orjson.JSONDecodeError:
+        return None
+    children = meta.get("children") if isinstance(meta, dict) else None
+    return None if children is None else orjson.dumps(children).decode()
+
+
+def from_config(cfg: RunConfig) -> DjangoSource:
+    return DjangoSource(cfg.source, cfg.serializer)

@@ -1,0 +1,135 @@
+"""One archiver per backend: a run holds the backend's archiver lock from before it reads
+anything until it has finished, so a second archiver of the same tables or keys (to another
+archive, from another host) is refused instead of archiving every result a second time.
+
+Each backend's own mechanism, released by the server when the holder's connection or process
+dies: PostgreSQL ``pg_try_advisory_lock`` and MySQL/MariaDB ``GET_LOCK`` on a connection of the
+lock's own; SQLite an exclusive ``flock`` on the database file (SQLite's own locks are POSIX
+record locks, which flock does not touch); Redis a key set with NX and a TTL that a thread renews.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from celery_archive.errors import LockError, SourceError
+
+REDIS_TTL_MS = 60_000
+_log = logging.getLogger(__name__)
+
+
+def lock_name(what: str) -> str:
+    """A short, stable name for the tables or keys a run archives."""
+    return "celery-archive:" + hashlib.sha256(what.encode()).hexdigest()[:24]
+
+
+@contextmanager
+def held(source_url: str, what: str, holder: dict[str, Any], client: Any = None) -> Iterator[None]:
+    """Hold the archiver lock of ``what`` (the tables or key patterns, as ``Source.describe``
+    names them) on the backend at ``source_url``; ``client`` is the source's Redis client.
+    Raises LockError naming the holder where the backend can tell."""
+    scheme = source_url.split("://", 1)[0]
+    if client is not None:  # keys live per Redis database: the client's
+        with _redis(client, lock_name(what), holder):
+            yield
+        return
+    from celery_archive.backends.sql.url import parse_source_url
+
+    url = parse_source_url("db+" + source_url.split("+", 1)[1] if scheme.startswith("django+") else source_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        with _flock(str(url.database)):
+            yield
+        return
+    with _sql(url, backend, lock_name(f"{url.database}/{what}")):  # MySQL's locks are server-wide
+        yield
+
+
+@contextmanager
+def _flock(path: str) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockError(f"another celery-archive run is archiving {path} (it holds the database file's archiver lock); "
+                            "run one archiver per backend, or wait for it to finish") from exc
+        yield
+
+
+@contextmanager
+def _sql(url: Any, backend: str, name: str) -> Iterator[None]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if backend == "postgresql":
+                key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            elif backend in ("mysql", "mariadb"):
+                got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name[:64]}).scalar() == 1
+            else:
+                got = True  # no lock this database offers: one archiver per backend is the user's to keep
+            conn.commit()
+            if not got:
+                raise LockError(f"another celery-archive run is archiving these tables of "
+                                f"{url.render_as_string(hide_password=True)} (it holds the archiver lock {name}); "
+                                "run one archiver per backend, or wait for it to finish")
+            yield  # held while this connection lives; the server drops it with the connection
+    except sa.exc.SQLAlchemyError as exc:
+        from celery_archive.errors import scrubbed
+
+        raise SourceError(f"taking the archiver lock on {url.render_as_string(hide_password=True)} failed: "
+                          f"{scrubbed(exc, [url.password])}") from exc
+    finally:
+        engine.dispose()
+
+
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@contextmanager
+def _redis(client: Any, name: str, holder: dict[str, Any]) -> Iterator[None]:
+    import redis
+
+    value = orjson.dumps({**holder, "host": socket.gethostname(), "pid": os.getpid()})
+    try:
+        if not client.set(name, value, nx=True, px=REDIS_TTL_MS):
+            other = client.get(name)
+            raise LockError(f"another celery-archive run is archiving this Redis backend ({(other or b'?')[:300].decode(errors='replace')}); "
+                            f"run one archiver per backend, or wait for it to finish (a dead one's lock {name} expires "
+                            f"{REDIS_TTL_MS // 1000} s after its last renewal)")
+    except redis.RedisError as exc:
+        raise SourceError(f"taking the archiver lock in Redis failed: {exc}") from exc
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(REDIS_TTL_MS / 6000):
+            try:
+                client.eval(_RENEW, 1, name, value, REDIS_TTL_MS)
+            except redis.RedisError:
+                continue  # the next attempt may get through; the key lives a minute
+
+    thread = threading.Thread(target=renew, name="celery-archive-source-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        try:
+            client.eval(_RELEASE, 1, name, value)
+        except redis.RedisError as exc:
+            _log.warning("celery-archive: could not release the archiver lock %s (it expires by itself): %s", name, exc)

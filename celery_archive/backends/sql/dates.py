@@ -1,0 +1,208 @@
+"""date_done in SQL tables: selected by the instant Celery meant, paged and compared exactly
+as stored.
+
+* PostgreSQL and MySQL/MariaDB: ``date_done < L``, with L the stored value that stands for
+  the cutoff under the table's rule (dates.py), so the date_done index serves the query and
+  keyset pages run on the stored values.
+* SQLite keeps text, and text in other forms than Celery's own (``T``, ``Z``, ``+02:00``, no
+  or more fractional digits) sorts apart from its instant. Pages run on the text exactly as
+  stored (ORDER BY and ``>`` on the same text order, so they always end); the selection is
+  by instant: ``julianday()`` reads every form (an offset by itself, naive text by the rule),
+  and each fetched value is checked again in Python to the microsecond.
+
+Each record keeps the stored value in ``raw_date_done`` (its text form), which the purge
+compares and restore puts back; ``date_done`` becomes the UTC instant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from celery_archive.backends.dates import Naive, looks_local
+
+if TYPE_CHECKING:
+    from celery_archive.backends.sql.source import SqlSource
+
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+
+_EPOCH_JD = 2440587.5  # the Julian day of 1970-01-01 00:00 UTC
+_JD_MARGIN = 2e-6  # days (~0.17 s): julianday's doubles are coarse; the Python check is exact
+_OFFSET_GLOB = "*[+-][0-9][0-9]:[0-9][0-9]"
+
+
+def julian(ts: dt.datetime) -> float:
+    return (ts - dt.datetime(1970, 1, 1)).total_seconds() / 86400 + _EPOCH_JD
+
+
+def parse_text(value: str) -> dt.datetime | None:
+    """SQLite's stored text as a datetime (aware when it has an offset), None if unreadable."""
+    try:
+        return dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def text_of(value: Any) -> str | None:
+    """A stored value's text form: SQLite's text as it is; a timestamp as ISO text."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value.isoformat(sep=" ", timespec="microseconds"))
+
+
+class StoredDates:
+    """The date_done rules of one SQL source: per kind, the zone of naive values (``rules``)
+    and whether the column holds instants itself (``aware``: timestamptz)."""
+
+    def __init__(self, dialect: str, rules: dict[str, Naive], aware: dict[str, bool]) -> None:
+        self.dialect, self.rules, self.aware = dialect, rules, aware
+
+    def bound(self, kind: str, cutoff: dt.datetime) -> dt.datetime:
+        """The stored value that stands for ``cutoff`` (naive UTC) in ``kind``'s table."""
+        return cutoff if self.aware.get(kind) else self.rules[kind].stored_cutoff(cutoff)
+
+    def older(self, kind: str, column: sa.ColumnElement[Any], cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
+        """Conditions for ``date_done`` older than ``cutoff``."""
+        local = self.bound(kind, cutoff)
+        if self.dialect != "sqlite":
+            return [column < local]
+        # an index-usable bound first: any form of a date older than the cutoff starts with a
+        # day before this one (offsets are within +-14 h)
+        upper = (max(cutoff + dt.timedelta(hours=14), local) + dt.timedelta(days=1)).date().isoformat()
+        jd = sa.func.julianday(column)
+        by_offset = jd < julian(cutoff) + _JD_MARGIN
+        unread = jd.is_(None)  # text SQLite cannot read (+0200): fetched, read (or counted) in Python
+        if local == cutoff:
+            return [column < upper, sa.or_(by_offset, unread)]
+        has_offset = sa.or_(column.like("%Z"), column.op("GLOB")(_OFFSET_GLOB))
+        return [column < upper, sa.or_(sa.case((has_offset, by_offset), else_=jd < julian(local) + _JD_MARGIN), unread)]
+
+    def day(self, kind: str, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The UTC day of a stored date_done where the database can tell it (PostgreSQL; SQLite
+        text with an offset), else the stored day."""
+        zone = self.rules[kind].name if kind in self.rules else "UTC"
+        if self.dialect == "postgresql" and zone not in ("UTC", "local") and not self.aware.get(kind):
+            return sa.func.date(sa.func.timezone("UTC", sa.func.timezone(zone, column)))
+        return sa.func.date(column)
+
+    def newest_order(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """An ORDER BY key that puts the newest stored date first."""
+        return sa.func.julianday(column).desc() if self.dialect == "sqlite" else column.desc()
+
+    def read(self, kind: str, page: dict[str, Any], cutoff: dt.datetime | None, counts: Counter[str],
+             id_col: str) -> dict[str, Any] | None:
+        """A fetched page with ``raw_date_done`` (the stored text) and ``date_done`` as UTC
+        instants, less rows that are not taken: no task id (``no_task_id``), a date_done that
+        cannot be read (``bad_date_done``), or (SQLite) not older than ``cutoff`` after all."""
+        stored = page["date_done"]
+        keep: Any = None
+        if isinstance(stored, (pa.Array, pa.ChunkedArray)):  # ADBC (PostgreSQL)
+            raw = stored.cast(pa.string())
+            instants, repeated = self.rules[kind].instants(stored)
+        else:
+            raw, instants, repeated, keep = self._read_values(kind, stored, cutoff, counts)
+        if repeated:
+            counts["date_done_ambiguous"] += repeated
+        missing = pc.is_null(pa.array(page[id_col], pa.string())) if not isinstance(page[id_col], (pa.Array, pa.ChunkedArray)) \
+            else pc.is_null(page[id_col])
+        if pc.any(missing).as_py():
+            counts["no_task_id"] += int(pc.sum(missing).as_py())
+            keep = pc.invert(missing) if keep is None else pc.and_(keep, pc.invert(missing))
+        out = {**page, "raw_date_done": raw, "date_done": instants}
+        if keep is None:
+            return out
+        if not pc.any(keep).as_py():
+            return None
+        return {k: _filter(v, keep) for k, v in out.items()}
+
+    def _read_values(self, kind: str, stored: Any, cutoff: dt.datetime | None, counts: Counter[str]) -> tuple[Any, Any, int, Any]:
+        """(raw texts, instants, repeated, keep mask or None) of values a DB-API driver gave."""
+        if self.dialect != "sqlite":
+            instants, repeated = self.rules[kind].instants(list(stored))
+            return [text_of(v) for v in stored], instants, repeated, None
+        raw = list(stored)
+        parsed = [parse_text(v) if isinstance(v, str) else v for v in raw]
+        instants, repeated = self.rules[kind].instants(parsed)
+        keep = [p is not None and (cutoff is None or i < cutoff) for p, i in zip(parsed, instants)]
+        if None in parsed:
+            counts["bad_date_done"] += sum(p is None for p in parsed)
+        return [text_of(v) for v in raw], [i if k else None for i, k in zip(instants, keep)], repeated, \
+            (None if all(keep) else pa.array(keep))
+
+    def typed(self, table: pa.Table, kind: str) -> pa.Array | pa.ChunkedArray:
+        """A purge batch's stored dates (raw_date_done) as the values the database compares:
+        SQLite's text as it is, a timestamp parsed back (timestamptz as an instant)."""
+        aware = bool(self.aware.get(kind))
+        raw = _v1_texts(table, aware) if "raw_date_done" in table.column_names else _v1_texts(table.append_column(
+            "raw_date_done", pa.nulls(table.num_rows, pa.string())), aware)
+        if self.dialect == "sqlite":
+            return raw
+        return raw.cast(pa.timestamp("us", tz="UTC") if aware else pa.timestamp("us"))
+
+
+def _filter(values: Any, keep: pa.Array) -> Any:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.filter(keep)
+    mask = keep.to_pylist()
+    return [v for v, k in zip(values, mask) if k]
+
+
+def _v1_texts(table: pa.Table, aware: bool) -> pa.Array | pa.ChunkedArray:
+    """raw_date_done, filled in for records of v1 files (which have none) from date_done:
+    SQLAlchemy's own text form, the value they were compared by then."""
+    raw = table["raw_date_done"]
+    if not raw.null_count:
+        return raw
+    zone = "+00:00" if aware else ""
+    dates = table["date_done"].to_pylist()
+    return pa.array([r if r is not None else None if d is None else d.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds") + zone
+                     for r, d in zip(raw.to_pylist(), dates)], pa.string())
+
+
+
+
+def newest(src: SqlSource, cutoff: dt.datetime | None, kinds: tuple[str, ...]) -> tuple[str, str, dt.datetime] | None:
+    """(task id, stored date_done, its UTC instant) of ``src``'s newest finished result older
+    than ``cutoff`` (of all, with None)."""
+    best: tuple[str, str, dt.datetime] | None = None
+    with src.engine.connect() as conn:
+        for kind, t in src.tables.items():
+            if kind not in kinds:
+                continue
+            id_col = t.c[src.id_columns[kind]]
+            conds = src._selected(kind, t, cutoff) if cutoff else [t.c.date_done.is_not(None)]
+            if kind == "task" and cutoff is None:
+                conds.append(t.c.status.in_(FINISHED))
+            rows = conn.execute(sa.select(id_col, t.c.date_done).where(id_col.is_not(None), *conds)
+                                .order_by(src.dates.newest_order(t.c.date_done)).limit(20)).all()
+            page = src.dates.read(kind, {id_col.name: [r[0] for r in rows], "date_done": [r[1] for r in rows]}, cutoff,
+                                  Counter(), id_col.name)
+            for tid, raw, utc in zip(*(page[k] for k in (id_col.name, "raw_date_done", "date_done"))) if page else ():
+                if best is None or utc > best[2]:
+                    best = (str(tid), str(raw), utc)
+    return best
+
+
+def check_dates(src: SqlSource) -> str | None:
+    """Where the app's zone decides and was not given: a warning when the newest finished
+    result's date_done, read as UTC, looks like local time."""
+    rule = src.dates.rules["task"]
+    if rule.known and (rule.name == "UTC" or src.dialect.name != "postgresql" or src.dates.aware.get("task")):
+        return None  # (on PostgreSQL in a zone, results of Celery 5.3 told for 5.4+ would lie ahead)
+    found = newest(src, None, ("task",))
+    if found is None:
+        return None
+    why = looks_local(found[2], dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    if not why:
+        return None
+    if rule.known:
+        return (f"the newest date_done ({found[1]!r}, task {found[0]}) is {why} when read by the rule '{rule.why}': "
+                "if the workers run another Celery version than the installed one, say which with --celery-version")
+    return (f"the newest date_done ({found[1]!r}, task {found[0]}) is {why} when read as UTC: it looks like the app's "
+            f"local time. {src.dates.rules['task'].why}. Results may be taken too early or too late: give the app's zone "
+            "with -A, --timezone ZONE or CELERY_ARCHIVE_TIMEZONE (UTC if it has none)")

@@ -1,0 +1,399 @@
+"""Celery's database result backend (SQLAlchemy Core) as a source.
+
+Every statement is built with SQLAlchemy Core. On PostgreSQL, reads and range deletes run
+through ADBC (Arrow Database Connectivity), which hands back Arrow columns straight from the
+wire with no Python object per value; the only values rendered into that SQL are the run's
+own datetimes, row ids and status names. Other databases run through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.sql.dml import ReturningDelete
+
+from celery_archive.ahead import ahead
+from celery_archive.backends import PurgeBatch
+from celery_archive.backends.dates import Naive, celery_rule, parse_version
+from celery_archive.backends.records import build_records
+from celery_archive.backends.sql.dates import StoredDates, check_dates, newest
+from celery_archive.backends.sql.url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
+from celery_archive.errors import SourceError, scrubbed
+
+if TYPE_CHECKING:
+    from celery_archive.config import RunConfig
+
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+_TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
+                 "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
+_EXACT_CHUNK = 1000  # rows per exact DELETE ... WHERE (id, status, date_done) IN (...)
+
+
+@dataclass(frozen=True)
+class SqlSourceConfig:
+    """Where Celery's database backend keeps results (mirrors Celery's settings)."""
+
+    url: str
+    task_table: str = "celery_taskmeta"
+    group_table: str = "celery_tasksetmeta"
+    task_schema: str | None = None  # database_table_schemas["task"]
+    group_schema: str | None = None  # database_table_schemas["group"]
+    serializer: str = "json"  # result_serializer
+    timezone: str | None = None  # the app's zone (timezone / enable_utc); None: not known
+    celery_version: str | None = None  # of the workers that wrote the results; None: the installed one
+
+
+def _sa_type(t: pa.DataType) -> Any:
+    """A SQLAlchemy type for an Arrow column type (enough to compile statements)."""
+    if pa.types.is_timestamp(t):
+        return sa.DateTime(timezone=t.tz is not None)
+    if pa.types.is_integer(t):
+        return sa.BigInteger() if t.bit_width > 32 else sa.Integer()
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return sa.LargeBinary()
+    return sa.String()
+
+
+def _last(values: Any) -> Any:
+    v = values[-1]
+    return v.as_py() if hasattr(v, "as_py") else v
+
+
+class SqlSource:
+    """Celery's own tables. A subclass reading other tables the same way (django/source.py)
+    sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
+
+    purge_columns: tuple[str, ...] = ("source_id", "status", "date_done", "raw_date_done")
+    required: ClassVar[dict[str, set[str]]] = {"task": {"id", "task_id", "status", "result", "date_done"},
+                                               "group": {"id", "taskset_id", "result", "date_done"}}
+    name_column = "name"
+    what = "a Celery result table"
+    sized_columns: tuple[str, ...] = ("result", "args", "kwargs", "traceback", "children", "stamps")
+
+    def __init__(self, config: SqlSourceConfig) -> None:
+        self.config = config
+        self._url = parse_source_url(config.url)
+        self.display_url = "db+" + self._url.render_as_string(hide_password=True)
+        self._secret = self._url.password
+        self._engine: sa.Engine | None = None
+        self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
+        self._adbc_uri = adbc_uri(self._url)
+        self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
+        self._adbc_all: list[Any] = []
+        self.tables: dict[str, sa.Table] = {}
+        self.storage_format = "celery-db-5.7"
+        self.counts: Counter[str] = Counter()  # rows seen but not taken: no_task_id, bad_date_done, ...
+        self.dates = StoredDates(self.dialect.name, {}, {})
+        self.warnings: list[str] = []
+        self.examples: dict[str, list[str]] = {}
+
+    # -- errors -------------------------------------------------------------------------
+    def _error(self, action: str, exc: Exception) -> SourceError:
+        return SourceError(f"{action} {self.display_url} failed: {scrubbed(exc, [self._secret])}")
+
+    @property
+    def engine(self) -> sa.Engine:
+        """SQLAlchemy's engine, made on first use (on PostgreSQL only dry runs and the exact
+        delete need it)."""
+        if self._engine is None:
+            utc = UTC_SESSION if self._url.get_backend_name() == "postgresql" else {}
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=utc)
+        return self._engine
+
+    # -- setup ----------------------------------------------------------------------------
+    def _columns(self, name: str, schema: str | None) -> list[sa.Column[Any]] | None:
+        """The table's columns (names and types), or None if there is no such table."""
+        if self._adbc_uri:
+            import adbc_driver_manager
+
+            with self._adbc() as adbc:
+                try:
+                    fields = adbc.adbc_get_table_schema(name, db_schema_filter=schema)
+                except adbc_driver_manager.Error as exc:
+                    if exc.status_code != adbc_driver_manager.AdbcStatusCode.NOT_FOUND:
+                        raise
+                    return None
+                finally:
+                    adbc.rollback()  # the catalog query's transaction, or the failed one
+            return [sa.Column(f.name, _sa_type(f.type)) for f in fields]
+        with self.engine.connect() as conn:
+            try:
+                return [sa.Column(c["name"], c["type"]) for c in sa.inspect(conn).get_columns(name, schema=schema)]
+            except sa.exc.NoSuchTableError:
+                return None
+
+    def open(self) -> None:
+        """Connect and find Celery's tables; raises SourceError with what to fix."""
+        cfg = self.config
+        try:
+            for kind, name, schema in (("task", cfg.task_table, cfg.task_schema), ("group", cfg.group_table, cfg.group_schema)):
+                columns = self._columns(name, schema)  # the column list is all that is needed
+                if columns is None:
+                    if kind == "group":
+                        continue  # groups are optional: only apps that save GroupResults have them
+                    raise SourceError(self._not_found(f"{schema}.{name}" if schema else name))
+                if self.dialect.name == "sqlite":  # stored text, read and compared exactly as it is
+                    columns = [sa.Column(c.name, sa.String()) if c.name == "date_done" else c for c in columns]
+                table = sa.Table(name, sa.MetaData(), *columns, schema=schema)
+                missing = self.required[kind] - set(table.c.keys())
+                if missing:
+                    raise SourceError(f"table {table.fullname} is not {self.what}: it has no column(s) {', '.join(sorted(missing))}")
+                self.tables[kind] = table
+            aware = {k: bool(getattr(t.c.date_done.type, "timezone", False)) for k, t in self.tables.items()}
+            self.dates = StoredDates(self.dialect.name, {k: self._rule(k) for k in self.tables}, aware)
+            self._check_dates()
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise self._error("connecting to", exc) from exc
+        self.storage_format = self._format(set(self.tables["task"].c.keys()))
+
+    # -- dates ------------------------------------------------------------------------------
+    def _rule(self, kind: str) -> Naive:
+        """How Celery stored naive date_done values in ``kind``'s table (dates.py)."""
+        backend = self.dialect.name if self.dialect.name in ("postgresql", "sqlite") else "mysql"
+        if backend == "postgresql" and not hasattr(self, "_zone"):
+            self._zone, conn = session_zone(self._url, self._adbc_uri is not None)
+            if conn is not None:  # now in UTC: it joins the source's own connections
+                self._adbc_all.append(conn)
+                self._adbc_idle.append(conn)
+        session = self._zone if backend == "postgresql" else None
+        return celery_rule(backend, kind, parse_version(self.config.celery_version), self.config.timezone, session)
+
+    def _check_dates(self) -> None:
+        note = check_dates(self)
+        if note:
+            self.warnings.append(note)
+
+    def describe_dates(self) -> dict[str, object]:
+        return {kind: rule.describe() for kind, rule in self.dates.rules.items()}
+
+    def newest(self, cutoff: dt.datetime | None, kinds: tuple[str, ...] = ("task", "group")) -> tuple[str, str, dt.datetime] | None:
+        """(task id, stored date_done, its UTC instant) of the newest finished result older than
+        ``cutoff`` (of all, with None)."""
+        return newest(self, cutoff, kinds)
+
+    def _format(self, columns: set[str]) -> str:
+        return "celery-db-5.7" if {"children", "stamps"} & columns else "celery-db-5.6"
+
+    def _not_found(self, where: str) -> str:
+        return (f"table {where} not found in {self.display_url}: is this Celery's result database? "
+                "If you renamed it (database_table_names), pass --task-table")
+
+    def describe(self) -> dict[str, str]:
+        return {kind: t.fullname for kind, t in self.tables.items()}
+
+    def close(self) -> None:
+        while self._adbc_all:
+            self._adbc_all.pop().close()
+        self._adbc_idle.clear()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # -- helpers --------------------------------------------------------------------------
+    @contextmanager
+    def _adbc(self) -> Iterator[Any]:
+        """An ADBC connection (PostgreSQL) of the source's own: one for each thread using
+        one at the same time, opened on first need and kept for the next user."""
+        try:
+            conn = self._adbc_idle.pop()
+        except IndexError:
+            from celery_archive.backends.sql.adbc import connect
+
+            conn = connect(self._adbc_uri or "")
+            self._adbc_all.append(conn)
+        try:
+            yield conn
+        finally:
+            self._adbc_idle.append(conn)
+
+    def _literal(self, stmt: sa.Select[Any] | ReturningDelete[Any]) -> str:
+        return str(stmt.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
+
+    def _query(self, stmt: sa.Select[Any] | ReturningDelete[Any], conn: Any) -> dict[str, Any]:
+        """Run a row-returning statement on ``conn`` (ADBC's on PostgreSQL, else SQLAlchemy's):
+        its columns by name (Arrow arrays or value tuples)."""
+        names = [c.name for c in (stmt.selected_columns if isinstance(stmt, sa.Select) else stmt.exported_columns)]
+        if self._adbc_uri:
+            with conn.cursor() as cur:
+                cur.execute(self._literal(stmt))
+                table = cur.fetch_arrow_table()
+            if isinstance(stmt, sa.Select):
+                # end the read's transaction: an idle open one would hold a lock on Celery's
+                # table all run long (blocking, say, Celery 5.7's own ALTER TABLE migration)
+                conn.rollback()
+            return {n: table.column(i) for i, n in enumerate(names)} if table.num_rows else {}
+        rows = conn.execute(stmt).all()
+        return dict(zip(names, zip(*rows))) if rows else {}
+
+    def _after(self, table: sa.Table, last: tuple[Any, Any]) -> sa.ColumnElement[bool]:
+        dd, pk = table.c.date_done, table.c.id
+        if self.dialect.name in ("mysql", "mariadb"):
+            return sa.or_(dd > last[0], sa.and_(dd == last[0], pk > last[1]))
+        return sa.tuple_(dd, pk) > sa.tuple_(*last)
+
+    def _selected(self, kind: str, table: sa.Table, cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
+        conds = [table.c.date_done.is_not(None), *self.dates.older(kind, table.c.date_done, cutoff)]
+        if kind == "task":
+            conds.append(table.c.status.in_(FINISHED))
+        return conds
+
+    # -- extract --------------------------------------------------------------------------
+    def _pages(self, kind: str, table: sa.Table, names: list[str], cutoff: dt.datetime, batch_size: int) -> Iterator[dict[str, Any]]:
+        """Keyset pages of columns; the next page is fetched on a thread while the caller
+        works on this one (the driver waits on the server without the GIL)."""
+        base = sa.select(*[table.c[n] for n in names]).where(*self._selected(kind, table, cutoff))
+        base = base.order_by(table.c.date_done, table.c.id).limit(batch_size)
+
+        def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
+            stmt = base if last is None else base.where(self._after(table, last))
+            try:
+                with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
+                    return self._query(stmt, conn)
+            except Exception as exc:
+                raise self._error("reading results from", exc) from exc
+
+        def pages() -> Iterator[dict[str, Any]]:
+            page = fetch(None)
+            while page:
+                yield page
+                if len(page["id"]) < batch_size:
+                    return
+                page = fetch((_last(page["date_done"]), _last(page["id"])))
+
+        yield from ahead(pages(), "celery-archive-extract")
+
+    def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
+        """Finished results whose date_done is an instant before ``cutoff`` (naive UTC), in
+        stored order, as record batches; rows without a task id or a readable date are counted."""
+        for kind, table in self.tables.items():
+            for fetched in self._pages(kind, table, self.columns(kind, table), cutoff, batch_size):
+                # a new dict: the prefetch thread still reads the fetched page's last key
+                page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name)
+                if page is not None:
+                    yield self.build(kind, page, table, run_id, archived_at)
+
+    id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "taskset_id"}
+
+    def _id(self, kind: str, table: sa.Table) -> sa.Column[Any]:
+        return table.c[self.id_columns[kind]]
+
+    def columns(self, kind: str, table: sa.Table) -> list[str]:
+        """The stored columns a record is built from."""
+        return [n for n in _TASK_COLUMNS if n in table.c] if kind == "task" else ["id", "taskset_id", "result", "date_done"]
+
+    def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
+        """Records from a page of stored columns."""
+        if kind == "group":
+            page["task_id"] = page.pop("taskset_id")
+        return build_records(kind, page, len(page["id"]), serializer=self.config.serializer,
+                             storage_format=self.storage_format, source=self.display_url,
+                             source_table=table.fullname, run_id=run_id, archived_at=archived_at)
+
+    # -- dry run ----------------------------------------------------------------------------
+    def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
+        """(kind, status, name, day, count, bytes) for what a run would take, or with
+        ``everything`` for every result in the tables (day "" when there is no date_done)."""
+        out: list[tuple[str, str | None, str | None, str, int, int]] = []
+        try:
+            with self.engine.connect() as conn:
+                for kind, t in self.tables.items():
+                    sized = [c for c in self.sized_columns if c in t.c]
+                    nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
+                    day = self.dates.day(kind, t.c.date_done)
+                    status = t.c.status if kind == "task" else None
+                    name = t.c[self.name_column] if self.name_column in t.c else None
+                    # PostgreSQL refuses a constant (NULL) in GROUP BY: group by real columns only
+                    keys = [k for k in (status, name, day) if k is not None]
+                    stmt = (sa.select(sa.null() if status is None else status, sa.null() if name is None else name, day,
+                                      sa.func.count(), sa.func.sum(nbytes))
+                            .where(*([] if everything else [*self._selected(kind, t, cutoff), self._id(kind, t).is_not(None)]))
+                            .group_by(*keys))
+                    for st, nm, d, n, b in conn.execute(stmt):
+                        out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("counting results in", exc) from exc
+        return out
+
+    # -- purge ----------------------------------------------------------------------------
+    def purge(self, batch: PurgeBatch) -> tuple[int, int]:
+        """Delete verified rows that are unchanged since read: (deleted, skipped as changed).
+
+        The batch is contiguous in (date_done, id) order, as extracted. One DELETE over that
+        key range with RETURNING, checked against the verified rows in the same transaction;
+        if anything outside them would go it rolls back and deletes exactly by
+        (id, status, date_done) instead.
+        """
+        table = self.tables[batch.kind]
+        total = batch.table.num_rows
+        batch = self._as_stored(batch)
+        try:
+            if self._adbc_uri or self.engine.dialect.delete_returning:
+                deleted = self._range_delete(batch, table)
+                if deleted is not None:
+                    return deleted, total - deleted
+            deleted = self._exact_delete(batch, table)
+        except Exception as exc:
+            if isinstance(exc, SourceError):
+                raise
+            raise self._error("deleting archived results from", exc) from exc
+        return deleted, total - deleted
+
+    def _as_stored(self, batch: PurgeBatch) -> PurgeBatch:
+        """The batch with date_done as stored (raw_date_done, typed as the database compares
+        it; from date_done for v1 records), in stored order."""
+        t = batch.table
+        if "date_done" not in t.column_names:
+            return batch
+        t = t.set_column(t.schema.get_field_index("date_done"), "date_done", self.dates.typed(t, batch.kind))
+        if "raw_date_done" in t.column_names:
+            t = t.drop_columns(["raw_date_done"])
+        return PurgeBatch(batch.kind, t.sort_by([("date_done", "ascending"), ("source_id", "ascending")]))
+
+    def _range_delete(self, batch: PurgeBatch, table: sa.Table) -> int | None:
+        key = sa.tuple_(table.c.date_done, table.c.id)
+        lo, hi = batch.bounds()  # the batch is sorted by (date_done, id): these bound all of it
+        delete = sa.delete(table).where(key >= sa.tuple_(*lo), key <= sa.tuple_(*hi))
+        if batch.kind == "task":
+            delete = delete.where(table.c.status.in_(FINISHED))
+        stmt = delete.returning(*(table.c.id.label("source_id") if k == "source_id" else table.c[k] for k in batch.keys))
+        if self._adbc_uri:
+            with self._adbc() as conn:
+                try:
+                    got = self._query(stmt, conn)
+                    if batch.outside(got) == 0:
+                        conn.commit()
+                        return len(next(iter(got.values()), []))
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.rollback()  # something not verified (new or changed) is in range
+            return None
+        with self.engine.connect() as sconn:
+            with sconn.begin() as tx:
+                got = self._query(stmt, sconn)
+                if batch.outside(got) == 0:
+                    return len(next(iter(got.values()), []))
+                tx.rollback()  # something not verified (new or changed) is in range
+        return None
+
+    def _exact_delete(self, batch: PurgeBatch, table: sa.Table) -> int:
+        values = sorted(batch.values(), key=lambda v: v[0])
+        key = sa.tuple_(*(table.c[k if k != "source_id" else "id"] for k in batch.keys))
+        deleted = 0
+        with self.engine.begin() as conn:
+            for i in range(0, len(values), _EXACT_CHUNK):
+                deleted += conn.execute(sa.delete(table).where(key.in_(values[i : i + _EXACT_CHUNK]))).rowcount
+        return deleted
+
+
+def from_config(cfg: RunConfig) -> SqlSource:
+    return SqlSource(SqlSourceConfig(cfg.source, cfg.task_table, cfg.group_table, cfg.task_schema, cfg.group_schema,
+                                     cfg.serializer, cfg.timezone, cfg.celery_version))

@@ -1,0 +1,127 @@
+"""`celery-archive run`: the nightly job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from celery_archive.cli.base import (
+    SINK_HELP,
+    _human_bytes,
+    emit,
+    handle_errors,
+    json_option,
+    main,
+    newest_line,
+    opt,
+    progress_reporter,
+    source_options,
+    stop_on_signals,
+)
+
+
+@main.command()
+@source_options
+@opt("--sink", key="sink", metavar="URL", help=SINK_HELP)
+@opt("--format", key="format", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True, help="Data file format.")
+@opt("--compression", key="compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
+     help="Data file compression (default: zstd for parquet, none for jsonl).")
+@opt("--max-file-size", key="max_file_size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
+@opt("--expiring-within", key="expiring_within", default=None, metavar="AGE",
+     help="Redis: also take finished results whose remaining TTL is below this (archive them before Redis expires them).")
+@opt("--max-rate", key="max_rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+     help="Take at most N results per second (throttles the reads and so the whole run).")
+@opt("--max-runtime", key="max_runtime", default=None, metavar="AGE",
+     help="Stop taking new results after this long (2h), at a batch boundary; what was taken is archived, "
+          "verified and purged as usual, the rest is left for the next run.")
+@opt("--metrics-file", key="metrics_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+     help="Write the run's figures here in Prometheus text format (node_exporter's textfile collector).")
+@opt("--iceberg-table", key="iceberg_table", default=None, metavar="NAMESPACE.TABLE",
+     help="Append each run's Parquet files to this Apache Iceberg table, one snapshot a run (needs pyiceberg).")
+@opt("--iceberg-catalog", key="iceberg_catalog", default="default", show_default=True, metavar="NAME",
+     help="The pyiceberg catalog (configured in ~/.pyiceberg.yaml or PYICEBERG_CATALOG__<NAME>__*).")
+@opt("--lease-ttl", key="lease_ttl", default="60s", show_default=True, metavar="AGE",
+     help="The archive's lease goes stale after this long without renewal (the run renews it every sixth of it); "
+          "a run that finds a stale-looking lease watches it this long before taking it over.")
+@click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
+@opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
+@opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+     help="Where data files are staged before they are stored (default: .tmp-spool in a local sink, else the system temp dir).")
+@json_option
+@handle_errors("run", heavy=True)
+def run(config: Path | None, as_json: bool, **values: Any) -> None:
+    """Archive expired results, verify the archive, then delete them from the backend.
+
+    \b
+    celery-archive run --source db+postgresql+psycopg://user@host/db \\
+        --sink /var/archive --older-than 30d --format parquet
+    celery-archive -A proj.celery run --config archive.toml
+    """
+    from celery_archive.pipeline.run import DryRunReport
+    from celery_archive.pipeline.run import run as run_archive
+    from celery_archive.settings import run_config
+
+    cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
+    with progress_reporter(as_json) as show, stop_on_signals() as stop:
+        report = run_archive(cfg, progress=show, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
+                             warn=lambda note: click.echo(f"warning: {note}", err=True))
+    if as_json:
+        emit(report.to_json())
+        return
+    if isinstance(report, DryRunReport):
+        click.echo(f"dry run: {report.selected:,} results older than {report.cutoff} would be archived "
+                   f"({_human_bytes(report.bytes)} stored) from {report.source}")
+        for title, counts in (("by status", report.by_status), ("by task name", report.by_name), ("by day", report.by_day)):
+            click.echo(f"  {title}: " + ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:12]))
+        click.echo(newest_line(report.newest, report.now, "would be taken"))
+        click.echo("nothing was changed; run again without --dry-run to archive")
+        return
+    if report.resumed or report.orphans_removed:
+        click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} file(s) of runs that never committed")
+    click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
+               f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
+    counts = report.source_counts
+    if counts.get("no_task_id") or counts.get("bad_date_done"):
+        click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
+                   "date_done that cannot be read; they were left in the backend (source_counts in --json)")
+    _left_alone(counts, report.source_examples)
+    click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
+               + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
+               + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")
+               + ("" if report.delete else " (--no-delete)"))
+    for rule, c in report.rules.items():
+        click.echo(f"  rule {rule}: archived {c['archived']:,}, deleted without archive {c['deleted']:,}, "
+                   f"kept {c['kept']:,}, not yet due {c['not_due']:,}")
+    if report.stopped_early:
+        click.echo(("stopped at --max-runtime" if report.stopped_by == "max_runtime" else "stopped by a signal")
+                   + "; the next run takes the rest")
+    if report.manifests_restored:
+        click.echo(f"wrote the manifests of {len(report.manifests_restored)} committed run(s) again from their commit records: "
+                   + ", ".join(report.manifests_restored[:5]))
+    if report.lost_manifests:
+        click.echo(f"warning: {len(report.lost_manifests)} run(s) have data files but no manifest ({', '.join(report.lost_manifests[:5])}); "
+                   f"they are kept: `celery-archive manifest rebuild --sink {report.sink}` makes their manifests again", err=True)
+
+
+def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:
+    """Notes on what the source held but a run left where it was, naming the first few."""
+    from celery_archive.backends.codec import MAX_INFLATED
+    from celery_archive.backends.redis.source import LEFT_ALONE
+
+    if counts.get("no_ttl"):
+        click.echo(f"note: {counts['no_ttl']:,} result key(s) have no TTL (they never expire by themselves)")
+    if counts.get("not_inflated"):
+        click.echo(f"note: {counts['not_inflated']:,} result(s) would inflate beyond {MAX_INFLATED // 1024**2} MiB (result_compression): "
+                   "archived as stored, status unknown, dated from their TTL, with no queryable copy (see decode_error)")
+    alone = [(reason, n) for reason, n in counts.items() if n and (reason in LEFT_ALONE or reason in examples)]
+    for reason, n in alone:
+        shown = examples.get(reason, [])
+        click.echo(f"note: left alone {n:,} record(s) that {LEFT_ALONE.get(reason, reason)} [{reason}]"
+                   + (f"; first: {', '.join(shown)}" if shown else ""))
+    if alone:
+        click.echo("  they are never archived or deleted: look at them in the backend (Redis: redis-cli TYPE / GET the key), "
+                   "then fix or remove them")
+
+
