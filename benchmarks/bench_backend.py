@@ -36,8 +36,8 @@ from common import write_samples
 from celery_archive import RunConfig, open_sink, run
 from celery_archive.archive_backend.settings import ArchiveSettings
 from celery_archive.archive_backend.tier import ArchiveTier
-from celery_archive.pipeline.index import compact
-from celery_archive.pipeline.restore import CountingSink
+from celery_archive.index.packs import compact
+from celery_archive.restore.search import CountingSink
 
 MS = 1000.0
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto server: one line per request otherwise

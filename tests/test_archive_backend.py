@@ -198,7 +198,7 @@ def test_configuration_errors_are_clear(redis_port: int, monkeypatch: pytest.Mon
 
 def test_a_run_that_commits_later_is_seen_and_compaction_is_followed(redis_port: int, tmp_path: Path) -> None:
     from celery_archive import open_sink
-    from celery_archive.pipeline.index import compact, state
+    from celery_archive.index.packs import compact, state
 
     redis.Redis(port=redis_port).flushall()
     url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"

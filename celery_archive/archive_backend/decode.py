@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from kombu.exceptions import ContentDisallowed
 
+from celery_archive.backends.codec import COMPRESSED_MAGIC, decompress
 from celery_archive.errors import ConversionError
-from celery_archive.pipeline.decode import COMPRESSED_MAGIC, decompress
 
 PICKLE = "application/x-python-serialize"
 NAMES = {PICKLE: "pickle", "application/json": "json", "application/x-msgpack": "msgpack", "application/x-yaml": "yaml"}

@@ -10,15 +10,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive.layout import pack_key
 from celery_archive.errors import ObjectNotFoundError, SinkError
-from celery_archive.pipeline.index import _pack_key, bucket_of, state
+from celery_archive.index.packs import bucket_of, state
 
 from .cache import ByteLRU
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from celery_archive.pipeline.index import IndexState
+    from celery_archive.index.packs import IndexState
     from celery_archive.sinks import Sink
 
 
@@ -57,7 +58,7 @@ class IndexCache:
 
         keys = list(st.deltas)
         if st.generation:
-            keys.append(_pack_key(st.generation, st.buckets, bucket_of(task_id, st.buckets)))
+            keys.append(pack_key(st.generation, st.buckets, bucket_of(task_id, st.buckets)))
         found: list[dict[str, Any]] = []
         for key in keys:
             t = self._table(key)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.errors import SinkError
-from celery_archive.pipeline.locate import fetch
+from celery_archive.formats.locate import fetch
 from celery_archive.sinks import RangeReader
 
 from .cache import ByteLRU

@@ -10,8 +10,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive.layout import run_id_of
 from celery_archive.errors import ArchiveError, scrubbed
-from celery_archive.pipeline.manifest import run_id_of
 from celery_archive.sinks import open_sink
 
 from .cache import MissCache
