@@ -259,3 +259,62 @@ def test_every_url_kind_is_wrapped(inner: str, wrapped: str, redis_port: int, tm
         assert AsyncResult("ok-2", app=app).get(timeout=5) == {"n": 2, "items": [1, 2]}
     with pytest.raises(ConfigError, match="wraps the archive backend in itself"):
         app_for("archive+archive+" + url, archive_sink=str(tmp_path)).backend  # noqa: B018
+
+
+def test_an_s3_endpoint_that_hangs_costs_seconds_not_minutes(redis_port: int, tmp_path: Path, s3_bucket: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    redis.Redis(port=redis_port).flushall()
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    archived(url, tmp_path / "unused")
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        app = app_for("archive+" + url, archive_sink=f"s3://{s3_bucket}/prod", archive_timeout=0.5)
+        t0 = time.perf_counter()
+        assert AsyncResult("ok-0", app=app).state == "PENDING"
+        took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert AsyncResult("ok-1", app=app).state == "PENDING"  # left alone for archive_retry_after: no wait
+        again = time.perf_counter() - t0
+    assert took < 5 and again < 0.5, (took, again)
+
+
+@pytest.mark.parametrize(("serializer", "conf"), [("msgpack", {}), ("yaml", {}), ("json", {"result_compression": "gzip"})])
+def test_other_serializers_and_compressed_results(serializer: str, conf: dict[str, Any], redis_port: int, tmp_path: Path) -> None:
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    app = app_for(url, serializer, **conf)
+    write_results(app)
+    before = seen(app, IDS)
+    assert archive(url, sink, older_than="0s", serializer=serializer).deleted == 9
+    after = seen(app_for("archive+" + url, serializer, archive_sink=str(sink), **conf), IDS)
+    assert after == before
+
+
+def test_unknown_ids_cost_at_most_one_read_and_polls_none(redis_port: int, tmp_path: Path) -> None:
+    from celery_archive import open_sink
+    from celery_archive.archive_backend.settings import ArchiveSettings
+    from celery_archive.archive_backend.tier import ArchiveTier
+    from celery_archive.index.packs import compact
+    from celery_archive.restore.search import CountingSink
+
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    archived(url, sink)
+    compact(open_sink(str(sink)), tmp_path)
+    app = app_for("archive+" + url, archive_sink=str(sink))
+    counting = CountingSink(open_sink(str(sink)))
+    app.backend.archive = ArchiveTier(ArchiveSettings(sink=str(sink)), sink=counting)
+    for i in range(20):
+        before = counting.reads
+        assert AsyncResult(f"unknown-{i}", app=app).state == "PENDING"
+        assert counting.reads - before <= 1  # at most the pack of its bucket
+    before, lists = counting.reads, counting.lists
+    for _ in range(50):  # a client polling a task that has not run yet
+        assert AsyncResult("unknown-0", app=app).state == "PENDING"
+    assert (counting.reads, counting.lists) == (before, lists)
+    assert AsyncResult("ok-3", app=app).state == "SUCCESS"

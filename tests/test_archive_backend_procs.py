@@ -164,9 +164,17 @@ def _django(script: Path, db: str, *args: str, **env: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("spelling", ["archive+django-db", "archive+django-db://"])
-def test_django_celery_results(tmp_path: Path, spelling: str) -> None:
-    db, sink = f"sqlite:///{tmp_path / 'django.db'}", tmp_path / "archive"
+@pytest.mark.parametrize(("spelling", "database"), [("archive+django-db", "sqlite"), ("archive+django-db://", "sqlite"),
+                                                   ("archive+django-db", "postgresql")])
+def test_django_celery_results(tmp_path: Path, spelling: str, database: str, request: pytest.FixtureRequest) -> None:
+    from conftest import reset_database
+
+    if database == "sqlite":
+        db = f"sqlite:///{tmp_path / 'django.db'}"
+    else:
+        db = request.getfixturevalue("pg_url")
+        reset_database(db)
+    sink = tmp_path / "archive"
     ids = ["ok-1", "ok-6", "fail-0", "revoked-0", "grp-0"]
     _django(HELPER, db, "migrate")
     _django(HELPER, db, "write")

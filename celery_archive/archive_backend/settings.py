@@ -22,6 +22,7 @@ class ArchiveSettings:
     cache_bytes: int = 128 * MiB  # decoded row groups kept in memory
     index_cache_bytes: int = 64 * MiB  # index objects (run files and packs) kept in memory
     retry_after: float = 10.0  # seconds the archive is left alone after it could not be read
+    timeout: float = 5.0  # seconds a remote (S3) archive may take to connect or to answer a read
 
     @classmethod
     def from_conf(cls, conf: Any) -> ArchiveSettings:
@@ -50,4 +51,5 @@ class ArchiveSettings:
                    relist_after=number("archive_relist_after", cls.relist_after),
                    cache_bytes=int(number("archive_cache_size", cls.cache_bytes)),
                    index_cache_bytes=int(number("archive_index_cache_size", cls.index_cache_bytes)),
-                   retry_after=number("archive_retry_after", cls.retry_after))
+                   retry_after=number("archive_retry_after", cls.retry_after),
+                   timeout=number("archive_timeout", cls.timeout))

@@ -16,6 +16,7 @@ from celery_archive.sinks import open_sink
 
 from .cache import MissCache
 from .index_cache import IndexCache
+from .remote import fail_fast
 from .rows import RowCache
 from .settings import ArchiveSettings
 
@@ -28,7 +29,8 @@ log = logging.getLogger("celery_archive.archive_backend")
 class ArchiveTier:
     def __init__(self, settings: ArchiveSettings, sink: Sink | None = None) -> None:
         self.settings = settings
-        self.sink = sink if sink is not None else open_sink(settings.sink)  # a bad URL is a ConfigError now
+        # a bad URL is a ConfigError now; a remote archive gets short timeouts
+        self.sink = sink if sink is not None else fail_fast(open_sink(settings.sink), settings.timeout)
         self.index = IndexCache(self.sink, settings.index_cache_bytes, settings.index_refresh, settings.relist_after)
         self.rows = RowCache(self.sink, settings.cache_bytes)
         self.misses = {"task": MissCache(settings.miss_ttl), "group": MissCache(settings.miss_ttl)}
