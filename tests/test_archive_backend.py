@@ -318,3 +318,30 @@ def test_unknown_ids_cost_at_most_one_read_and_polls_none(redis_port: int, tmp_p
         assert AsyncResult("unknown-0", app=app).state == "PENDING"
     assert (counting.reads, counting.lists) == (before, lists)
     assert AsyncResult("ok-3", app=app).state == "SUCCESS"
+
+
+def test_a_record_that_will_not_decode_leaves_the_live_answer(redis_port: int, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from celery_archive import open_sink
+    from celery_archive.index.packs import compact, located
+
+    redis.Redis(port=redis_port).flushall()
+    url, sink = f"redis://127.0.0.1:{redis_port}/0", tmp_path / "archive"
+    archived(url, sink)
+    for f in (sink / "data").rglob("*.parquet"):  # ok-0's stored bytes garbled, then the index made again
+        t = pq.read_table(f)
+        if "ok-0" in t.column("task_id").to_pylist():
+            raw = pc.if_else(pc.equal(t.column("task_id"), "ok-0"), pa.scalar(b"\xff not json", pa.binary()), t.column("raw_value"))
+            pq.write_table(t.set_column(t.schema.get_field_index("raw_value"), "raw_value", raw), f)
+    compact(open_sink(str(sink)), tmp_path, rebuilt=located(open_sink(str(sink)), tmp_path))
+    app = app_for("archive+" + url, archive_sink=str(sink), archive_miss_ttl=0)
+    with caplog.at_level(logging.WARNING, logger="celery_archive.archive_backend"):
+        assert AsyncResult("ok-0", app=app).state == "PENDING"
+        assert AsyncResult("ok-0", app=app).state == "PENDING"
+        assert AsyncResult("ok-1", app=app).state == "SUCCESS"
+    ours = [r.getMessage() for r in caplog.records if r.name == "celery_archive.archive_backend"]
+    assert len(ours) == 1 and "ok-0 is in the archive but its stored bytes do not decode" in ours[0], ours

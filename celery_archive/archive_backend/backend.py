@@ -22,7 +22,7 @@ from typing import Any
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 
-from .decode import group_meta, task_meta
+from .decode import ArchivedContentRefused, group_meta, task_meta
 from .putback import put_back
 from .settings import ArchiveSettings
 from .tier import ArchiveTier
@@ -71,10 +71,22 @@ class ArchiveMixin:
         rec = self.archive.record(task_id, "task")
         if rec is None:
             return None
-        meta = task_meta(self, rec)  # a refused content type raises: the app asked for this result
+        try:
+            meta = task_meta(self, rec)
+        except ArchivedContentRefused:
+            raise  # the app asked for this result and may not read it: say so
+        except Exception as exc:  # noqa: BLE001 - a record that will not decode: the live answer stands
+            self._undecodable(rec, exc)
+            return None
         if self.archive_settings.restore_on_read:
             self._put_back(rec, dict(meta))
         return meta
+
+    def _undecodable(self, rec: dict[str, Any], exc: Exception) -> None:
+        self.archive.warn_once(f"decode:{rec.get('kind')}:{rec.get('task_id')}",
+                               f"{rec.get('kind')} {rec.get('task_id')} is in the archive but its stored bytes do not decode "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the live backend's "
+                               "answer stands: `celery-archive restore ID` shows the archived record")
 
     def _put_back(self, rec: dict[str, Any], meta: dict[str, Any]) -> None:
         try:
@@ -103,8 +115,14 @@ class ArchiveMixin:
             return meta  # (django-celery-results answers an unknown group with an empty one)
         rec = self.archive.record(str(group_id), "group")
         if rec is None:
-            return None
-        found = group_meta(self, rec)
+            return meta
+        try:
+            found = group_meta(self, rec)
+        except ArchivedContentRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._undecodable(rec, exc)
+            return meta
         if self.archive_settings.restore_on_read:
             self._put_back(rec, found)
         return found
