@@ -63,9 +63,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-bin", type=Path, default=None, metavar="PATH",
+                    help="Another checkout's celery-archive executable, run in the same rounds (an A/B of two versions).")
     args = ap.parse_args()
     sample = samples()
     results: dict[str, list[tuple[float, float]]] = {"celery-archive run": [], "seed-style": []}
+    if args.baseline_bin:
+        results["baseline run"] = []
     for _ in range(args.repeats):
         for label in results:
             populate(sample, args.results)
@@ -75,7 +79,8 @@ def main() -> None:
                     s, rss, out = measure([sys.executable, str(HERE / "seed_redis.py"), URL, f"{tmp}/a.jsonl"])
                     assert int(out) == args.results, out
                 else:
-                    s, rss, out = measure([str(BIN / "celery-archive"), "run", "--source", URL, "--sink", f"{tmp}/archive",
+                    exe = BIN / "celery-archive" if label == "celery-archive run" else args.baseline_bin
+                    s, rss, out = measure([str(exe), "run", "--source", URL, "--sink", f"{tmp}/archive",
                                            "--older-than", "1s", "--json"])
                     report = json.loads(out)
                     assert report["archived"] == report["verified"] == report["deleted"] == args.results, report
@@ -90,6 +95,10 @@ def main() -> None:
     print(f"ratio seed-style / run   = {seed / ours:.1f}x   (target >= 10x)")
     print(f"run throughput           = {args.results / ours:,.0f} results/s (target >= 50,000)")
     print(f"peak RSS of run          = {med['celery-archive run'][1]:.1f} MiB (target <= 300 MiB)")
+    if args.baseline_bin:
+        base = med["baseline run"][0]
+        print(f"ratio run / baseline run = {ours / base:.3f}x   (A/B: {args.baseline_bin}; below 1 is faster)")
+        print(f"per round (run, baseline): {[(round(a[0], 3), round(b[0], 3)) for a, b in zip(results['celery-archive run'], results['baseline run'])]}")
 
 
 if __name__ == "__main__":

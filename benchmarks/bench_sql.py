@@ -93,9 +93,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-bin", type=Path, default=None, metavar="PATH",
+                    help="Another checkout's celery-archive executable, run in the same rounds (an A/B of two versions).")
     args = ap.parse_args()
     template = make_template(args.rows)
     results: dict[str, list[tuple[float, float]]] = {"celery cleanup": [], "celery-archive run": [], "seed-style archive": []}
+    if args.baseline_bin:
+        results["baseline run"] = []
     cleanup_code = ("import sys, datetime; from celery import Celery; app = Celery('b', backend=sys.argv[1]); "
                     "app.conf.result_expires = datetime.timedelta(days=30); app.backend.cleanup()")
     try:
@@ -107,8 +111,9 @@ def main() -> None:
                         src = "db+" + url_for(db)
                         if label == "celery cleanup":
                             s, rss, _ = measure([sys.executable, "-c", cleanup_code, src])
-                        elif label == "celery-archive run":
-                            s, rss, out = measure([str(BIN / "celery-archive"), "run", "--source", src, "--sink", f"{tmp}/archive",
+                        elif label in ("celery-archive run", "baseline run"):
+                            exe = BIN / "celery-archive" if label == "celery-archive run" else args.baseline_bin
+                            s, rss, out = measure([str(exe), "run", "--source", src, "--sink", f"{tmp}/archive",
                                                    "--older-than", "30d", "--format", "parquet", "--json"])
                             report = json.loads(out)
                             assert report["archived"] == report["verified"] == report["deleted"] == args.rows, report
@@ -129,6 +134,10 @@ def main() -> None:
     print(f"ratio run / cleanup      = {ours / cleanup:.2f}x   (target <= 2.0x)")
     print(f"ratio seed-style / run   = {seed / ours:.2f}x   (the seed's script is this much slower, and archives no raw bytes)")
     print(f"peak RSS of run          = {med['celery-archive run'][1]:.1f} MiB (target <= 300 MiB)")
+    if args.baseline_bin:
+        base = med["baseline run"][0]
+        print(f"ratio run / baseline run = {ours / base:.3f}x   (A/B: {args.baseline_bin}; below 1 is faster)")
+        print(f"per round (run, baseline): {[(round(a[0], 3), round(b[0], 3)) for a, b in zip(results['celery-archive run'], results['baseline run'])]}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from conftest import age_rows, celery_app, table_rows
 from helpers import archive, data_files, read_archive
 
-from celery_archive.formats.readback import read_columns
+from celery_archive.formats import read_columns
 from celery_archive.schemas import RECORD_VERSION, arrow_schema, field_names, json_schema, record_fields
 
 GLOBS = {"parquet": "*.parquet", ("jsonl", None): "*.jsonl", ("jsonl", "zstd"): "*.jsonl.zst", ("jsonl", "gzip"): "*.jsonl.gz"}

@@ -192,7 +192,7 @@ def test_ids_digest_is_kind_colon_id_lines_in_file_order() -> None:
 
     import pyarrow as pa
 
-    from celery_archive.formats.readback import ids_digest
+    from celery_archive.formats.entries import ids_digest
 
     kinds = ["task", "group", "task", "task"]
     ids = ["b-1", "zé", "a-2", "Ä"]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
 from celery_archive.backends.codec import SERIALIZERS
-from celery_archive.formats.locate import locate
-from celery_archive.formats.readback import first_record, ids_digest, read_tables
+from celery_archive.formats import locate, module, read_tables
+from celery_archive.formats.entries import ids_digest
 from celery_archive.index.packs import DeltaWriter, referenced_runs
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION, field_names
 from celery_archive.sinks import download
@@ -49,7 +49,7 @@ def _format(key: str, path: Path) -> tuple[str, str | None, int]:
         version = int((meta.metadata or {}).get(b"celery_archive.record_version", RECORD_VERSION))
         return "parquet", _CODECS.get(str(codec).upper(), str(codec).lower()), version
     compression = "zstd" if key.endswith(".zst") else "gzip" if key.endswith(".gz") else None
-    names = set(first_record(path, compression))  # JSONL: its fields tell (versions only add fields)
+    names = set(module("jsonl").first_record(path, compression))  # JSONL: its fields tell (versions only add fields)
     version = max((v for v in range(1, RECORD_VERSION + 1) if set(field_names(v)) <= names), default=1)
     return "jsonl", compression, version
 

@@ -27,6 +27,7 @@ import importlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery_archive.errors import ConfigError
@@ -35,6 +36,16 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from celery_archive.config import RunConfig
+
+
+class StorageFormat(StrEnum):
+    """How the backend a record came from stored it (the record's ``storage_format``): what
+    its raw_* columns hold, and so which targets can take it back byte for byte."""
+
+    CELERY_DB_57 = "celery-db-5.7"  # Celery >= 5.7's tables: result etc. in the app's serializer
+    CELERY_DB_56 = "celery-db-5.6"  # Celery <= 5.6's tables: PickleType columns
+    CELERY_REDIS = "celery-redis"  # one key per result: the whole meta in the app's serializer
+    DJANGO = "django-celery-results"  # its TaskResult / GroupResult tables
 
 
 # The one registry of result backends: a URL's start -> the package (here) holding the backend's
@@ -99,7 +110,7 @@ class Tally:
 
 class Source(Protocol):
     display_url: str
-    storage_format: str
+    storage_format: StorageFormat
     purge_columns: tuple[str, ...]
 
     @property

@@ -15,6 +15,7 @@ import datetime as dt
 import pickle
 from typing import Any
 
+from celery_archive.backends import StorageFormat
 from celery_archive.backends.codec import COMPRESSED_MAGIC, SERIALIZERS, decompress
 from celery_archive.errors import ConversionError, SourceError, scrubbed
 
@@ -40,9 +41,9 @@ def dumps_value(value: Any, serializer: str) -> bytes:
 def decoded_meta(rec: dict[str, Any]) -> dict[str, Any]:
     """The Celery meta of an archived record as Python values (no pickle is ever loaded)."""
     ctype, enc = rec["content_type"], rec["content_encoding"]
-    if rec["storage_format"] == "django-celery-results":
+    if rec["storage_format"] == StorageFormat.DJANGO:
         raise ConversionError("django-celery-results rows go back only into a django+ target")
-    if rec["storage_format"] == "celery-redis":
+    if rec["storage_format"] == StorageFormat.CELERY_REDIS:
         meta: dict[str, Any] = loads_value(rec["raw_value"], ctype, enc)
         return meta
     date_done = rec["date_done"]

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from celery_archive.backends import StorageFormat
 from celery_archive.backends.codec import SERIALIZERS, decode_each, json_text
 from celery_archive.schemas import arrow_schema
 
@@ -82,11 +83,11 @@ def build_records(
                 compression = comps
     decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)] if errors else None
     formats: Any = storage_format
-    if storage_format == "celery-db-5.7" and serializer != "pickle" and "result" in cols:
+    if storage_format == StorageFormat.CELERY_DB_57 and serializer != "pickle" and "result" in cols:
         # a pickle in a 5.7 table was written by Celery <= 5.6 before the table was migrated
         legacy = pc.starts_with(cols["result"], pattern=b"\x80")
         if pc.any(legacy).as_py():
-            formats = pc.if_else(legacy.fill_null(False), "celery-db-5.6", storage_format)
+            formats = pc.if_else(legacy.fill_null(False), StorageFormat.CELERY_DB_56.value, str(storage_format))
     ctype, cenc = SERIALIZERS[serializer]
     given: dict[str, Any] = {
         **{k: cols[k] for k in ("task_id", "status", "name", "worker", "retries", "queue", "traceback") if k in cols},

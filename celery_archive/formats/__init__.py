@@ -1,7 +1,68 @@
-"""Data file formats: ``writer`` writes records as Parquet or JSONL files, ``readback`` reads
-them back (verification, purge planning, restore), ``locate`` finds where each record sits in
-a file (the restore index) and fetches one. This module names what each format takes and
-imports nothing, so configuration can check a choice without loading a writer."""
+"""Data file formats, one module each (``parquet``, ``jsonl``) with the same contract:
 
+* ``extension(compression)``: the file name's ending;
+* ``FileWriter(path, compression, pool)``: ``write(table)`` record batches, ``size()`` so far, ``close()``;
+* ``read_tables(path, compression, columns, batch_rows)``: the named columns back, in tables of at
+  most ``batch_rows`` rows, timestamps as naive UTC (a column the file's record version lacks: null);
+* ``first_record(path, compression, columns)``: one record (what a file holds, for a rebuilt manifest);
+* ``locate(path, key, compression)``: restore index entries (``entries.index_schema``) for every
+  record, in file order;
+* ``fetch(sink, key, entries)``: the records at those entries, read by ranges from the sink.
+
+A new format is one such module and one line in ``MODULES``. This module names what each
+format takes and imports no format until one is used, so configuration can check a choice
+without loading a writer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from celery_archive.sinks import Sink
+
+MODULES = {"parquet": "celery_archive.formats.parquet", "jsonl": "celery_archive.formats.jsonl"}
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "jsonl": ("none", "zstd", "gzip")}
 DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "none"}
+BATCH_ROWS = 50_000
+
+
+def module(fmt: str) -> Any:
+    """The module of format ``fmt`` (a Format or its name)."""
+    return importlib.import_module(MODULES[str(fmt)])
+
+
+def format_of(key: str) -> str:
+    """The format of a data file, from its name."""
+    return "parquet" if key.endswith(".parquet") else "jsonl"
+
+
+def read_tables(path: Path, fmt: str, compression: str | None, columns: Sequence[str],
+                batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """The named columns of one data file in tables of at most ``batch_rows`` rows (memory
+    bounded by that, not by the file); timestamps become naive UTC."""
+    tables: Iterator[pa.Table] = module(fmt).read_tables(path, compression, columns, batch_rows)
+    return tables
+
+
+def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequence[str]) -> Iterator[dict[str, list[Any]]]:
+    """As ``read_tables``, each batch as Python lists by column name."""
+    for t in read_tables(path, fmt, compression, columns):
+        yield {c: t.column(c).to_pylist() for c in columns}
+
+
+def locate(path: Path, key: str, fmt: str, compression: str | None) -> pa.Table:
+    """Index entries for every record in the file (a local copy of data file ``key``), in file order."""
+    located: pa.Table = module(fmt).locate(path, key, compression)
+    return located
+
+
+def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:
+    """The records at ``entries`` (index entries of data file ``key``) as a record table."""
+    table: pa.Table = module(format_of(key)).fetch(sink, key, entries)
+    return table

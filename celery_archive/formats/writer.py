@@ -1,14 +1,11 @@
-"""Writers: records to Parquet (pyarrow, built from columns) or JSONL (orjson), Hive-style
+"""The archive writer: records to data files of any format (parquet.py, jsonl.py), Hive-style
 ``data/date=YYYY-MM-DD/`` partitions, each file rolled at a size limit and put to the sink
 only when complete."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import gzip
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,27 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
 from celery_archive.archive.layout import data_key
 from celery_archive.archive.manifest import FileEntry, Format
 from celery_archive.errors import disk_error
-from celery_archive.formats import DEFAULT_COMPRESSION
-from celery_archive.formats.readback import feed_ids
-from celery_archive.schemas import arrow_schema, record_fields
+from celery_archive.formats import DEFAULT_COMPRESSION, module
+from celery_archive.formats.entries import feed_ids
 from celery_archive.sinks import Sink
 from celery_archive.times import iso
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FRAME_ROWS = 1000  # lines per zstd frame / gzip member of a compressed JSONL file
 _MAX_OPEN = 4  # open partitions at once (results arrive sorted by date_done, so one is usual)
-# dictionary-encode only low-cardinality columns, and keep statistics where queries and the
-# restore index use them: both cost time and space on ids and payloads for nothing
-_DICTIONARY = ["kind", "status", "name", "worker", "queue", "content_type", "content_encoding", "compression",
-               "storage_format", "source", "source_table", "rule", "run_id"]
-_STATISTICS = ["task_id", "kind", "status", "date_done", "name", "worker", "queue", "archived_at"]
 
 
 def file_sha256(path: Path) -> str:
@@ -47,95 +35,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def extension(fmt: str, compression: str | None) -> str:
-    if fmt == "parquet":
-        return "parquet"
-    return {"zstd": "jsonl.zst", "gzip": "jsonl.gz"}.get(compression or "none", "jsonl")
-
-
 class _FileWriter(Protocol):
     def write(self, table: pa.Table) -> None: ...
     def size(self) -> int: ...
     def close(self) -> None: ...
-
-
-class _ParquetFile:
-    """Row groups are encoded and compressed on a writer thread (pyarrow releases the GIL),
-    while the next batch is converted to Arrow; at most one row group is in flight."""
-
-    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pool = pool
-        self._schema = arrow_schema()
-        # buffered: the writer asks where it is (tell) and writes each page, a system call each
-        self._out = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
-        self._writer = pq.ParquetWriter(self._out, self._schema, compression=compression,
-                                        use_dictionary=_DICTIONARY, write_statistics=_STATISTICS)
-        self._pending: Future[None] | None = None
-        self._queued = 0  # bytes of Arrow data handed to the writer thread, not yet on disk
-
-    def write(self, table: pa.Table) -> None:
-        self._wait()
-        self._pending = self._pool.submit(self._writer.write_table, table)
-        self._queued = table.nbytes
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending, self._queued = None, 0
-
-    def size(self) -> int:
-        # the bytes on disk, plus an upper bound for the row group still being written
-        return int(self._out.tell()) + self._queued
-
-    def close(self) -> None:
-        self._wait()
-        self._writer.close()
-        self._out.close()
-
-
-class _JsonlFile:
-    """One JSON object a line. Compressed files are a series of independent zstd frames or
-    gzip members of at most ``FRAME_ROWS`` lines each (a valid .zst / .gz file for any
-    reader), so that restore decompresses one small frame, not the file."""
-
-    _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
-
-    def __init__(self, path: Path, compression: str) -> None:
-        self._out = open(path, "wb")
-        self._compress: Callable[[bytes], bytes] | None = None
-        if compression == "zstd":
-            import zstandard
-
-            self._compress = zstandard.ZstdCompressor(level=3, write_content_size=True).compress
-        elif compression == "gzip":
-            self._compress = lambda data: gzip.compress(data, compresslevel=6, mtime=0)
-
-    def write(self, table: pa.Table) -> None:
-        columns = []
-        for name in table.column_names:
-            values = table.column(name).to_pylist()
-            if name in self._binary:
-                values = [None if v is None else base64.b64encode(v).decode("ascii") for v in values]
-            columns.append(values)
-        opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
-        names = table.column_names
-        lines = [orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)]
-        if self._compress is None:
-            self._out.write(b"".join(lines))
-            return
-        for i in range(0, len(lines), FRAME_ROWS):
-            self._out.write(self._compress(b"".join(lines[i:i + FRAME_ROWS])))
-
-    def size(self) -> int:
-        return self._out.tell()
-
-    def close(self) -> None:
-        self._out.flush()
-        os.fsync(self._out.fileno())
-        self._out.close()
 
 
 @dataclass
@@ -211,9 +114,10 @@ class ArchiveWriter:
         if len(self._open) >= _MAX_OPEN:
             self._finish(next(iter(self._open)))
         self._seq += 1
-        key = data_key(day, self.run_id, self._seq, extension(self.fmt, self.compression))
+        fmt = module(self.fmt)
+        key = data_key(day, self.run_id, self._seq, fmt.extension(self.compression))
         path = self.spool_dir / key.rsplit("/", 1)[-1]
-        writer: _FileWriter = _ParquetFile(path, self.compression, self._pool) if self.fmt == "parquet" else _JsonlFile(path, self.compression)
+        writer: _FileWriter = fmt.FileWriter(path, self.compression, self._pool)
         f = self._open[day] = _OpenFile(key, path, writer)
         return f
 

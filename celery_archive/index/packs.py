@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
-from celery_archive.formats.locate import index_schema, locate
+from celery_archive.formats import locate
+from celery_archive.formats.entries import index_schema
 from celery_archive.sinks import download
 
 if TYPE_CHECKING:

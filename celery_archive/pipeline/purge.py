@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from celery_archive.ahead import ahead
 from celery_archive.backends import KEY_COLUMNS, PurgeBatch
-from celery_archive.formats.readback import read_tables
+from celery_archive.formats import read_tables
 from celery_archive.pipeline.verify import VerifiedFile
 
 if TYPE_CHECKING:

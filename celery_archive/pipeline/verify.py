@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from celery_archive.archive.manifest import FileEntry, Manifest
 from celery_archive.errors import SinkError
-from celery_archive.formats.locate import locate
-from celery_archive.formats.readback import ids_digest
+from celery_archive.formats import locate
+from celery_archive.formats.entries import ids_digest
 from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:

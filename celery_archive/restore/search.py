@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from celery_archive.archive import manifest as mf
 from celery_archive.backends import PutReport, Target
 from celery_archive.errors import NotArchivedError, ObjectNotFoundError, SinkError
-from celery_archive.formats.locate import fetch
-from celery_archive.formats.readback import read_tables
+from celery_archive.formats import fetch, read_tables
 from celery_archive.index.packs import lookup
 from celery_archive.schemas import field_names
 from celery_archive.sinks import download

@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 
+from celery_archive.backends import StorageFormat
 from celery_archive.backends.codec import decode_column
 from celery_archive.backends.dates import Naive
 from celery_archive.backends.records import as_array, assemble, utc_naive
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 TASK_TABLE = "django_celery_results_taskresult"
 GROUP_TABLE = "django_celery_results_groupresult"
-STORAGE_FORMAT = "django-celery-results"
+STORAGE_FORMAT = StorageFormat.DJANGO
 STORED = {
     "task": ("task_id", "status", "content_type", "content_encoding", "result", "date_done", "traceback", "meta",
              "task_args", "task_kwargs", "task_name", "worker", "date_created", "periodic_task_name", "date_started"),
@@ -68,7 +69,7 @@ class DjangoSource(SqlSource):
         super().__init__(SqlSourceConfig(celery_db_url(url), TASK_TABLE, GROUP_TABLE, serializer=serializer))
         self.display_url = "django+" + self.display_url[len("db+"):]
 
-    def _format(self, columns: set[str]) -> str:
+    def _format(self, columns: set[str]) -> StorageFormat:
         return STORAGE_FORMAT
 
     def _rule(self, kind: str) -> Naive:

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 
 from celery_archive.ahead import ahead
-from celery_archive.backends import PurgeBatch
+from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.codec import SERIALIZERS, TooLarge, UnsafePayload, decode_value, split_compressed, to_json_text
 from celery_archive.backends.records import assemble, utc_naive
 from celery_archive.backends.redis.url import connect, redact
@@ -107,7 +107,7 @@ def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
 
 
 class RedisSource:
-    storage_format = "celery-redis"
+    storage_format = StorageFormat.CELERY_REDIS
     purge_columns: tuple[str, ...] = ("source_table", "raw_key", "raw_value")
 
     def __init__(self, config: RedisSourceConfig) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery_archive.backends import PutReport, TargetConfig, check_policy
+from celery_archive.backends import PutReport, StorageFormat, TargetConfig, check_policy
 from celery_archive.backends.convert import backend_error, convert, decoded_meta, dumps_value
 from celery_archive.backends.redis.source import GROUP_PREFIX, TASK_PREFIX, full_prefix
 from celery_archive.backends.redis.url import connect, redact
@@ -37,7 +37,7 @@ class RedisTarget:
         self._errors = (redis.RedisError, OSError)
 
     def _value(self, rec: dict[str, Any]) -> bytes:
-        if rec["storage_format"] == "celery-redis":
+        if rec["storage_format"] == StorageFormat.CELERY_REDIS:
             return bytes(rec["raw_value"])
         what = f"Redis (serializer {self.cfg.serializer})"
 
@@ -91,9 +91,9 @@ def _secret(url: str) -> str | None:
 def redis_key(rec: dict[str, Any], key_prefix: str) -> bytes:
     """The key a record goes back under: for a result archived from Redis its original key,
     byte for byte (raw_key; record schema v1 files have only its text, source_table)."""
-    if rec["storage_format"] == "celery-redis" and rec.get("raw_key"):
+    if rec["storage_format"] == StorageFormat.CELERY_REDIS and rec.get("raw_key"):
         return bytes(rec["raw_key"])
-    if rec["storage_format"] == "celery-redis" and rec["source_table"]:
+    if rec["storage_format"] == StorageFormat.CELERY_REDIS and rec["source_table"]:
         return str(rec["source_table"]).encode()  # the original key, with the app's global prefix
     prefix = GROUP_PREFIX if rec["kind"] == "group" else TASK_PREFIX
     return f"{full_prefix(key_prefix)}{prefix}{rec['task_id']}".encode()

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.dml import ReturningDelete
 
 from celery_archive.ahead import ahead
-from celery_archive.backends import PurgeBatch
+from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.dates import Naive, celery_rule, parse_version
 from celery_archive.backends.records import build_records
 from celery_archive.backends.sql.dates import StoredDates, check_dates, newest
@@ -88,7 +88,7 @@ class SqlSource:
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
-        self.storage_format = "celery-db-5.7"
+        self.storage_format = StorageFormat.CELERY_DB_57
         self.counts: Counter[str] = Counter()  # rows seen but not taken: no_task_id, bad_date_done, ...
         self.dates = StoredDates(self.dialect.name, {}, {})
         self.warnings: list[str] = []
@@ -180,8 +180,8 @@ class SqlSource:
         ``cutoff`` (of all, with None)."""
         return newest(self, cutoff, kinds)
 
-    def _format(self, columns: set[str]) -> str:
-        return "celery-db-5.7" if {"children", "stamps"} & columns else "celery-db-5.6"
+    def _format(self, columns: set[str]) -> StorageFormat:
+        return StorageFormat.CELERY_DB_57 if {"children", "stamps"} & columns else StorageFormat.CELERY_DB_56
 
     def _not_found(self, where: str) -> str:
         return (f"table {where} not found in {self.display_url}: is this Celery's result database? "

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from celery_archive.backends import PutReport, TargetConfig, check_policy
+from celery_archive.backends import PutReport, StorageFormat, TargetConfig, check_policy
 from celery_archive.backends.convert import backend_error, convert, decoded_meta, dumps_value, loads_value, pickled
 from celery_archive.backends.sql.url import parse_source_url
 from celery_archive.errors import ConflictError, ConversionError, SourceError
@@ -48,7 +48,7 @@ class SqlTarget:
             if kind == "group":  # both formats keep bytes there: the task table tells them apart
                 fmt = self._table("task")[1]
             else:
-                fmt = "celery-db-5.7" if {"children", "stamps"} & set(cols) else "celery-db-5.6"
+                fmt = StorageFormat.CELERY_DB_57 if {"children", "stamps"} & set(cols) else StorageFormat.CELERY_DB_56
             self._tables[kind] = (sa.Table(name, sa.MetaData(), *columns, schema=schema), fmt)
         return self._tables[kind]
 
@@ -58,7 +58,7 @@ class SqlTarget:
     def _row(self, rec: dict[str, Any], table: sa.Table, fmt: str) -> dict[str, Any]:
         id_col = self.id_column(rec["kind"])
         where = f"a Celery {fmt[len('celery-db-'):]} table ({table.fullname})"
-        if rec["storage_format"] in ("celery-redis", "django-celery-results"):
+        if rec["storage_format"] in (StorageFormat.CELERY_REDIS, StorageFormat.DJANGO):
             row = convert(rec, where, lambda: self._from_meta(rec, fmt))
         else:
             row = {"result": convert(rec, where, lambda: self._result(rec, fmt))}
@@ -84,7 +84,7 @@ class SqlTarget:
 
     def _result(self, rec: dict[str, Any], fmt: str) -> bytes | None:
         raw: bytes | None = rec["raw_result"]
-        if raw is None or fmt == "celery-db-5.7" or rec["storage_format"] == "celery-db-5.6" or raw[:1] == b"\x80":
+        if raw is None or fmt == StorageFormat.CELERY_DB_57 or rec["storage_format"] == StorageFormat.CELERY_DB_56 or raw[:1] == b"\x80":
             return raw  # 5.7 reads both formats; a pickle is what a 5.6 column holds
         if rec["kind"] == "group":
             raise ConversionError("Celery <= 5.6 keeps a pickled GroupResult object, which cannot be made safely")
@@ -94,14 +94,15 @@ class SqlTarget:
         meta = decoded_meta(rec)
         ser = self.cfg.serializer
         if rec["kind"] == "group":
-            if fmt != "celery-db-5.7":
+            if fmt != StorageFormat.CELERY_DB_57:
                 raise ConversionError("Celery <= 5.6 keeps a pickled GroupResult object, which cannot be made safely")
             return {"result": dumps_value(meta["result"], ser)}
 
         def enc(v: Any) -> bytes | None:
             return None if v is None else dumps_value(v, ser)
 
-        return {"status": meta.get("status"), "result": dumps_value(meta.get("result"), ser) if fmt == "celery-db-5.7" else pickled(meta.get("result")),
+        new = fmt == StorageFormat.CELERY_DB_57
+        return {"status": meta.get("status"), "result": dumps_value(meta.get("result"), ser) if new else pickled(meta.get("result")),
                 "traceback": meta.get("traceback"), "name": meta.get("name"), "args": enc(meta.get("args")),
                 "kwargs": enc(meta.get("kwargs")), "worker": meta.get("worker"), "retries": meta.get("retries"),
                 "queue": meta.get("queue"), "children": enc(meta.get("children") or None)}

@@ -1,0 +1,215 @@
+"""JSONL data files: one JSON object a line (binary columns base64, timestamps RFC 3339 UTC).
+Compressed files are a series of independent zstd frames or gzip members of at most
+``FRAME_ROWS`` lines each (a valid .zst / .gz file for any reader): the index points at a
+line's byte range, or at the frame holding it, so that restore decompresses one small frame."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import io
+import os
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import orjson
+
+from celery_archive.errors import SinkError
+from celery_archive.formats.entries import entries, index_schema, naive
+from celery_archive.schemas import arrow_schema, record_fields
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from celery_archive.sinks import Sink
+
+FRAME_ROWS = 1000  # lines per zstd frame / gzip member of a compressed JSONL file
+_EXTENSIONS = {"zstd": "jsonl.zst", "gzip": "jsonl.gz"}
+_CHUNK = 1 << 16
+
+
+def extension(compression: str | None) -> str:
+    return _EXTENSIONS.get(compression or "none", "jsonl")
+
+
+def compression_of(key: str) -> str | None:
+    return "zstd" if key.endswith(".zst") else "gzip" if key.endswith(".gz") else None
+
+
+def _types() -> dict[str, str]:
+    return {f["name"]: f["type"] for f in record_fields()}
+
+
+class FileWriter:
+    _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
+
+    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
+        self._out = open(path, "wb")
+        self._compress: Callable[[bytes], bytes] | None = None
+        if compression == "zstd":
+            import zstandard
+
+            self._compress = zstandard.ZstdCompressor(level=3, write_content_size=True).compress
+        elif compression == "gzip":
+            self._compress = lambda data: gzip.compress(data, compresslevel=6, mtime=0)
+
+    def write(self, table: pa.Table) -> None:
+        columns = []
+        for name in table.column_names:
+            values = table.column(name).to_pylist()
+            if name in self._binary:
+                values = [None if v is None else base64.b64encode(v).decode("ascii") for v in values]
+            columns.append(values)
+        opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+        names = table.column_names
+        lines = [orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)]
+        if self._compress is None:
+            self._out.write(b"".join(lines))
+            return
+        for i in range(0, len(lines), FRAME_ROWS):
+            self._out.write(self._compress(b"".join(lines[i:i + FRAME_ROWS])))
+
+    def size(self) -> int:
+        return self._out.tell()
+
+    def close(self) -> None:
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+
+
+def _open_text(path: Path, compression: str | None) -> BinaryIO:
+    raw = open(path, "rb")
+    if compression == "zstd":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _value(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "binary":
+        return base64.b64decode(value)
+    if kind.startswith("timestamp"):
+        return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
+    schema, types = arrow_schema(), _types()
+
+    def table(out: dict[str, list[Any]]) -> pa.Table:
+        return naive(pa.table({c: pa.array(v, schema.field(c).type) for c, v in out.items()}))
+
+    with _open_text(path, compression) as f:
+        out: dict[str, list[Any]] = {c: [] for c in columns}
+        for line in f:
+            if not line.strip():
+                continue
+            row = orjson.loads(line)
+            for c in columns:
+                out[c].append(_value(types[c], row.get(c)))  # absent in earlier versions: null
+            if len(out[columns[0]]) >= batch_rows:
+                yield table(out)
+                out = {c: [] for c in columns}
+        if out[columns[0]]:
+            yield table(out)
+
+
+def first_record(path: Path, compression: str | None, columns: Sequence[str] = ()) -> dict[str, Any]:
+    """The first record as parsed JSON (all of its fields: they tell the record version)."""
+    with _open_text(path, compression) as f:
+        for line in f:
+            if line.strip():
+                row: dict[str, Any] = orjson.loads(line)
+                return row
+    return {}
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Records parsed from JSONL lines as a table with the record schema."""
+    import pyarrow as pa
+
+    schema, types = arrow_schema(), _types()
+    return pa.table({f.name: pa.array([_value(types[f.name], r.get(f.name)) for r in rows], f.type) for f in schema}, schema=schema)
+
+
+def locate(path: Path, key: str, compression: str | None) -> pa.Table:
+    cols: dict[str, list[Any]] = {f.name: [] for f in index_schema()}
+    with open(path, "rb") as f:
+        blocks = _lines(f) if not compression else frames(f, compression)
+        for offset, length, lines in blocks:
+            for row, line in enumerate(lines):
+                rec = orjson.loads(line)
+                for name, value in (("task_id", rec["task_id"]), ("kind", rec["kind"]), ("key", key), ("block", 0),
+                                    ("offset", offset), ("length", length), ("row", row),
+                                    ("footer_offset", 0), ("footer_length", 0)):
+                    cols[name].append(value)
+    return entries(cols)
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[int, int, list[bytes]]]:
+    offset = 0
+    for line in f:
+        if line.strip():
+            yield offset, len(line), [line]
+        offset += len(line)
+
+
+def _decompressor(compression: str) -> Any:
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+    if compression == "gzip":
+        return zlib.decompressobj(wbits=31)
+    raise SinkError(f"unknown JSONL compression {compression!r}")
+
+
+def frames(f: BinaryIO, compression: str) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(offset, length, lines) of each zstd frame / gzip member, streamed in small chunks."""
+    start = pos = 0  # where the current frame starts; bytes of the file consumed so far
+    d, out = _decompressor(compression), list[bytes]()
+    pending = b""
+    while True:
+        chunk = pending or f.read(_CHUNK)
+        pending = b""
+        if not chunk:
+            if out or start != pos:
+                raise SinkError(f"{f.name}: truncated {compression} frame at byte {start}")
+            return
+        pos += len(chunk)
+        out.append(d.decompress(chunk))
+        if d.eof:
+            rest = d.unused_data
+            pos -= len(rest)
+            yield start, pos - start, [ln for ln in b"".join(out).splitlines(keepends=True) if ln.strip()]
+            start, d, out, pending = pos, _decompressor(compression), [], rest
+
+
+
+def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
+    compression = compression_of(key)
+    by_block: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for e in found:
+        by_block.setdefault((e["offset"], e["length"]), []).append(e)
+    lines: list[bytes] = []
+    for (offset, length), group in by_block.items():
+        data = sink.read(key, offset, length)
+        if compression == "zstd":
+            data = _decompressor("zstd").decompress(data)
+        elif compression == "gzip":
+            data = gzip.decompress(data)
+        block_lines = [ln for ln in data.splitlines() if ln.strip()]
+        lines.extend(block_lines[e["row"]] for e in group)
+    return rows_to_table([orjson.loads(ln) for ln in lines])

@@ -1,0 +1,154 @@
+"""Parquet data files: written by pyarrow from record batches, read back in bounded batches,
+located by row group (the index points at a row group's byte range and the footer's), and
+fetched back with one ranged read of the footer and one per row group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery_archive.errors import SinkError
+from celery_archive.formats.entries import entries, index_schema, naive
+from celery_archive.schemas import arrow_schema, conform
+from celery_archive.sinks import RangeReader
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pyarrow as pa
+
+    from celery_archive.sinks import Sink
+
+# dictionary-encode only low-cardinality columns, and keep statistics where queries and the
+# restore index use them: both cost time and space on ids and payloads for nothing
+_DICTIONARY = ["kind", "status", "name", "worker", "queue", "content_type", "content_encoding", "compression",
+               "storage_format", "source", "source_table", "rule", "run_id"]
+_STATISTICS = ["task_id", "kind", "status", "date_done", "name", "worker", "queue", "archived_at"]
+
+
+def extension(compression: str | None) -> str:
+    return "parquet"
+
+
+class FileWriter:
+    """Row groups are encoded and compressed on a writer thread (pyarrow releases the GIL),
+    while the next batch is converted to Arrow; at most one row group is in flight."""
+
+    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pool = pool
+        # buffered: the writer asks where it is (tell) and writes each page, a system call each
+        self._out = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
+        self._writer = pq.ParquetWriter(self._out, arrow_schema(), compression=compression,
+                                        use_dictionary=_DICTIONARY, write_statistics=_STATISTICS)
+        self._pending: Future[None] | None = None
+        self._queued = 0  # bytes of Arrow data handed to the writer thread, not yet on disk
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+        self._queued = table.nbytes
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending, self._queued = None, 0
+
+    def size(self) -> int:
+        # the bytes on disk, plus an upper bound for the row group still being written
+        return int(self._out.tell()) + self._queued
+
+    def close(self) -> None:
+        self._wait()
+        self._writer.close()
+        self._out.close()
+
+
+def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema()
+    pf = pq.ParquetFile(path)
+    present = [c for c in columns if c in pf.schema_arrow.names]
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+        t = pa.Table.from_batches([batch])
+        # a column of a later record version than the file's comes back null
+        t = pa.table({c: t.column(c) if c in present else pa.nulls(t.num_rows, schema.field(c).type) for c in columns})
+        yield naive(t)
+
+
+def first_record(path: Path, compression: str | None, columns: Sequence[str]) -> dict[str, Any]:
+    for t in read_tables(path, compression, [c for c in columns], 1):
+        rows: list[dict[str, Any]] = t.slice(0, 1).to_pylist()
+        return rows[0] if rows else {}
+    return {}
+
+
+def locate(path: Path, key: str, compression: str | None) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(size - 8)
+        footer_length = int.from_bytes(f.read(4), "little") + 8
+    parts = []
+    for i in range(pf.metadata.num_row_groups):
+        start, end = row_group_range(pf.metadata.row_group(i))
+        t = pf.read_row_group(i, columns=["task_id", "kind"])
+        n = t.num_rows
+        parts.append(entries({
+            "task_id": t.column("task_id"), "kind": t.column("kind"), "key": key, "block": i, "offset": start,
+            "length": end - start, "row": pa.array(range(n), pa.int32()),
+            "footer_offset": size - footer_length, "footer_length": footer_length,
+        }, n))
+    return pa.concat_tables(parts) if parts else index_schema().empty_table()
+
+
+def row_group_range(rg: Any) -> tuple[int, int]:
+    """[start, end) of a row group's column chunks (they are contiguous in the file)."""
+    start, end = None, 0
+    for c in range(rg.num_columns):
+        col = rg.column(c)
+        first = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+        start = first if start is None else min(start, first)
+        end = max(end, first + col.total_compressed_size)
+    return int(start or 0), end
+
+
+def _served(pieces: dict[int, bytes]) -> Callable[[int, int], bytes]:
+    """Reads served from ranges fetched earlier: enough for pyarrow to decode a row group
+    whose bytes and footer are among them."""
+
+    def read_at(pos: int, n: int) -> bytes:
+        for start, data in pieces.items():
+            if start <= pos and pos + n <= start + len(data):
+                return data[pos - start:pos - start + n]
+        raise SinkError(f"restore asked for bytes {pos}..{pos + n} that the index did not point to")
+
+    return read_at
+
+
+def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    e0 = found[0]
+    footer = sink.read(key, e0["footer_offset"], e0["footer_length"])
+    size = e0["footer_offset"] + e0["footer_length"]
+    metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+    pieces = {e0["footer_offset"]: footer}
+    parts = []
+    for block in sorted({e["block"] for e in found}):
+        first = next(e for e in found if e["block"] == block)
+        pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
+        pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False)
+        parts.append(pf.read_row_group(block).take([e["row"] for e in found if e["block"] == block]))
+        del pieces[first["offset"]]
+    return conform(pa.concat_tables(parts))  # a file of an earlier record version: its new columns null
