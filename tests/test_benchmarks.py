@@ -48,3 +48,11 @@ def test_web_benchmark_runs_and_prints_its_figures(tmp_path: Path) -> None:
     for line in ("result page, first view of each id: 30 random ids, server time p50", "Python API find(), no cache",
                  "`celery-archive restore ID` as a fresh process", "ratio page server time / find()", "target: result page p50"):
         assert line in text
+
+
+def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
+    text = run_bench("benchmarks/bench_backend.py", "--results", "3000", "--lookups", "50", "--warmup", "20", "--live", "100",
+                     "--s3-lookups", "20")
+    for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
+                 "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
+        assert line in text
