@@ -206,3 +206,40 @@ def test_v1_manifests_reports_and_outcomes_read_into_types_and_write_back_byte_f
         mf.Manifest.from_json({"run_id": "x", "files": [{"format": "parquet"}]})
     with pytest.raises(SinkError, match="neither parquet nor jsonl"):
         mf.FileEntry.from_json({"format": "csv"})
+
+
+def test_a_run_taken_over_while_paused_says_so_whatever_it_then_trips_on(tmp_path: Path) -> None:
+    """The field test's paused run (SIGSTOP past its ttl): the run that took over abandoned it and
+    removed its files, staging directory included. Whatever the paused run touches next fails;
+    the user must hear that its lease was taken (exit 4, run again), and it must have changed nothing."""
+    import shutil
+
+    from conftest import age_rows, celery_app, table_rows
+
+    from celery_archive import RunConfig, parse_duration, run
+
+    url = f"db+sqlite:///{tmp_path / 'results.db'}"
+    app = celery_app(url)
+    for i in range(300):
+        app.backend.store_result(f"t{i:04d}", {"i": i}, "SUCCESS")
+    age_rows(url, 40)
+    sink_root = tmp_path / "archive"
+    taken: list[Lease] = []
+
+    def take_over(_taken_so_far: int) -> None:
+        if taken:
+            return
+        for p in (sink_root / "locks").iterdir():  # as if the paused run had gone stale
+            p.unlink()
+        other = Lease(LocalSink(sink_root), "run-other", 60)
+        other.acquire()
+        taken.append(other)
+        for spool in (sink_root / ".tmp-spool").iterdir():  # its clean-up of what the paused run left
+            shutil.rmtree(spool)
+
+    with pytest.raises(LeaseLostError, match=r"lost the lease.*taken over or removed"):
+        run(RunConfig(source=url, sink=str(sink_root), older_than=parse_duration("30d"), batch_size=50,
+                      max_file_bytes=4096), progress=take_over)
+    taken[0].release()
+    assert len(table_rows(url)) == 300  # nothing deleted
+    assert not list(mf.committed_files(LocalSink(sink_root)))

@@ -255,6 +255,12 @@ class Lease:
             raise LeaseLostError(f"run {self.run_id} could not renew the lease on {self.sink.url} for {waited:.0f} s "
                                  f"({self._problem or 'no answer'}); it stopped before changing anything more: run again")
 
+    def taken_from_this_run(self) -> str | None:
+        """Why this run no longer holds the lease (taken over or removed), after one more
+        look at the sink; None while it holds it, or when the sink cannot tell."""
+        self.renew()
+        return self._lost
+
     @property
     def held(self) -> bool:
         return self.version is not None and self._lost is None
