@@ -12,7 +12,6 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -23,6 +22,8 @@ from celery_archive.formats.entries import entries, index_schema, naive
 from celery_archive.schemas import arrow_schema, record_fields
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
 
     from celery_archive.sinks import Sink
