@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--cli-only", action="store_true", help="Only the CLI's fresh-process restore, against bare interpreters.")
     ap.add_argument("--sink", type=Path, default=None, help="--cli-only: an existing local archive (default: bench_web's).")
     ap.add_argument("--home", type=Path, default=None, help="--cli-only: where bench_web's archive is made and kept.")
+    ap.add_argument("--baseline-bin", type=Path, default=None, metavar="PATH",
+                    help="--cli-only: another checkout's celery-archive executable, run in the same rounds (an A/B).")
     args = ap.parse_args()
     if args.cli_only:
         cli_only(args)
@@ -139,16 +143,25 @@ def cli_only(args: argparse.Namespace) -> None:
         "python -c 'import pyarrow.parquet'": lambda _tid: [py, "-c", "import pyarrow.parquet"],
         "celery-archive restore ID": lambda tid: [str(BIN / "celery-archive"), "restore", tid, "--sink", str(sink), "--json"],
     }
+    if args.baseline_bin:
+        contenders["baseline restore ID"] = lambda tid: [str(args.baseline_bin), "restore", tid, "--sink", str(sink), "--json"]
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(3):  # warm the page cache and the interpreter's files
-        subprocess.run(contenders["celery-archive restore ID"](ids[0]), capture_output=True, check=True)
+    # bytecode is written and used, as in an installed package (pip compiles it there): an
+    # environment with PYTHONDONTWRITEBYTECODE would compile every module of an editable
+    # install at each start (~50 ms here). It goes to a cache of this run, not the checkouts.
+    cache = tempfile.mkdtemp(prefix="ca-bench-pycache-")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": cache}
+    for _ in range(2):  # warm the page cache and write the bytecode
+        for make in contenders.values():
+            subprocess.run(make(ids[0]), capture_output=True, check=True, env=env)
     for r, tid in enumerate(ids):
         for label in rotated(list(contenders), r):
             t0 = time.perf_counter()
-            out = subprocess.run(contenders[label](tid), capture_output=True, text=True)
+            out = subprocess.run(contenders[label](tid), capture_output=True, text=True, env=env)
             times[label].append((time.perf_counter() - t0) * 1000)
             if out.returncode or (label.startswith("celery-archive") and tid not in out.stdout):
                 raise SystemExit(f"{label} for {tid} failed: {out.stderr[-2000:]}")
+    shutil.rmtree(cache, ignore_errors=True)
     print(f"fresh processes, {len(ids)} rounds (order rotated each round), archive {sink}:")
     p50 = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
@@ -156,12 +169,13 @@ def cli_only(args: argparse.Namespace) -> None:
     ours, bare, arrow = p50["celery-archive restore ID"], p50["python -c pass"], p50["python -c 'import pyarrow.parquet'"]
     print(f"ratio CLI restore / python -c pass (p50): {ours / bare:.2f}x; "
           f"/ import pyarrow.parquet: {ours / arrow:.2f}x; the command adds {ours - arrow:.0f} ms to pyarrow.parquet's start-up")
+    if args.baseline_bin:
+        print(f"ratio CLI restore / baseline restore (p50): {ours / p50['baseline restore ID']:.2f}x   (A/B: {args.baseline_bin})")
     print(f"target: CLI restore p50 <= 120 ms: {ours:.0f} ms ({'met' if ours <= 120 else 'not met'})")
 
 
 def measure_s3(local: Path, ids: list[str]) -> None:
     """The same archive copied to moto's S3 server (its own process, real HTTP)."""
-    import os
     import socket
 
     import boto3
