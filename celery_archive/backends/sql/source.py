@@ -71,6 +71,7 @@ class SqlSource:
     sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
 
     purge_columns: tuple[str, ...] = ("source_id", "status", "date_done", "raw_date_done")
+    purge_rows: int | None = None  # a batch is one range DELETE: the bigger, the fewer statements
     required: ClassVar[dict[str, set[str]]] = {"task": {"id", "task_id", "status", "result", "date_done"},
                                                "group": {"id", "taskset_id", "result", "date_done"}}
     name_column = "name"
