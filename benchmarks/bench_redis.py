@@ -7,6 +7,10 @@ flushes. Targets (issue 3): >= 10x faster than seed-style, >= 50,000 results/s e
 peak RSS <= 300 MiB.
 
     .venv/bin/python benchmarks/bench_redis.py [--results 100000] [--repeats 3]
+    .venv/bin/python benchmarks/bench_redis.py --memory 100000 1000000 [--repeats 1] [--baseline-bin PATH]
+
+--memory (issue 20): peak RSS of runs at each size, the largest against the smallest; the keys
+are written by a script on the server. Target: 1,000,000 within 1.3x of 100,000, under 300 MiB.
 """
 
 from __future__ import annotations
@@ -59,14 +63,71 @@ def populate(sample: list[tuple[str, bytes]], n: int) -> None:
     client.close()
 
 
+_FILL = """
+local ttl, first, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local samples = {}
+for j = 4, #ARGV, 2 do
+  samples[#samples + 1] = {string.gsub(ARGV[j], "%p", "%%%0"), ARGV[j + 1]}
+end
+for i = first, first + n - 1 do
+  local tid = string.format("%08x-%04x-4%03x-a%03x-%012x", i, math.random(0, 65535), math.random(0, 4095),
+                            math.random(0, 4095), i * 7919 % 1000000007)
+  local sample = samples[i % #samples + 1]
+  redis.call("SETEX", "celery-task-meta-" .. tid, ttl, (string.gsub(sample[2], sample[1], tid)))
+end
+return n
+"""
+
+
+def populate_fast(sample: list[tuple[str, bytes]], n: int) -> None:
+    """As populate (the samples in turn, fresh uuid-shaped ids, TTL one day), written by a
+    script on the server: 1,000,000 keys in seconds, not a minute."""
+    client = redis.from_url(URL)
+    client.flushdb()
+    fill = client.register_script(_FILL)
+    flat = [x for sid, value in sample for x in (sid, value)]
+    chunk = 20_000
+    for first in range(0, n, chunk):
+        fill(args=[86400, first, min(chunk, n - first), *flat])
+    client.close()
+
+
+def memory(sample: list[tuple[str, bytes]], sizes: list[int], repeats: int, exe: Path) -> None:
+    """Peak RSS of whole runs at each size (the largest against the smallest), same data shape."""
+    peaks: dict[int, list[float]] = {n: [] for n in sizes}
+    secs: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(repeats):
+        for n in (sizes if r % 2 == 0 else sizes[::-1]):
+            populate_fast(sample, n)
+            time.sleep(1.1)
+            with tempfile.TemporaryDirectory() as tmp:
+                s, rss, out = measure([str(exe), "run", "--source", URL, "--sink", f"{tmp}/archive", "--older-than", "1s", "--json"])
+            report = json.loads(out)
+            assert report["archived"] == report["verified"] == report["deleted"] == n, report
+            peaks[n].append(rss)
+            secs[n].append(s)
+    redis.from_url(URL).flushdb()
+    print(f"peak RSS of `celery-archive run` by number of expired results (max of {repeats}):")
+    for n in sizes:
+        print(f"  {n:>10,} results   peak RSS {max(peaks[n]):6.1f} MiB   {statistics.median(secs[n]):6.2f} s "
+              f"({n / statistics.median(secs[n]):,.0f} results/s)")
+    small, big = sizes[0], sizes[-1]
+    print(f"ratio peak RSS {big:,} / {small:,} = {max(peaks[big]) / max(peaks[small]):.2f}x   (target <= 1.3x, and under 300 MiB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-bin", type=Path, default=None, metavar="PATH",
                     help="Another checkout's celery-archive executable, run in the same rounds (an A/B of two versions).")
+    ap.add_argument("--memory", type=int, nargs="+", default=None, metavar="N",
+                    help="Only the peak RSS of runs on each of these numbers of results (e.g. 100000 1000000).")
     args = ap.parse_args()
     sample = samples()
+    if args.memory:
+        memory(sample, sorted(args.memory), args.repeats, args.baseline_bin or BIN / "celery-archive")
+        return
     results: dict[str, list[tuple[float, float]]] = {"celery-archive run": [], "seed-style": []}
     if args.baseline_bin:
         results["baseline run"] = []

@@ -5,13 +5,22 @@ an index: a pyarrow dataset scan of the whole archive filtered on the id.
 
 Targets (issue 5): p50 <= 30 ms on the local sink, at most 3 object reads per id.
 
+With --cli-only, only `celery-archive restore ID --sink DIR --json` as a fresh process, against
+the start-up of bare interpreters measured in the same rounds, in alternating order:
+`python -c pass` and `python -c "import pyarrow.parquet"` (what reading Parquet costs before
+anything is read). The archive is bench_web.py's (1,000,000 results from SQLite, made once
+and kept in --home), or --sink names one. Target (issue 20): CLI restore p50 <= 120 ms.
+
     .venv/bin/python benchmarks/bench_restore.py [--results 1000000] [--runs 30] [--lookups 1000]
+    .venv/bin/python benchmarks/bench_restore.py --cli-only [--results 1000000] [--cli-lookups 60] [--sink DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +64,15 @@ def main() -> None:
     ap.add_argument("--cli-lookups", type=int, default=30)
     ap.add_argument("--scans", type=int, default=3)
     ap.add_argument("--s3-lookups", type=int, default=300)
+    ap.add_argument("--cli-only", action="store_true", help="Only the CLI's fresh-process restore, against bare interpreters.")
+    ap.add_argument("--sink", type=Path, default=None, help="--cli-only: an existing local archive (default: bench_web's).")
+    ap.add_argument("--home", type=Path, default=None, help="--cli-only: where bench_web's archive is made and kept.")
+    ap.add_argument("--baseline-bin", type=Path, default=None, metavar="PATH",
+                    help="--cli-only: another checkout's celery-archive executable, run in the same rounds (an A/B).")
     args = ap.parse_args()
+    if args.cli_only:
+        cli_only(args)
+        return
 
     db = fill(args.results)
     try:
@@ -111,9 +128,54 @@ def measure_cli(sink: str, ids: list[str]) -> None:
           f"p50 {statistics.median(times):.0f} ms, p99 {pct(times, 0.99):.0f} ms")
 
 
+def cli_only(args: argparse.Namespace) -> None:
+    """The CLI restore of one random id per round, as a fresh process, and bare interpreters'
+    start-up in the same rounds (order rotated each round)."""
+    from bench_web import HOME, make_archive
+    from bench_web import sample_ids as archived_ids
+    from common import rotated
+
+    sink = args.sink or make_archive(args.results, args.home or HOME)
+    ids = archived_ids(sink, args.cli_lookups)
+    py = sys.executable
+    contenders = {
+        "python -c pass": lambda _tid: [py, "-c", "pass"],
+        "python -c 'import pyarrow.parquet'": lambda _tid: [py, "-c", "import pyarrow.parquet"],
+        "celery-archive restore ID": lambda tid: [str(BIN / "celery-archive"), "restore", tid, "--sink", str(sink), "--json"],
+    }
+    if args.baseline_bin:
+        contenders["baseline restore ID"] = lambda tid: [str(args.baseline_bin), "restore", tid, "--sink", str(sink), "--json"]
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    # bytecode is written and used, as in an installed package (pip compiles it there): an
+    # environment with PYTHONDONTWRITEBYTECODE would compile every module of an editable
+    # install at each start (~50 ms here). It goes to a cache of this run, not the checkouts.
+    cache = tempfile.mkdtemp(prefix="ca-bench-pycache-")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": cache}
+    for _ in range(2):  # warm the page cache and write the bytecode
+        for make in contenders.values():
+            subprocess.run(make(ids[0]), capture_output=True, check=True, env=env)
+    for r, tid in enumerate(ids):
+        for label in rotated(list(contenders), r):
+            t0 = time.perf_counter()
+            out = subprocess.run(contenders[label](tid), capture_output=True, text=True, env=env)
+            times[label].append((time.perf_counter() - t0) * 1000)
+            if out.returncode or (label.startswith("celery-archive") and tid not in out.stdout):
+                raise SystemExit(f"{label} for {tid} failed: {out.stderr[-2000:]}")
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"fresh processes, {len(ids)} rounds (order rotated each round), archive {sink}:")
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"  {k:38s} p50 {p50[k]:6.0f} ms   p90 {pct(v, 0.9):6.0f} ms")
+    ours, bare, arrow = p50["celery-archive restore ID"], p50["python -c pass"], p50["python -c 'import pyarrow.parquet'"]
+    print(f"ratio CLI restore / python -c pass (p50): {ours / bare:.2f}x; "
+          f"/ import pyarrow.parquet: {ours / arrow:.2f}x; the command adds {ours - arrow:.0f} ms to pyarrow.parquet's start-up")
+    if args.baseline_bin:
+        print(f"ratio CLI restore / baseline restore (p50): {ours / p50['baseline restore ID']:.2f}x   (A/B: {args.baseline_bin})")
+    print(f"target: CLI restore p50 <= 120 ms: {ours:.0f} ms ({'met' if ours <= 120 else 'not met'})")
+
+
 def measure_s3(local: Path, ids: list[str]) -> None:
     """The same archive copied to moto's S3 server (its own process, real HTTP)."""
-    import os
     import socket
 
     import boto3

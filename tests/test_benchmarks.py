@@ -28,6 +28,20 @@ def test_redis_benchmark_runs_and_prints_its_ratios() -> None:
         assert line in text
 
 
+def test_redis_memory_benchmark_runs_and_prints_its_ratio() -> None:
+    text = run_bench("benchmarks/bench_redis.py", "--memory", "2000", "6000", "--repeats", "1")
+    for line in ("peak RSS of `celery-archive run` by number of expired results", "2,000 results", "6,000 results",
+                 "ratio peak RSS 6,000 / 2,000"):
+        assert line in text
+
+
+def test_restore_cli_benchmark_runs_and_prints_its_ratios(tmp_path: Path) -> None:
+    text = run_bench("benchmarks/bench_restore.py", "--cli-only", "--results", "3000", "--cli-lookups", "3", "--home", str(tmp_path))
+    for line in ("python -c pass", "python -c 'import pyarrow.parquet'", "celery-archive restore ID", "ratio CLI restore / python -c pass",
+                 "target: CLI restore p50 <= 120 ms"):
+        assert line in text
+
+
 def test_restore_benchmark_runs_and_prints_its_figures() -> None:
     text = run_bench("benchmarks/bench_restore.py", "--results", "3000", "--runs", "3", "--lookups", "20", "--cli-lookups", "2", "--scans", "1",
                      "--s3-lookups", "5")

@@ -190,3 +190,47 @@ def test_run_ids_sort_in_the_order_runs_started(sqlite_url: str, tmp_path: Path)
         assert out.returncode == 0, out.stderr
         ids.append(json.loads(out.stdout)["run_id"])
     assert ids == sorted(ids) and len(set(ids)) == 4
+
+
+def test_every_command_is_where_the_console_script_looks_for_it() -> None:
+    """The console script imports a command's module only when that command runs: the map
+    it looks in names every command, and the module that registers it."""
+    from celery_archive.cli.base import COMMAND_MODULES
+
+    assert set(COMMANDS) == set(COMMAND_MODULES)
+    for name in COMMANDS:
+        assert main.commands[name].callback.__module__ == COMMAND_MODULES[name], name  # type: ignore[union-attr]
+
+
+# Run as the console script runs, reporting at exit what the process had imported.
+_IMPORTS_PROBE = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = ["celery-archive", *sys.argv[1:]]
+from celery_archive.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_restore_by_id_loads_only_what_a_lookup_needs(tmp_path: Path, fmt: str) -> None:
+    """``celery-archive restore ID`` starts fast: no other command's code, no backend driver,
+    no Celery, no boto3 for a local archive, no pyarrow.compute or pyarrow.dataset."""
+    import shutil
+    import sys
+
+    import pyarrow.parquet as pq
+
+    sink = tmp_path / "archive"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "archive-v1", sink)
+    entries = pq.read_table(sorted((sink / "index" / "log").glob("*.parquet"))[0 if fmt == "jsonl" else 1]).to_pylist()
+    entry = next(e for e in entries if e["key"].endswith(".parquet" if fmt == "parquet" else ".jsonl.zst"))
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "restore", entry["task_id"], "--sink", str(sink), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["task_id"] == entry["task_id"]
+    modules = set(json.loads(proc.stderr.splitlines()[-1]))
+    unwanted = {"celery_archive.cli.run", "celery_archive.cli.monitor", "celery_archive.cli.query", "celery_archive.cli.archive",
+                "celery_archive.web.command", "celery_archive.pipeline.run", "celery_archive.backends.redis.source",
+                "sqlalchemy", "celery", "redis", "boto3", "botocore", "pyarrow.compute", "pyarrow.dataset", "rich"}
+    assert modules & unwanted == set()

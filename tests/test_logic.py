@@ -298,3 +298,22 @@ def test_backend_of_a_url(url: str, name: str) -> None:
 
     module = importlib.import_module(f"celery_archive.backends.{name}.source")  # each name is a package with both parts
     assert callable(module.from_config) and callable(importlib.import_module(f"celery_archive.backends.{name}.target").from_config)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_entries_are_located_in_bounded_tables(tmp_path: Path, compression: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's index entries come in tables of about LOCATE_ROWS (whole frames), not all at
+    once: verification holds a batch of them, not a 128 MiB file's."""
+    import celery_archive.formats as formats
+
+    monkeypatch.setattr(formats, "LOCATE_ROWS", 2)
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(compressed("zstd") if compression else b"".join(LINES))
+    tables = list(formats.locate_batches(path, "data/f.jsonl", "jsonl", compression))
+    sizes = [t.num_rows for t in tables]
+    assert sum(sizes) == 7 and len(sizes) > 1
+    if compression:  # frames of 3, 1 and 3 lines stay whole: a table ends after the frame that reaches 2
+        assert sizes == [3, 4]
+    else:
+        assert sizes == [2, 2, 2, 1]
+    assert [r for t in tables for r in t.to_pylist()] == locate(path, "data/f.jsonl", "jsonl", compression).to_pylist()

@@ -86,3 +86,24 @@ def test_an_app_that_imports_polars_works_with_dash_a(sqlite_url: str, tmp_path:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert (report["selected"], report["deleted"]) == (4, 4) and table_rows(sqlite_url) == {}
+
+
+def test_the_console_script_maps_large_blocks_and_in_process_callers_are_left_alone(sqlite_url: str, tmp_path: Path) -> None:
+    """glibc's mmap threshold is fixed (so freed columns go back to the system) by the console
+    script only: a command run in-process leaves the allocator's settings as they were."""
+    probe = textwrap.dedent('''
+        import sys
+        from unittest import mock
+        from click.testing import CliRunner
+        from celery_archive.cli import base, main
+        with mock.patch.object(base, "large_blocks_mapped") as mapped:
+            CliRunner().invoke(main, ["run", "--source", sys.argv[1], "--sink", sys.argv[2], "--older-than", "30d"])
+            in_process = mapped.call_count
+            base.CONSOLE_SCRIPT = True
+            CliRunner().invoke(main, ["verify", "--sink", sys.argv[2]])
+        print(in_process, mapped.call_count, base.large_blocks_mapped())
+    ''')
+    old_results(sqlite_url, 2)
+    proc = subprocess.run([sys.executable, "-c", probe, sqlite_url, str(tmp_path / "archive")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["0", "1", "True"]  # glibc (Linux): mallopt answered

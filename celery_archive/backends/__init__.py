@@ -8,7 +8,9 @@
   extract would take, or with ``everything`` of every result the backend holds.
 * ``purge(batch)`` deletes the batch's results only where the backend still holds them exactly
   as they were read, and returns (deleted, skipped because changed or gone).
-* ``purge_columns`` names the record columns ``purge`` needs (read back from verified files).
+* ``purge_columns`` names the record columns ``purge`` needs (read back from verified files);
+  ``purge_rows`` is the most rows a purge batch of this backend needs to hold (None: the run's
+  purge batch size decides), so that no more of them is read into memory at once.
 * ``counts`` holds what a run saw but did not take (for Redis: no_ttl, not_celery, ...; for
   SQL: no_task_id, bad_date_done), and date_done_ambiguous (wall times of a repeated hour);
   ``examples`` names, for each reason a record was left alone, the first few of them.
@@ -112,6 +114,7 @@ class Source(Protocol):
     display_url: str
     storage_format: StorageFormat
     purge_columns: tuple[str, ...]
+    purge_rows: int | None
 
     @property
     def counts(self) -> Mapping[str, int]: ...

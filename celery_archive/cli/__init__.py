@@ -1,17 +1,28 @@
 """The ``celery-archive`` command: one module per command family, each registering its
-commands on ``base.main``; importing this package registers them all."""
+commands on ``base.main``. The console script imports a command's module only when that
+command runs (``base.COMMAND_MODULES``); ``from celery_archive.cli import main`` gives the
+group with every command registered, as in-process callers and tests expect."""
 
 from __future__ import annotations
 
-from celery_archive.cli import archive, base, monitor, query, restore, run  # noqa: F401  (their commands)
-from celery_archive.cli.base import main
-from celery_archive.web import command as _serve  # noqa: F401  (celery-archive serve)
+from typing import Any
 
 
 def entry() -> None:
     """The console script."""
+    from celery_archive.cli import base
+
     base.CONSOLE_SCRIPT = True
-    main()
+    base.main()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from celery_archive.cli import base
+
+        base.load_commands()
+        return base.main
+    raise AttributeError(f"module 'celery_archive.cli' has no attribute {name!r}")
 
 
 __all__ = ["entry", "main"]

@@ -83,6 +83,8 @@ def system_allocator() -> Iterator[None]:
     import os
 
     name = "ARROW_DEFAULT_MEMORY_POOL"
+    if CONSOLE_SCRIPT:
+        large_blocks_mapped()
     if os.environ.get(name):
         yield
         return
@@ -107,6 +109,26 @@ def system_allocator() -> Iterator[None]:
 
 
 CONSOLE_SCRIPT = False  # set by the console script (cli.entry): nothing runs in its process after the command
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def large_blocks_mapped(threshold: int = 1 << 20) -> bool:
+    """glibc's malloc serves a block of ``threshold`` bytes or more by mmap, so that freeing it
+    gives the memory back to the system, from here on. By default glibc raises that threshold
+    to the largest block freed so far (up to 32 MiB): after the first Arrow column of a few
+    MiB is freed, later ones come from the heap, which fragments and never shrinks, so that a
+    long run's peak RSS grew with the number of results it read (benchmarks/bench_redis.py
+    --memory: 267 MiB for 100,000 Redis results, 407 MiB for 1,000,000). A fixed threshold also
+    ends that adjustment. A setting of the whole process, so only the console script makes it
+    (its process ends with the command); elsewhere (not glibc), nothing happens."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 @contextlib.contextmanager
@@ -212,7 +234,43 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Which module registers which command on ``main``: a command's module is imported when the
+# command is asked for, so that ``celery-archive restore`` loads restore's code only, not the
+# run's or the server's (help and completion list them all).
+COMMAND_MODULES = {
+    "verify": "celery_archive.cli.archive", "runs": "celery_archive.cli.archive", "demo": "celery_archive.cli.archive",
+    "stats": "celery_archive.cli.monitor", "rules": "celery_archive.cli.monitor",
+    "query": "celery_archive.cli.query", "ddl": "celery_archive.cli.query",
+    "restore": "celery_archive.cli.restore", "index": "celery_archive.cli.restore", "manifest": "celery_archive.cli.restore",
+    "run": "celery_archive.cli.run",
+    "serve": "celery_archive.web.command",
+}
+
+
+def load_commands() -> None:
+    """Register every command (import all command modules)."""
+    import importlib
+
+    for module in dict.fromkeys(COMMAND_MODULES.values()):
+        importlib.import_module(module)
+
+
+class LazyGroup(click.Group):
+    """The root group: a command's module is imported on first use (``COMMAND_MODULES``)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            import importlib
+
+            importlib.import_module(COMMAND_MODULES[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="celery-archive")
 @click.option("-A", "--app", default=None, envvar="CELERY_ARCHIVE_APP", show_envvar=True, metavar="MODULE[:ATTR]",
               help="A Celery app, as for `celery -A`: its result_backend, result_expires, table names, transport "

@@ -95,7 +95,6 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
     celery-archive restore 0f3c...e9 7a1b...c2 --sink /var/archive --into redis://host:6379/0
     celery-archive restore --run RUN_ID --sink /var/archive --into db+postgresql://...
     """
-    from celery_archive.backends import TargetConfig, open_target
     from celery_archive.restore.search import missing_message, records_for, restore_into
     from celery_archive.sinks import open_sink
     from celery_archive.spool import spool_dir as make_spool
@@ -108,6 +107,8 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
     archive = open_sink(sink)
     target = None
     if into:  # a bad --into is named before anything is made
+        from celery_archive.backends import TargetConfig, open_target
+
         t_schema, _, t_name = task_table.rpartition(".")
         g_schema, _, g_name = group_table.rpartition(".")
         expires = dt.timedelta(0) if ttl == "0" else (parse_duration(ttl, "--ttl") if ttl is not None

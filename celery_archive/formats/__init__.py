@@ -5,8 +5,8 @@
 * ``read_tables(path, compression, columns, batch_rows)``: the named columns back, in tables of at
   most ``batch_rows`` rows, timestamps as naive UTC (a column the file's record version lacks: null);
 * ``first_record(path, compression, columns)``: one record (what a file holds, for a rebuilt manifest);
-* ``locate(path, key, compression)``: restore index entries (``entries.index_schema``) for every
-  record, in file order;
+* ``locate_batches(path, key, compression)``: restore index entries (``entries.index_schema``) for
+  every record, in file order, in tables of a bounded size;
 * ``fetch(sink, key, entries)``: the records at those entries, read by ranges from the sink.
 
 A new format is one such module and one line in ``MODULES``. This module names what each
@@ -30,6 +30,7 @@ MODULES = {"parquet": "celery_archive.formats.parquet", "jsonl": "celery_archive
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "jsonl": ("none", "zstd", "gzip")}
 DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "none"}
 BATCH_ROWS = 50_000
+LOCATE_ROWS = 50_000  # index entries per table that locate_batches yields from a JSONL file
 
 
 def module(fmt: str) -> Any:
@@ -56,10 +57,22 @@ def read_columns(path: Path, fmt: str, compression: str | None, columns: Sequenc
         yield {c: t.column(c).to_pylist() for c in columns}
 
 
+def locate_batches(path: Path, key: str, fmt: str, compression: str | None) -> Iterator[pa.Table]:
+    """Index entries for every record in the file (a local copy of data file ``key``), in file
+    order, in tables of a bounded size (a row group; ``LOCATE_ROWS`` lines): memory stays
+    that, not the file's (a 128 MiB file holds ~600,000 Redis results)."""
+    tables: Iterator[pa.Table] = module(fmt).locate_batches(path, key, compression)
+    return tables
+
+
 def locate(path: Path, key: str, fmt: str, compression: str | None) -> pa.Table:
-    """Index entries for every record in the file (a local copy of data file ``key``), in file order."""
-    located: pa.Table = module(fmt).locate(path, key, compression)
-    return located
+    """The same entries in one table (its memory grows with the file)."""
+    import pyarrow as pa
+
+    from celery_archive.formats.entries import index_schema
+
+    tables = list(locate_batches(path, key, fmt, compression))
+    return pa.concat_tables(tables) if tables else index_schema().empty_table()
 
 
 def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:

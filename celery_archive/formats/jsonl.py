@@ -12,7 +12,6 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -23,6 +22,8 @@ from celery_archive.formats.entries import entries, index_schema, naive
 from celery_archive.schemas import arrow_schema, record_fields
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
 
     from celery_archive.sinks import Sink
@@ -144,8 +145,12 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table({f.name: pa.array([_value(types[f.name], r.get(f.name)) for r in rows], f.type) for f in schema}, schema=schema)
 
 
-def locate(path: Path, key: str, compression: str | None) -> pa.Table:
-    cols: dict[str, list[Any]] = {f.name: [] for f in index_schema()}
+def locate_batches(path: Path, key: str, compression: str | None) -> Iterator[pa.Table]:
+    """Tables of about ``LOCATE_ROWS`` index entries (whole frames: a frame's lines stay together)."""
+    from celery_archive.formats import LOCATE_ROWS
+
+    names = [f.name for f in index_schema()]
+    cols: dict[str, list[Any]] = {name: [] for name in names}
     with open(path, "rb") as f:
         blocks = _lines(f) if not compression else frames(f, compression)
         for offset, length, lines in blocks:
@@ -155,7 +160,11 @@ def locate(path: Path, key: str, compression: str | None) -> pa.Table:
                                     ("offset", offset), ("length", length), ("row", row),
                                     ("footer_offset", 0), ("footer_length", 0)):
                     cols[name].append(value)
-    return entries(cols)
+            if len(cols["task_id"]) >= LOCATE_ROWS:
+                yield entries(cols)
+                cols = {name: [] for name in names}
+    if cols["task_id"]:
+        yield entries(cols)
 
 
 def _lines(f: BinaryIO) -> Iterator[tuple[int, int, list[bytes]]]:

@@ -5,17 +5,17 @@ fetched back with one ranged read of the footer and one per row group."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.errors import SinkError
-from celery_archive.formats.entries import entries, index_schema, naive
+from celery_archive.formats.entries import entries, naive
 from celery_archive.schemas import arrow_schema, conform
 from celery_archive.sinks import RangeReader
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     import pyarrow as pa
 
@@ -75,11 +75,16 @@ def read_tables(path: Path, compression: str | None, columns: Sequence[str], bat
     schema = arrow_schema()
     pf = pq.ParquetFile(path)
     present = [c for c in columns if c in pf.schema_arrow.names]
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-        t = pa.Table.from_batches([batch])
-        # a column of a later record version than the file's comes back null
-        t = pa.table({c: t.column(c) if c in present else pa.nulls(t.num_rows, schema.field(c).type) for c in columns})
-        yield naive(t)
+    # a row group at a time (a batch as the run wrote it), sliced: iter_batches keeps buffers of
+    # every row group it has read until it ends (a purge's memory grew ~65 bytes a result of a
+    # Redis run, 46 MiB over 600,000: benchmarks/bench_redis.py --memory)
+    for i in range(pf.metadata.num_row_groups):
+        group = pf.read_row_group(i, columns=present)
+        for start in range(0, group.num_rows, batch_rows):
+            t = group.slice(start, batch_rows)
+            # a column of a later record version than the file's comes back null
+            t = pa.table({c: t.column(c) if c in present else pa.nulls(t.num_rows, schema.field(c).type) for c in columns})
+            yield naive(t)
 
 
 def first_record(path: Path, compression: str | None, columns: Sequence[str]) -> dict[str, Any]:
@@ -89,7 +94,8 @@ def first_record(path: Path, compression: str | None, columns: Sequence[str]) ->
     return {}
 
 
-def locate(path: Path, key: str, compression: str | None) -> pa.Table:
+def locate_batches(path: Path, key: str, compression: str | None) -> Iterator[pa.Table]:
+    """One table of index entries per row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -98,17 +104,15 @@ def locate(path: Path, key: str, compression: str | None) -> pa.Table:
     with open(path, "rb") as f:
         f.seek(size - 8)
         footer_length = int.from_bytes(f.read(4), "little") + 8
-    parts = []
     for i in range(pf.metadata.num_row_groups):
         start, end = row_group_range(pf.metadata.row_group(i))
         t = pf.read_row_group(i, columns=["task_id", "kind"])
         n = t.num_rows
-        parts.append(entries({
+        yield entries({
             "task_id": t.column("task_id"), "kind": t.column("kind"), "key": key, "block": i, "offset": start,
             "length": end - start, "row": pa.array(range(n), pa.int32()),
             "footer_offset": size - footer_length, "footer_length": footer_length,
-        }, n))
-    return pa.concat_tables(parts) if parts else index_schema().empty_table()
+        }, n)
 
 
 def row_group_range(rg: Any) -> tuple[int, int]:
@@ -149,6 +153,7 @@ def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
         first = next(e for e in found if e["block"] == block)
         pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
         pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False)
-        parts.append(pf.read_row_group(block).take([e["row"] for e in found if e["block"] == block]))
+        group = pf.read_row_group(block)  # slices, not take(): that loads pyarrow.compute (~60 ms of a CLI restore)
+        parts += [group.slice(e["row"], 1) for e in found if e["block"] == block]
         del pieces[first["offset"]]
     return conform(pa.concat_tables(parts))  # a file of an earlier record version: its new columns null

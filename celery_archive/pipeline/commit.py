@@ -84,7 +84,8 @@ def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: Run
     deleted = skipped = 0
     try:
         if cfg.delete:
-            pr = purge_verified(source.purge, report.verified, cfg.purge_batch, source.purge_columns, before_each=fence)
+            rows = min(cfg.purge_batch, source.purge_rows or cfg.purge_batch)
+            pr = purge_verified(source.purge, report.verified, rows, source.purge_columns, before_each=fence)
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)

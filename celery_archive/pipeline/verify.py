@@ -3,7 +3,8 @@ count and that it holds exactly the ids that were extracted into it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from celery_archive.archive.manifest import FileEntry, Manifest
 from celery_archive.errors import SinkError
-from celery_archive.formats import locate
-from celery_archive.formats.entries import ids_digest
+from celery_archive.formats import locate_batches
+from celery_archive.formats.entries import feed_ids, index_schema
 from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:
@@ -40,28 +41,50 @@ class VerifyReport:
         return not self.problems
 
 
-def check_file(sink: Sink, entry: FileEntry, dest: Path) -> tuple[str | None, pa.Table | None]:
-    """(None, where each record sits) if the stored file matches its manifest entry, else
-    (what is wrong, None)."""
+def check_file(sink: Sink, entry: FileEntry, dest: Path) -> str | None:
+    """None if the stored file matches its manifest entry, else what is wrong. Where each
+    record sits (its index entries) is spooled beside the copy, in ``located_path(dest)``,
+    batch by batch: memory stays a row group's, not the file's."""
     key = entry.key
     try:
         size, sha = download(sink, key, dest)
     except SinkError as exc:
-        return f"{key}: cannot be read back: {exc}", None
+        return f"{key}: cannot be read back: {exc}"
     if size != entry.bytes:
-        return f"{key}: {size} bytes stored, manifest says {entry.bytes}", None
+        return f"{key}: {size} bytes stored, manifest says {entry.bytes}"
     if sha != entry.sha256:
-        return f"{key}: sha256 {sha} does not match the manifest's {entry.sha256}", None
+        return f"{key}: sha256 {sha} does not match the manifest's {entry.sha256}"
+    import pyarrow as pa
+
+    h, rows = hashlib.sha256(), 0
     try:
-        table = locate(dest, key, entry.format, entry.compression)
-        digest = ids_digest(table["kind"], table["task_id"])
+        with pa.OSFile(str(located_path(dest)), "wb") as out, pa.ipc.new_file(out, index_schema()) as spooled:
+            for table in locate_batches(dest, key, entry.format, entry.compression):
+                feed_ids(h, table["kind"], table["task_id"])
+                rows += table.num_rows
+                spooled.write_table(table)
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not what was written
-        return f"{key}: unreadable as {entry.format}: {type(exc).__name__}: {exc}", None
-    if table.num_rows != entry.rows:
-        return f"{key}: holds {table.num_rows} rows, manifest says {entry.rows}", None
-    if digest != entry.ids_sha256:
-        return f"{key}: the task ids in the file are not the ones extracted into it", None
-    return None, table
+        return f"{key}: unreadable as {entry.format}: {type(exc).__name__}: {exc}"
+    if rows != entry.rows:
+        return f"{key}: holds {rows} rows, manifest says {entry.rows}"
+    if h.hexdigest() != entry.ids_sha256:
+        return f"{key}: the task ids in the file are not the ones extracted into it"
+    return None
+
+
+def located_path(dest: Path) -> Path:
+    """Where ``check_file`` spools the index entries of the verified copy ``dest``."""
+    return dest.with_name(dest.name + ".located")
+
+
+def spooled_entries(dest: Path) -> Iterator[pa.Table]:
+    """The index entries spooled for ``dest``, a batch at a time."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(located_path(dest))) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            yield pa.Table.from_batches([reader.get_batch(i)])
 
 
 class Verifier:
@@ -84,10 +107,14 @@ class Verifier:
         check = self._checks.submit(check_file, self.sink, entry, dest)
         self._files[entry.key] = (entry, dest, self._ordered.submit(self._deliver, check, dest))
 
-    def _deliver(self, check: Future[tuple[str | None, pa.Table | None]], dest: Path) -> str | None:
-        problem, located = check.result()
-        if problem is None and located is not None and self.on_located is not None:
-            self.on_located(located)
+    def _deliver(self, check: Future[str | None], dest: Path) -> str | None:
+        try:
+            problem = check.result()
+            if problem is None and self.on_located is not None:
+                for located in spooled_entries(dest):
+                    self.on_located(located)
+        finally:
+            located_path(dest).unlink(missing_ok=True)
         if problem is not None or not self.keep:
             dest.unlink(missing_ok=True)
         return problem
@@ -136,6 +163,7 @@ class Verifier:
         self._shutdown()
         for _, dest, _ in self._files.values():
             dest.unlink(missing_ok=True)
+            located_path(dest).unlink(missing_ok=True)
 
 
 def verify_run(sink: Sink, manifest: Manifest, spool: Path, keep: bool = False,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from celery_archive.archive import manifest as mf
-from celery_archive.backends import PutReport, Target
 from celery_archive.errors import NotArchivedError, ObjectNotFoundError, SinkError
 from celery_archive.formats import fetch, read_tables
 from celery_archive.index.packs import lookup
@@ -20,6 +19,7 @@ from celery_archive.sinks import download
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from celery_archive.backends import Target
     from celery_archive.sinks import ObjectInfo, Sink
 
 
@@ -182,6 +182,8 @@ def records_for(sink: Sink, spool: Path, task_ids: Sequence[str], **filters: Any
 def restore_into(sink: Sink, target: Target, spool: Path, task_ids: Sequence[str], on_conflict: str = "skip",
                  **filters: Any) -> RestoreReport:
     """Put archived results back into ``target``; nothing is written if an id is missing."""
+    from celery_archive.backends import PutReport
+
     batches, found = records_for(sink, spool, task_ids, **filters)
     if found.missing:
         raise NotArchivedError(missing_message(found.missing, sink))

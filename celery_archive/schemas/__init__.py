@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,7 +22,12 @@ INDEX_VERSION = 1
 
 
 def _load(name: str) -> dict[str, Any]:
-    text = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    try:  # beside this module (importlib.resources would cost a CLI restore's start-up ~10 ms)
+        text = (Path(__file__).parent / name).read_text(encoding="utf-8")
+    except OSError:  # installed where files are not files (a zip)
+        from importlib import resources
+
+        text = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -74,5 +79,7 @@ def conform(table: pa.Table) -> pa.Table:
     schema = arrow_schema()
     have = set(table.column_names)
     n = table.num_rows
-    arrays = [table.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type) for f in schema]
+    # cast only what differs: a cast loads pyarrow.compute, which a restore need not pay for
+    arrays = [(table.column(f.name) if table.column(f.name).type == f.type else table.column(f.name).cast(f.type))
+              if f.name in have else pa.nulls(n, f.type) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -67,10 +67,10 @@ def _last(values: Any) -> Any:
 
 
 class SqlSource:
-    """Celery's own tables. A subclass reading other tables the same way (django/source.py)
-    sets the class attributes and overrides ``columns``, ``build``, ``_format`` and ``_not_found``."""
+    """Celery's own tables; a subclass reading others so (django/source.py) sets the class attributes, overrides columns, build, _format, _not_found."""
 
     purge_columns: tuple[str, ...] = ("source_id", "status", "date_done", "raw_date_done")
+    purge_rows: int | None = None  # one range DELETE a batch: --purge-batch decides
     required: ClassVar[dict[str, set[str]]] = {"task": {"id", "task_id", "status", "result", "date_done"},
                                                "group": {"id", "taskset_id", "result", "date_done"}}
     name_column = "name"
