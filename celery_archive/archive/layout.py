@@ -4,6 +4,11 @@
     outcomes/<run_id>.json                         committed (with the manifest) or abandoned: create-only,
                                                    so exactly one of the two ever exists
     manifests/<run_id>.json                        a run counts once this exists (a copy of its outcome's manifest)
+    manifests/<run_id>@<rev>.json                  a later revision of it (forget, prune rewrote its files): the
+                                                   highest one is the run's manifest; each names the sha256 of
+                                                   the one it supersedes
+    rewrites/<rewrite_id>.json                     a forget or prune under way: its plan, written before any
+                                                   change (create-only), removed once it is done
     runs/<run_id>.json                             what the run verified and deleted (runs/<run_id>.kept.json: --no-delete)
     locks/lease-<version>.json                     who may change the archive now (create-only versions)
     locks/run.lock                                 celery-archive 0.1's lock: refused, never taken over
@@ -21,6 +26,7 @@ import datetime as dt
 DATA, OUTCOMES, MANIFESTS, RUNS = "data/", "outcomes/", "manifests/", "runs/"
 LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
 INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
+REWRITES = "rewrites/"
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -49,8 +55,22 @@ def outcome_key(run_id: str) -> str:
     return f"{OUTCOMES}{run_id}.json"
 
 
-def manifest_key(run_id: str) -> str:
-    return f"{MANIFESTS}{run_id}.json"
+def manifest_key(run_id: str, revision: int = 1) -> str:
+    """``manifests/<run_id>.json``, or ``manifests/<run_id>@<revision>.json`` for a later revision."""
+    return f"{MANIFESTS}{run_id}.json" if revision <= 1 else f"{MANIFESTS}{run_id}@{revision:06d}.json"
+
+
+def manifest_name(key: str) -> tuple[str, int] | None:
+    """(run id, revision) of a key under ``manifests/``, or None for anything else."""
+    name = key[len(MANIFESTS):]
+    if not key.startswith(MANIFESTS) or not name.endswith(".json") or "/" in name:
+        return None
+    run_id, _, rev = name[: -len(".json")].partition("@")
+    return (run_id, int(rev)) if rev.isdigit() else (run_id, 1) if not rev else None
+
+
+def rewrite_key(rewrite_id: str) -> str:
+    return f"{REWRITES}{rewrite_id}.json"
 
 
 def report_key(run_id: str, purged: bool = True) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from celery_archive.archive import layout
 from celery_archive.archive.layout import DATA, MANIFESTS, OUTCOMES, RUNS, manifest_key, new_run_id, outcome_key, report_key, run_id_of
 from celery_archive.errors import DamagedObjectError, LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
@@ -249,9 +250,13 @@ def write_json(sink: Sink, key: str, obj: dict[str, Any]) -> None:
 
 
 
-def load_manifest(sink: Sink, run_id: str) -> Manifest:
+def load_manifest(sink: Sink, run_id: str, key: str | None = None) -> Manifest:
+    """The run's manifest: its latest revision (``key``, when the caller listed it already)."""
+    if key is None:
+        revisions = manifest_revisions(sink, run_id)
+        key = revisions[-1][1] if revisions else manifest_key(run_id)
     try:
-        return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
+        return Manifest.from_json(_load(sink, key), f"{key} in {sink.url}")
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
     except DamagedObjectError as exc:  # the run's commit record holds the manifest it committed
@@ -259,14 +264,34 @@ def load_manifest(sink: Sink, run_id: str) -> Manifest:
                         "from the run's commit record") from exc
 
 
+def manifest_revisions(sink: Sink, run_id: str) -> list[tuple[int, str]]:
+    """(revision, key) of each stored manifest of ``run_id``, oldest first (forget and prune
+    add revisions; the highest is the run's manifest)."""
+    named = (layout.manifest_name(o.key) for o in sink.list(f"{MANIFESTS}{run_id}"))
+    return sorted((n[1], manifest_key(run_id, n[1])) for n in named if n is not None and n[0] == run_id)
+
+
+def latest_manifests(sink: Sink) -> dict[str, str]:
+    """run id -> the key of its latest manifest revision, from one listing, oldest run first."""
+    latest: dict[str, tuple[int, str]] = {}
+    for o in sink.list(MANIFESTS):
+        named = layout.manifest_name(o.key)
+        if named is not None and named[1] >= latest.get(named[0], (0, ""))[0]:
+            latest[named[0]] = (named[1], o.key)
+    return {rid: key for rid, (_rev, key) in sorted(latest.items())}
+
+
 def committed_runs(sink: Sink) -> list[str]:
-    return [o.key[len(MANIFESTS):-len(".json")] for o in sink.list(MANIFESTS) if o.key.endswith(".json")]
+    return list(latest_manifests(sink))
 
 
 def committed_files(sink: Sink, run_id: str | None = None) -> Iterator[FileEntry]:
     """The data file entries of every committed run (or of ``run_id``), oldest run first."""
-    for rid in [run_id] if run_id else sorted(committed_runs(sink)):
-        yield from load_manifest(sink, rid).files
+    if run_id:
+        yield from load_manifest(sink, run_id).files
+        return
+    for rid, key in latest_manifests(sink).items():
+        yield from load_manifest(sink, rid, key).files
 
 
 def reports(sink: Sink) -> dict[str, RunRecord]:
@@ -328,7 +353,7 @@ def publish(sink: Sink, manifest: Manifest) -> None:
     try:
         write_json(sink, manifest_key(manifest.run_id), manifest.to_json())
     except ObjectExistsError as exc:
-        if load_manifest(sink, manifest.run_id).to_json() != manifest.to_json():
+        if load_manifest(sink, manifest.run_id, manifest_key(manifest.run_id)).to_json() != manifest.to_json():
             raise SinkError(f"{manifest_key(manifest.run_id)} in {sink.url} differs from the run's commit record "
                             f"({outcome_key(manifest.run_id)}); it was changed by hand: `celery-archive verify` names the damage") from exc
 

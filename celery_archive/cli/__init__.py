@@ -3,7 +3,7 @@ commands on ``base.main``; importing this package registers them all."""
 
 from __future__ import annotations
 
-from celery_archive.cli import archive, base, monitor, query, restore, run  # noqa: F401  (their commands)
+from celery_archive.cli import archive, base, compliance, monitor, query, restore, run  # noqa: F401  (their commands)
 from celery_archive.cli.base import main
 from celery_archive.web import command as _serve  # noqa: F401  (celery-archive serve)
 
