@@ -1,0 +1,139 @@
+"""forget: named results taken out of the archive for good, on a local directory and on S3
+(moto's server), with the archive consistent afterwards; refused where Object Lock holds a file."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import cli, new_bucket, s3_client
+from forget_support import archived_ids, holders, local_bytes, make_archive, marker, query_count, restored, s3_bytes
+
+from celery_archive.archive import manifest as mf
+from celery_archive.sinks import open_sink
+
+GONE = ["r-005", "r-033"]  # r-005 is in both runs
+
+
+def _forget(sink: str, *args: str) -> dict[str, object]:
+    proc = cli("forget", *args, "--sink", sink, "--reason", "erasure request 2026-118", "--json")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out: dict[str, object] = json.loads(proc.stdout)
+    return out
+
+
+def _after(sink: str, ids: list[str]) -> None:
+    """What forget promises, checked through the commands a user has."""
+    for tid in GONE:
+        proc = cli("restore", tid, "--sink", sink)
+        assert proc.returncode == 5 and "not in the archive" in proc.stderr, proc.stderr
+        assert query_count(sink, tid) == 0
+    kept = [t for t in ids if t not in GONE]
+    assert Counter(restored(sink, kept)) == Counter(kept)  # each neighbour once
+    assert Counter(archived_ids(sink)) == Counter(kept)  # what a query sees: no duplicate, nothing lost
+    proc = cli("verify", "--sink", sink, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_forget_local(sqlite_url: str, tmp_path: Path, fmt: str) -> None:
+    sink = tmp_path / "archive"
+    ids = make_archive(sqlite_url, str(sink), fmt)
+    if fmt == "jsonl":  # uncompressed text: the id and its payload are plainly there before
+        assert holders(local_bytes(sink), marker("r-033")) and holders(local_bytes(sink), "r-033")
+    runs = mf.committed_runs(open_sink(str(sink)))
+    out = _forget(str(sink), *GONE, "never-archived")
+    assert out["forgotten"] == GONE and out["missing"] == ["never-archived"]
+    assert out["results"] == 3 and out["runs"] == runs  # r-005 twice
+    _after(str(sink), ids)
+    for tid in GONE:  # no byte of them anywhere: data, index, manifests, plans, spool
+        assert holders(local_bytes(sink), tid) == []
+        assert holders(local_bytes(sink), marker(tid)) == []
+    assert not list((sink / "rewrites").glob("*")) if (sink / "rewrites").exists() else True
+    # each touched run has a revision that names the one it supersedes
+    s = open_sink(str(sink))
+    for rid in runs:
+        (r1, k1), (r2, k2) = mf.manifest_revisions(s, rid)
+        revised = json.loads(s.read(k2))
+        import hashlib
+
+        assert (r1, r2) == (1, 2) and revised["supersedes"] == hashlib.sha256(s.read(k1)).hexdigest()
+    proc = cli("forget", "r-033", "--sink", str(sink), "--reason", "again")
+    assert proc.returncode == 5 and "not in the archive: r-033" in proc.stdout
+
+
+def test_forget_ids_from_and_dry_run(sqlite_url: str, tmp_path: Path) -> None:
+    sink = tmp_path / "archive"
+    ids = make_archive(sqlite_url, str(sink), again=())
+    listing = tmp_path / "ids.txt"
+    listing.write_text("# erasure request 2026-118\nr-005\n\nr-033\nunknown-1\n")
+    before = local_bytes(sink)
+    proc = cli("forget", "--ids-from", str(listing), "--sink", str(sink), "--reason", "x", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["dry_run"], out["forgotten"], out["missing"], out["results"]) == (True, GONE, ["unknown-1"], 2)
+    assert local_bytes(sink) == before  # nothing changed
+    proc = cli("forget", "unknown-1", "unknown-2", "--sink", str(sink), "--reason", "x")
+    assert proc.returncode == 5
+    assert "not in the archive: unknown-1" in proc.stdout and "not in the archive: unknown-2" in proc.stdout
+    proc = cli("forget", "r-005", "--sink", str(sink), "--reason", " ")
+    assert proc.returncode == 2 and "--reason" in proc.stderr
+    out = _forget(str(sink), "--ids-from", str(listing))
+    assert out["forgotten"] == GONE
+    _after(str(sink), ids)
+
+
+def test_forget_s3(sqlite_url: str, s3_bucket: str, s3_endpoint: str) -> None:
+    sink = f"s3://{s3_bucket}/celery/prod"
+    ids = make_archive(sqlite_url, sink, "jsonl")
+    s3 = s3_client(s3_endpoint)
+    assert holders(s3_bytes(s3, s3_bucket), marker("r-033"))
+    out = _forget(sink, *GONE)
+    assert out["forgotten"] == GONE and out["results"] == 3
+    _after(sink, ids)
+    blobs = s3_bytes(s3, s3_bucket)
+    for tid in GONE:
+        assert holders(blobs, tid) == [] and holders(blobs, marker(tid)) == []
+
+
+def test_forget_s3_versioned_bucket_erases_old_versions(sqlite_url: str, s3_endpoint: str) -> None:
+    s3 = s3_client(s3_endpoint)
+    bucket = new_bucket(s3)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    sink = f"s3://{bucket}/a"
+    ids = make_archive(sqlite_url, sink, "jsonl", again=())
+    _forget(sink, "r-033")
+    blobs = s3_bytes(s3, bucket)  # a plain delete would have kept the old file as a version
+    assert holders(blobs, "r-033") == [] and holders(blobs, marker("r-033")) == []
+    assert Counter(archived_ids(sink)) == Counter(t for t in ids if t != "r-033")
+
+
+def test_forget_refuses_object_lock(sqlite_url: str, s3_endpoint: str) -> None:
+    s3 = s3_client(s3_endpoint)
+    bucket = new_bucket(s3, lock=True)
+    sink = f"s3://{bucket}/locked?object_lock=GOVERNANCE&retain=30d"
+    ids = make_archive(sqlite_url, sink, again=())
+
+    def objects() -> list[str]:
+        return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []) if "/locks/" not in o["Key"])
+
+    before = objects()
+    proc = cli("forget", "r-033", "--sink", sink, "--reason", "erasure", "--json")
+    assert proc.returncode == 1, proc.stdout
+    out = json.loads(proc.stdout)
+    assert out["error_type"] == "RetainedError"
+    assert "Object Lock" in out["error"] and "Nothing was changed" in out["error"]
+    assert objects() == before
+    assert Counter(restored(sink, ["r-033"])) == Counter(["r-033"])
+    assert Counter(archived_ids(sink)) == Counter(ids)
+
+
+def test_forget_refuses_legal_hold(sqlite_url: str, s3_endpoint: str) -> None:
+    s3 = s3_client(s3_endpoint)
+    bucket = new_bucket(s3, lock=True)
+    sink = f"s3://{bucket}/held?legal_hold=on"
+    make_archive(sqlite_url, sink, again=())
+    proc = cli("forget", "r-033", "--sink", sink, "--reason", "erasure")
+    assert proc.returncode == 1 and "legal hold" in proc.stderr and "Nothing was changed" in proc.stderr
