@@ -137,3 +137,42 @@ def test_forget_refuses_legal_hold(sqlite_url: str, s3_endpoint: str) -> None:
     make_archive(sqlite_url, sink, again=())
     proc = cli("forget", "r-033", "--sink", sink, "--reason", "erasure")
     assert proc.returncode == 1 and "legal hold" in proc.stderr and "Nothing was changed" in proc.stderr
+
+
+def _consistent(sink: str, ids: list[str], gone: list[str]) -> None:
+    """After a crash: verify passes, every result not being forgotten is seen exactly once by a
+    query and restores; the ones being forgotten are seen at most once."""
+    proc = cli("verify", "--sink", sink, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stdout
+    seen = Counter(archived_ids(sink))
+    kept = [t for t in ids if t not in gone]
+    assert {t: seen[t] for t in kept} == dict.fromkeys(kept, 1)
+    assert all(seen[t] <= 1 for t in gone)
+    assert Counter(restored(sink, kept)) == Counter(kept)
+
+
+@pytest.mark.parametrize("finisher", ["forget", "run"])
+@pytest.mark.parametrize("stage", ["after-plan", "after-file", "after-revision", "after-index", "mid-erase"])
+def test_forget_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp_path: Path, stage: str, finisher: str) -> None:
+    import subprocess
+    import sys
+
+    sink = tmp_path / "archive"
+    ids = make_archive(sqlite_url, str(sink), "jsonl", again=())
+    gone = ["r-005", "r-033", "r-034"]
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "forget_crash.py"), stage, str(sink), *gone],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr  # killed where it was told
+    assert list((sink / "rewrites").iterdir())  # the plan was recorded first and is still there
+    _consistent(str(sink), ids, gone)
+    if finisher == "forget":  # the same request again: the plan is finished, the ids are reported as forgotten
+        out = _forget(str(sink), *gone)
+        assert out["forgotten"] == gone and out["missing"] == [] and len(out["finished_earlier"]) == 1
+    else:  # the next nightly run finishes it before anything else
+        proc = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d", "--lease-ttl", "1s", "--json")
+        assert proc.returncode == 0, proc.stderr
+    assert not list((sink / "rewrites").iterdir())
+    for tid in gone:
+        assert holders(local_bytes(sink), tid) == [] and holders(local_bytes(sink), marker(tid)) == []
+    _consistent(str(sink), ids, gone)
+    assert all(query_count(str(sink), t) == 0 for t in gone)
