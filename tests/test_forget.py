@@ -176,3 +176,15 @@ def test_forget_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp
         assert holders(local_bytes(sink), tid) == [] and holders(local_bytes(sink), marker(tid)) == []
     _consistent(str(sink), ids, gone)
     assert all(query_count(str(sink), t) == 0 for t in gone)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_forget_kill_9_at_random_points_loses_and_duplicates_nothing(sqlite_url: str, tmp_path: Path, fmt: str) -> None:
+    from forget_kill_loop import loop
+
+    sink = str(tmp_path / "archive")
+    ids = make_archive(sqlite_url, sink, fmt, n=120, again=())
+    out = loop(sink, ids, rounds=8)
+    print(out)
+    assert out.killed >= 3, out  # the kills landed inside forget runs
+    assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left) == (0, 0, 0, 0, 0), out
