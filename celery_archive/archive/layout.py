@@ -15,6 +15,7 @@
     index/log/run-<run_id>.parquet                 the restore index entries of one run's files
     index/log/packs-<gen>-<buckets>.ok             commits pack generation <gen>
     index/packs/<gen>/<bucket>.parquet             compacted index entries, by crc32(task_id) % buckets
+    audit/<YYYYMMDDTHHMMSS.ffffffZ>-<hex>.json     one audit event each (archive/audit.py): create-only, never removed
 
 Run ids are ``YYYYMMDDTHHMMSSZ-uuuuuu`` and sort in the order the runs started.
 """
@@ -27,6 +28,7 @@ DATA, OUTCOMES, MANIFESTS, RUNS = "data/", "outcomes/", "manifests/", "runs/"
 LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
 INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
 REWRITES = "rewrites/"
+AUDIT = "audit/"
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -92,3 +94,8 @@ def pack_marker_key(gen: int, buckets: int) -> str:
 
 def pack_key(gen: int, buckets: int, bucket: int) -> str:
     return f"{INDEX_PACKS}{gen:06d}/{bucket:0{len(f'{buckets - 1:x}')}x}.parquet"
+
+
+def audit_key(at: dt.datetime, suffix: str) -> str:
+    """``audit/<UTC time to the microsecond>-<suffix>.json``: keys sort in the order events happened."""
+    return f"{AUDIT}{at.astimezone(dt.timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}-{suffix}.json"
