@@ -4,6 +4,7 @@ archived by real runs into several small files and two runs (one id archived in 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,12 @@ def archived_ids(sink: str) -> list[str]:
 
     s = open_sink(sink)
     out: list[str] = []
-    path = Path(f"/tmp/ca-forget-count-{id(out)}")
-    for e in mf.committed_files(s):
-        with s.open(e.key) as f:
-            path.write_bytes(f.read())
-        for t in read_tables(path, e.format, e.compression, ["task_id"]):
-            out += t.column("task_id").to_pylist()
-    path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ca-forget-count-") as tmp:
+        path = Path(tmp) / "file"
+        for e in mf.committed_files(s):
+            with s.open(e.key) as f:
+                path.write_bytes(f.read())
+            out += [t for tb in read_tables(path, e.format, e.compression, ["task_id"]) for t in tb.column("task_id").to_pylist()]
     return out
 
 

@@ -62,6 +62,12 @@ def test_forget_local(sqlite_url: str, tmp_path: Path, fmt: str) -> None:
         assert (r1, r2) == (1, 2) and revised["supersedes"] == hashlib.sha256(s.read(k1)).hexdigest()
     proc = cli("forget", "r-033", "--sink", str(sink), "--reason", "again")
     assert proc.returncode == 5 and "not in the archive: r-033" in proc.stdout
+    from celery_archive.archive import audit
+
+    (event,) = [e for e in audit.events(s) if e["event"] == "forget"]  # the one that found nothing wrote none
+    assert (event["reason"], event["results"], event["runs"]) == ("erasure request 2026-118", 3, runs)
+    assert "@" in event["who"] and event["rewrite_id"] == out["rewrite_id"]
+    assert sorted(event["manifests"]) == [mf.manifest_key(r, 2) for r in runs]
 
 
 def test_forget_ids_from_and_dry_run(sqlite_url: str, tmp_path: Path) -> None:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import getpass
 import hashlib
 import secrets
-import socket
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from celery_archive.archive import layout
+from celery_archive.archive import audit, layout
 from celery_archive.archive import manifest as mf
 from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
@@ -147,14 +145,6 @@ class Plan:
             raise DamagedObjectError(f"{where} is damaged ({exc}): it is not celery-archive's plan") from exc
 
 
-def who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
 def plan(sink: Sink, command: str, reason: str, drop: Drop, old_keys: Iterable[str], **extra: Any) -> Plan:
     """A plan for ``old_keys``: each gets a new key in its run, past every sequence number the
     run's files use."""
@@ -169,7 +159,7 @@ def plan(sink: Sink, command: str, reason: str, drop: Drop, old_keys: Iterable[s
         seqs[rid] += 1
         ext = old.rsplit("/", 1)[-1].split(".", 1)[1]
         files.append(FilePlan(old, f"{old.rsplit('/', 1)[0]}/{rid}-{seqs[rid]:05d}.{ext}"))
-    return Plan(f"{layout.new_run_id(now)}-{command}", command, reason, who(), iso(now), drop, tuple(files), extra)
+    return Plan(f"{layout.new_run_id(now)}-{command}", command, reason, audit.who(), iso(now), drop, tuple(files), extra)
 
 
 def _seq(key: str) -> tuple[str, int]:
@@ -201,7 +191,7 @@ class Done:
     results: int = 0  # rows taken out
     files_rewritten: int = 0
     files_removed: int = 0  # dropped whole (nothing kept)
-    revisions: list[str] = field(default_factory=list)  # manifest revisions written
+    revisions: dict[str, str] = field(default_factory=dict)  # manifest revisions written: key -> sha256
 
     def to_json(self) -> dict[str, Any]:
         return {"rewrite_id": self.plan.rewrite_id, "results": self.results, "files_rewritten": self.files_rewritten,
@@ -216,7 +206,10 @@ def execute(sink: Sink, spool: Path, p: Plan) -> Done:
     _reindex(sink, spool, p)
     for f in p.files:
         sink.erase(f.old)
-    # audit.record(sink, p.command, ...) goes here once the audit log exists (issue 19, part 2)
+    # a crash between the two records the event again on the re-run, with the same rewrite_id
+    audit.record(sink, p.command, reason=p.reason, requested_by=p.by, requested_at=p.at, rewrite_id=p.rewrite_id,
+                 results=p.extra.get("results", done.results), runs=p.runs, files=len(p.files),
+                 manifests=done.revisions, **{k: v for k, v in p.extra.items() if k != "results"})
     sink.delete(layout.rewrite_key(p.rewrite_id))
     return done
 
@@ -252,7 +245,7 @@ def _revise(sink: Sink, spool: Path, p: Plan, run_id: str, done: Done) -> None:
              "rewritten_by": p.rewrite_id}
     revised = dataclasses.replace(manifest, files=files, totals=mf.Totals.of(files), extra=extra)
     mf.write_json(sink, layout.manifest_key(run_id, rev + 1), revised.to_json())
-    done.revisions.append(layout.manifest_key(run_id, rev + 1))
+    done.revisions[layout.manifest_key(run_id, rev + 1)] = hashlib.sha256(sink.read(layout.manifest_key(run_id, rev + 1))).hexdigest()
 
 
 def _rewrite_file(sink: Sink, spool: Path, entry: mf.FileEntry, new: str, drop: Drop) -> tuple[mf.FileEntry | None, int]:
