@@ -70,3 +70,48 @@ def forget(task_ids: tuple[str, ...], ids_from: Path | None, sink: str, reason: 
             click.echo(f"  not in the archive: {t}")
     if report.missing and not report.forgotten:
         raise SystemExit(NotArchivedError.exit_code)
+
+
+@main.command()
+@sink_option
+@click.option("--older-than", required=True, metavar="AGE",
+              help="Take out results whose date_done is older than this: 7y, 400d, 12w (the archive's retention).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="CELERY_ARCHIVE_CONFIG",
+              show_envvar=True, help="TOML file whose [hold] (task_ids, names) keeps what it names (see `rules`).")
+@click.option("--dry-run", is_flag=True, help="Count what would be taken out, kept by [hold] and skipped under Object Lock; change nothing.")
+@lease_option
+@json_option
+@handle_errors("prune", heavy=True)
+def prune(sink: str, older_than: str, config: Path | None, dry_run: bool, lease_ttl: str, as_json: bool) -> None:
+    """Take results older than an age out of the archive (whole files, or files rewritten without them).
+
+    \b
+    celery-archive prune --sink /var/archive --older-than 7y --dry-run
+    celery-archive prune --sink s3://bucket/prefix --older-than 400d --config archive.toml --json
+    """
+    import datetime as dt
+
+    from celery_archive.archive.prune import prune as run_prune
+    from celery_archive.config import parse_duration
+    from celery_archive.pipeline.rules import policy_from
+    from celery_archive.settings import load_file
+
+    age = parse_duration(older_than, "--older-than")
+    hold = policy_from(age, [], (load_file(config) if config else {}).get("hold", {})).hold
+    cutoff = dt.datetime.now(dt.timezone.utc) - age
+    if dry_run:
+        report = _no_lease(sink, lambda s, spool: run_prune(s, spool, cutoff, hold, dry_run=True))
+    else:
+        report = _under_lease(sink, lease_ttl, lambda s, spool: run_prune(s, spool, cutoff, hold))
+    if as_json:
+        emit(report.to_json())
+        return
+    verb = "would take out" if dry_run else "took out"
+    click.echo(f"{verb} {report.results:,} result(s) done before {report.cutoff} from {report.sink}: {report.files_removed} file(s) "
+               f"removed, {report.files_rewritten} rewritten, in {len(report.runs)} run(s)")
+    if report.held:
+        click.echo(f"  {report.held:,} older result(s) kept by [hold]")
+    if report.locked_files:
+        click.echo(f"  {report.locked_files} file(s) skipped ({report.locked_results:,} older results): they cannot be deleted yet")
+        for why in report.locked:
+            click.echo(f"    {why}")
