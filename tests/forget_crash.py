@@ -1,7 +1,9 @@
-"""Run ``celery-archive forget`` in this process and SIGKILL it at a step of the rewrite: the
-test then checks the archive and lets a re-run (forget, or run's recovery) finish the job.
+"""Run ``celery-archive forget`` (or ``prune``) in this process and SIGKILL it at a step of the
+rewrite: the test then checks the archive and lets a re-run (forget, prune or run's recovery)
+finish the job.
 
-    python forget_crash.py STAGE SINK TASK_ID...
+    python forget_crash.py STAGE forget TASK_ID... --sink SINK --reason TEXT
+    python forget_crash.py STAGE prune --sink SINK --older-than AGE
 STAGE: after-plan | after-file | after-revision | after-index | mid-erase
 """
 
@@ -37,7 +39,7 @@ def after(owner: Any, name: str, when: Any = None) -> None:
 
 
 def main() -> None:
-    stage, sink, ids = sys.argv[1], sys.argv[2], sys.argv[3:]
+    stage, args = sys.argv[1], sys.argv[2:]
     if stage == "after-plan":
         after(rewrite, "record")
     elif stage == "after-file":
@@ -50,7 +52,7 @@ def main() -> None:
         after(FencedSink, "erase")
     from celery_archive.cli import main as cli_main
 
-    cli_main(["forget", *ids, "--sink", sink, "--reason", "crash test", "--lease-ttl", "1s"])
+    cli_main([*args, "--lease-ttl", "1s"])
 
 
 if __name__ == "__main__":

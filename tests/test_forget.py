@@ -166,8 +166,8 @@ def test_forget_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp
     sink = tmp_path / "archive"
     ids = make_archive(sqlite_url, str(sink), "jsonl", again=())
     gone = ["r-005", "r-033", "r-034"]
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "forget_crash.py"), stage, str(sink), *gone],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "forget_crash.py"), stage, "forget", *gone, "--sink",
+                           str(sink), "--reason", "crash test"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr  # killed where it was told
     assert list((sink / "rewrites").iterdir())  # the plan was recorded first and is still there
     _consistent(str(sink), ids, gone)

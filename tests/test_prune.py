@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from conftest import celery_app, cli, new_bucket, s3_client
 from forget_support import archived_ids, holders, local_bytes, marker, restored
@@ -96,3 +97,28 @@ def test_prune_s3_skips_locked_files_and_counts_them(sqlite_url: str, s3_endpoin
     assert Counter(restored(sink, kept)) == Counter(kept)
     proc = cli("verify", "--sink", sink)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("stage", ["after-plan", "after-file", "after-revision", "after-index", "mid-erase"])
+def test_prune_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp_path: Path, stage: str) -> None:
+    import subprocess
+    import sys
+
+    sink = str(tmp_path / "archive")
+    _archive(sqlite_url, sink)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "forget_crash.py"), stage, "prune", "--sink", sink,
+                           "--older-than", _age()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert list((Path(sink) / "rewrites").iterdir())
+    proc = cli("verify", "--sink", sink)
+    assert proc.returncode == 0, proc.stdout
+    seen = Counter(archived_ids(sink))
+    assert {t: seen[t] for t in NEWER} == dict.fromkeys(NEWER, 1) and all(n == 1 for n in seen.values())
+    assert Counter(restored(sink, NEWER)) == Counter(NEWER)
+    out = _prune(sink)  # finishes the plan first, then finds nothing more to take
+    assert len(out["finished_earlier"]) == 1 and out["results"] == 0  # type: ignore[arg-type]
+    assert not list((Path(sink) / "rewrites").iterdir())
+    assert Counter(archived_ids(sink)) == Counter(NEWER)
+    assert Counter(restored(sink, NEWER)) == Counter(NEWER)
+    assert all(holders(local_bytes(Path(sink)), marker(t)) == [] for t in [*OLDER, *OLDEST])
+    assert cli("verify", "--sink", sink).returncode == 0
