@@ -34,8 +34,8 @@ def list_runs(sink_url: str) -> list[RunInfo]:
     sink = open_sink(sink_url)
     reports = mf.reports(sink)
     out = []
-    for run_id in mf.committed_runs(sink):
-        m = mf.load_manifest(sink, run_id)
+    for run_id, key in mf.latest_manifests(sink).items():
+        m = mf.load_manifest(sink, run_id, key)
         r = reports.get(run_id)
         state = "pending" if r is None else ("purged" if r.purged else "kept")
         out.append(RunInfo(run_id, m.created_at, m.source, m.cutoff, m.totals.files, m.totals.rows, m.totals.bytes,
@@ -64,7 +64,8 @@ def verify_archive(sink_url: str, run_id: str | None = None) -> ArchiveVerifyRep
     """Read back every file of every committed run (or of ``run_id``) and check it; data
     files that no manifest names are problems unless their run never committed."""
     sink = open_sink(sink_url)
-    committed = mf.committed_runs(sink)
+    latest = mf.latest_manifests(sink)
+    committed = list(latest)
     report = ArchiveVerifyReport(sink.url)
     if run_id is None and not committed and not any(True for _ in sink.list(mf.DATA)) and not any(True for _ in sink.list(mf.OUTCOMES)):
         raise ConfigError(f"no archive at {sink.url}: it holds no manifests, outcomes or data files; "
@@ -73,7 +74,7 @@ def verify_archive(sink_url: str, run_id: str | None = None) -> ArchiveVerifyRep
     with spool_dir(None) as tmp:
         for rid in run_ids:
             try:
-                manifest = mf.load_manifest(sink, rid)
+                manifest = mf.load_manifest(sink, rid, latest.get(rid))
             except DamagedObjectError as exc:  # damage to report (exit 3); the other runs are still checked
                 report.runs += 1
                 report.problems.append(f"run {rid}: {exc}")
