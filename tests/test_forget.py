@@ -177,6 +177,7 @@ def test_forget_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp
     else:  # the next nightly run finishes it before anything else
         proc = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d", "--lease-ttl", "1s", "--json")
         assert proc.returncode == 0, proc.stderr
+        assert len(json.loads(proc.stdout)["rewrites_finished"]) == 1
     assert not list((sink / "rewrites").iterdir())
     for tid in gone:
         assert holders(local_bytes(sink), tid) == [] and holders(local_bytes(sink), marker(tid)) == []

@@ -66,6 +66,7 @@ class RunReport:
     stopped_by: str | None = None  # max_runtime | signal
     manifests_restored: list[str] = field(default_factory=list)  # rewritten from their runs' commit records
     lost_manifests: list[str] = field(default_factory=list)  # runs kept though no manifest names them: `manifest rebuild`
+    rewrites_finished: list[str] = field(default_factory=list)  # forget/prune plans a crash left, finished first
     swept: int = 0  # left-overs of dead runs removed (partial objects, staging directories)
     iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
     dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
@@ -205,4 +206,5 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
                      rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
+                     rewrites_finished=recovered.rewrites,
                      swept=swept, dates=source.describe_dates(), warnings=date_notes(source))
