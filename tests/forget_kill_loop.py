@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from forget_support import archived_ids, make_archive, restored
+from forget_support import archived_ids, holders, local_bytes, make_archive, marker, restored
 
 EXE = str(Path(sys.executable).parent / "celery-archive")
 
@@ -35,6 +35,7 @@ class Outcome:
     unrestorable: int  # checks at which a result not asked to be forgotten did not restore
     verify_failed: int  # checks at which verify failed
     left: int  # ids asked to be forgotten still seen at the end
+    bytes_left: int  # ids asked to be forgotten whose id or payload is in any file of a local archive at the end
     seed: int
 
 
@@ -95,7 +96,10 @@ def loop(sink: str, ids: list[str], rounds: int, seed: int | None = None, per_ro
     duplicated += sum(n - 1 for n in seen.values() if n > 1)
     unrestorable += Counter(restored(sink, kept)) != Counter(kept)
     verify_failed += not _verify(sink)
-    return Outcome(rounds, killed, len(lost), duplicated, unrestorable, verify_failed, sum(seen[t] for t in asked), seed)
+    blobs = local_bytes(Path(sink)) if "://" not in sink else []
+    bytes_left = sum(1 for t in asked if holders(blobs, t) or holders(blobs, marker(t)))
+    return Outcome(rounds, killed, len(lost), duplicated, unrestorable, verify_failed, sum(seen[t] for t in asked), bytes_left,
+                   seed)
 
 
 def main() -> None:
@@ -117,8 +121,8 @@ def main() -> None:
     ids = make_archive(url, sink, "parquet", n=n, again=())
     out = loop(sink, ids, rounds, ttl=1.0 if kind == "local" else 5.0)  # moto's server shares this process
     print(f"{kind}: {out.rounds} rounds ({out.killed} killed while running), {n} results: lost {out.lost}, duplicated "
-          f"{out.duplicated}, unrestorable {out.unrestorable}, verify failed {out.verify_failed}, forgotten ids left {out.left}; "
-          f"seed {out.seed}")
+          f"{out.duplicated}, unrestorable {out.unrestorable}, verify failed {out.verify_failed}, forgotten ids left {out.left} "
+          f"(their bytes in {out.bytes_left}); seed {out.seed}")
     if server is not None:
         server.stop()
 

@@ -194,4 +194,4 @@ def test_forget_kill_9_at_random_points_loses_and_duplicates_nothing(sqlite_url:
     out = loop(sink, ids, rounds=8)
     print(out)
     assert out.killed >= 3, out  # the kills landed inside forget runs
-    assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left) == (0, 0, 0, 0, 0), out
+    assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left, out.bytes_left) == (0, 0, 0, 0, 0, 0), out
