@@ -195,3 +195,32 @@ def test_forget_kill_9_at_random_points_loses_and_duplicates_nothing(sqlite_url:
     print(out)
     assert out.killed >= 3, out  # the kills landed inside forget runs
     assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left, out.bytes_left) == (0, 0, 0, 0, 0, 0), out
+
+
+@pytest.fixture
+def on_localstack(localstack: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's boto3 (in-process and in the commands it runs) pointed at LocalStack."""
+    for k, v in {"AWS_ENDPOINT_URL": localstack, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    return localstack
+
+
+def test_forget_on_localstack_refuses_compliance_lock_then_erases_every_version(sqlite_url: str, on_localstack: str,
+                                                                                tmp_path: Path) -> None:
+    s3 = s3_client(on_localstack, key="test", secret="test-secret")
+    locked = new_bucket(s3, lock=True)
+    sink = f"s3://{locked}/c?object_lock=COMPLIANCE&retain=1d"
+    ids = make_archive(sqlite_url, sink, "jsonl", again=())
+    before = s3_bytes(s3, locked)
+    proc = cli("forget", "r-033", "--sink", sink, "--reason", "erasure")
+    assert proc.returncode == 1 and "COMPLIANCE" in proc.stderr and "Nothing was changed" in proc.stderr, proc.stderr
+    assert [n for n, _ in s3_bytes(s3, locked) if "/locks/" not in n] == [n for n, _ in before if "/locks/" not in n]
+
+    versioned = new_bucket(s3, lock=True)  # versioned (Object Lock on), but nothing retained
+    sink = f"s3://{versioned}/v"
+    make_archive(f"db+sqlite:///{tmp_path / 'second.db'}", sink, "jsonl", again=())
+    _forget(sink, "r-033")
+    blobs = s3_bytes(s3, versioned)
+    assert holders(blobs, "r-033") == [] and holders(blobs, marker("r-033")) == []
+    assert Counter(archived_ids(sink)) == Counter(t for t in ids if t != "r-033")
