@@ -175,3 +175,22 @@ def test_an_archive_written_before_the_chain_verifies_as_before_and_the_chain_st
     assert cli("restore", "ok-3", "--sink", where, "--json").returncode == 0
     out = cli("query", "--sink", where, "SELECT count(*) AS n FROM results", "--json")
     assert out.returncode == 0 and json.loads(out.stdout.splitlines()[0])["n"] == 26 + 3, out.stdout + out.stderr
+
+
+def test_the_readme_head_example_runs_as_written(tmp_path: Path) -> None:
+    """README, "Compliance": the head kept in a file, then checked by verify --head."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text().split("### Tamper evidence", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block and "--head" in block.group(1)
+    assert cli("demo", "--dir", str(tmp_path / "celery-archive-demo"), "--json").returncode == 0
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.group(1)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    head = (tmp_path / "head.txt").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", head) and f"head {head}" in proc.stdout

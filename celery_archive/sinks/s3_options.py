@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from celery_archive.archive.layout import AUDIT, DATA, MANIFESTS, RUNS
+from celery_archive.archive.layout import AUDIT, CHAIN, DATA, MANIFESTS, RUNS
 from celery_archive.errors import ConfigError
 
 # What the archive keeps for its retention (data files, manifests, run reports) gets the Object
-# Lock retention and legal hold (so does the audit log); data files also get the storage class. The index, which
+# Lock retention and legal hold (so do the audit log and the hash chain); data files also get the storage class. The index, which
 # compaction replaces, and the run lock stay deletable and in STANDARD (read on every lookup).
-_RETAINED = (DATA, MANIFESTS, RUNS, AUDIT)
+_RETAINED = (DATA, MANIFESTS, RUNS, AUDIT, CHAIN)
 _STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                     "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
