@@ -194,3 +194,27 @@ def test_the_readme_head_example_runs_as_written(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     head = (tmp_path / "head.txt").read_text().strip()
     assert re.fullmatch(r"[0-9a-f]{64}", head) and f"head {head}" in proc.stdout
+
+
+def test_a_run_killed_between_its_commit_and_its_chain_position_is_registered_by_the_next(
+        sqlite_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_recovery import HARNESS, fill
+
+    where = str(tmp_path / "archive")
+    (first,) = _runs(sqlite_url, where, 1)
+    fill(sqlite_url)
+    proc = subprocess.run([sys.executable, str(HARNESS), "after-commit", sqlite_url, where], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    sink = open_sink(where)
+    (dead,) = [o.key[len("outcomes/"):-5] for o in sink.list("outcomes/") if first not in o.key]
+    assert [p.run_id for p in chain.positions(sink)] == [first]  # committed, not registered, not published
+    (last,) = _runs(sqlite_url, where, 1)  # its recovery registers and publishes the dead run first
+    assert [p.run_id for p in chain.positions(sink)] == [first, dead, last]
+    assert mf.load_manifest(sink, last).chain == {"seq": 3, "previous": {"run_id": dead, "sha256": mf.manifest_sha256(
+        mf.load_manifest(sink, dead))}}
+    code, report = _verify(where)
+    assert code == 0 and report["chain_length"] == 3, report
