@@ -108,7 +108,10 @@ def test_an_edited_manifest_breaks_the_chain_and_is_named(sqlite_url: str, where
     mf.write_json(sink, mf.manifest_key(ids[1]), obj)
     code, report = _verify(where)
     assert code == VERIFY_FAILED
-    assert any(f"run {ids[1]}: its manifest was altered after it was committed" in p for p in _problems(report)), report
+    assert [p for p in _problems(report) if "chain" in p] == [
+        f"run {ids[1]}: its manifest was altered after it was committed (sha256 now "
+        f"{hashlib.sha256(_stored(sink, ids[1])).hexdigest()}; chain position 2, sha256 "
+        f"{chain.positions(sink)[1].sha256})"], report
 
 
 def test_a_rewritten_chain_is_caught_by_a_head_kept_elsewhere(sqlite_url: str, tmp_path: Path) -> None:
@@ -218,3 +221,14 @@ def test_a_run_killed_between_its_commit_and_its_chain_position_is_registered_by
         mf.load_manifest(sink, dead))}}
     code, report = _verify(where)
     assert code == 0 and report["chain_length"] == 3, report
+
+
+def test_a_removed_chain_position_is_named(sqlite_url: str, tmp_path: Path) -> None:
+    where = str(tmp_path / "archive")
+    ids = _runs(sqlite_url, where, 3)
+    open_sink(where).delete("chain/000000000002.json")
+    code, report = _verify(where)
+    problems = _problems(report)
+    assert code == VERIFY_FAILED
+    assert "chain position 2 (chain/000000000002.json) is missing: removed from the archive" in problems
+    assert any(f"run {ids[1]}: its manifest claims chain position 2" in p for p in problems), problems
