@@ -138,6 +138,9 @@ def test_a_superseding_version_keeps_the_chain_whole(sqlite_url: str, where: str
     new = dataclasses.replace(old, extra={**old.extra, "forgotten": 0}, supersedes=chain.superseding(old),
                               chain=chain.link(sink))
     chain.register(sink, new)
+    code, report = _verify(where)  # stopped here: registered, not in place yet
+    assert code == 0 and any(f"run {ids[1]}: a new version of its manifest (chain position 4)" in n
+                             for n in report["notes"]), report  # type: ignore[attr-defined]
     sink.delete(mf.manifest_key(ids[1]))
     mf.publish(sink, new)
     code, report = _verify(where)

@@ -24,7 +24,14 @@ is registered, the old one may be removed. The rule verify applies, position by 
 * position n's manifest is stored with the sha256 its register records, and its ``previous``
   is position n-1's sha256; or
 * a later position supersedes that sha256: the old version may be gone (or still there), and
-  its link to n-1 is the ``supersedes.previous`` of the version that replaced it.
+  its link to n-1 is the ``supersedes.previous`` of the version that replaced it; or
+* position n supersedes a version that is still stored, and its own manifest is not stored
+  yet: a forget or prune stopped between registering the new version and putting it in place
+  (a note, not a break; running it again puts the same bytes in place).
+
+Where a new version goes: ``manifests/<run>.json`` itself (the old one deleted, the new one
+published), which is what verify, runs, restore and query read; the chain hashes every object
+under ``manifests/``.
 
 A manifest that was lost and made again from its data files (``manifest rebuild``, which
 marks it ``rebuilt``) stands in for its position with a note, not a break: its files are
@@ -189,6 +196,10 @@ def check(sink: Sink, expect_head: str | None = None) -> ChainReport:
                 here = m.chain.get("previous")
         elif pos.sha256 in replaced and replaced[pos.sha256].seq > seq:
             here = (replaced[pos.sha256].supersedes or {}).get("previous")
+        elif pos.supersedes and pos.supersedes.get("sha256") in stored:  # registered, the old version still in place
+            report.notes.append(f"run {pos.run_id}: a new version of its manifest (chain position {seq}) is registered but "
+                                "not in place yet, the old one still is: an interrupted forget or prune; running it again "
+                                "finishes it")
         else:
             gone = _gone(sink, pos, stored, registered)
             if gone is not None:

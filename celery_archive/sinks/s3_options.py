@@ -26,8 +26,9 @@ class S3Options:
     ``sse``           ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS); ``kms_key_id`` implies ``aws:kms``
     ``kms_key_id``    KMS key id, ARN or alias for SSE-KMS
     ``storage_class`` storage class of data files (``STANDARD_IA``, ``GLACIER_IR``, ...)
-    ``object_lock``   ``COMPLIANCE`` or ``GOVERNANCE``: retention mode of data files, manifests and
-                      run reports (the bucket must have Object Lock enabled)
+    ``object_lock``   ``COMPLIANCE`` or ``GOVERNANCE``: retention mode of data files, manifests,
+                      run reports, audit events and hash chain positions (the bucket must have
+                      Object Lock enabled)
     ``retain``        how long they are locked from when they are written: ``400d``, ``7y``
     ``legal_hold``    ``on``: a legal hold on the same objects
     ``tag``           ``key=value``, repeatable: tags on every object
