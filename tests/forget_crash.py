@@ -4,7 +4,7 @@ finish the job.
 
     python forget_crash.py STAGE forget TASK_ID... --sink SINK --reason TEXT
     python forget_crash.py STAGE prune --sink SINK --older-than AGE
-STAGE: after-plan | after-file | after-revision | after-index | mid-erase
+STAGE: after-plan | after-file | after-register | after-revision | after-index | mid-erase
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import signal
 import sys
 from typing import Any
 
+from celery_archive.archive import chain, rewrite
 from celery_archive.archive import manifest as mf
-from celery_archive.archive import rewrite
 from celery_archive.index import packs
 from celery_archive.pipeline.lease import FencedSink
 
@@ -44,6 +44,8 @@ def main() -> None:
         after(rewrite, "record")
     elif stage == "after-file":
         after(rewrite, "_entry")
+    elif stage == "after-register":  # the revision's hash chain position recorded, the revision not in place
+        after(chain, "register")
     elif stage == "after-revision":
         after(mf, "write_json", lambda _sink, key, _obj: key.startswith(mf.MANIFESTS))
     elif stage == "after-index":

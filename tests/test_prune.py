@@ -99,7 +99,7 @@ def test_prune_s3_skips_locked_files_and_counts_them(sqlite_url: str, s3_endpoin
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.parametrize("stage", ["after-plan", "after-file", "after-revision", "after-index", "mid-erase"])
+@pytest.mark.parametrize("stage", ["after-plan", "after-file", "after-register", "after-revision", "after-index", "mid-erase"])
 def test_prune_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp_path: Path, stage: str) -> None:
     import subprocess
     import sys

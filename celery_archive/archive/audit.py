@@ -32,7 +32,7 @@ from celery_archive.sinks import Sink
 from celery_archive.version import __version__
 
 EVENTS = ("run", "purge", "forget", "prune", "verify")
-_RESERVED = frozenset({"event", "time", "who", "pid", "version"})
+_RESERVED = frozenset({"event", "time", "who", "pid", "version", "command"})
 
 
 def who() -> str:

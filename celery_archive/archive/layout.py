@@ -16,6 +16,8 @@
     index/log/packs-<gen>-<buckets>.ok             commits pack generation <gen>
     index/packs/<gen>/<bucket>.parquet             compacted index entries, by crc32(task_id) % buckets
     audit/<YYYYMMDDTHHMMSS.ffffffZ>-<hex>.json     one audit event each (archive/audit.py): create-only, never removed
+    chain/<seq>.json                               the hash chain's positions (archive/chain.py): create-only, never removed
+    verified/<sha256(key)[:32]>/<UTC time>.json     when verify last read a data file (archive/rotation.py): create-only
 
 Run ids are ``YYYYMMDDTHHMMSSZ-uuuuuu`` and sort in the order the runs started.
 """
@@ -28,7 +30,7 @@ DATA, OUTCOMES, MANIFESTS, RUNS = "data/", "outcomes/", "manifests/", "runs/"
 LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
 INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
 REWRITES = "rewrites/"
-AUDIT = "audit/"
+AUDIT, CHAIN, VERIFIED = "audit/", "chain/", "verified/"
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -99,3 +101,7 @@ def pack_key(gen: int, buckets: int, bucket: int) -> str:
 def audit_key(at: dt.datetime, suffix: str) -> str:
     """``audit/<UTC time to the microsecond>-<suffix>.json``: keys sort in the order events happened."""
     return f"{AUDIT}{at.astimezone(dt.timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}-{suffix}.json"
+
+
+def chain_key(seq: int) -> str:
+    return f"{CHAIN}{seq:012d}.json"

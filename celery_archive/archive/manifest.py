@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
@@ -113,6 +114,15 @@ class Totals:
         return cls(len(entries), sum(e.rows for e in entries) if rows is None else rows, sum(e.bytes for e in entries))
 
 
+_V2_ONLY = ("chain", "supersedes")
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not an object")
+    return value
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A committed run: where its results came from, which files hold them. ``extra`` keeps
@@ -132,6 +142,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     totals: Totals
     rules: dict[str, dict[str, int]] | None = None
+    chain: dict[str, Any] | None = None  # v2: {"seq": n, "previous": {"run_id", "sha256"} | null} (archive/chain.py)
+    supersedes: dict[str, Any] | None = None  # v2: {"sha256", "seq", "previous"} of the version this one replaces
     manifest_version: int = MANIFEST_VERSION
     schema_version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +161,9 @@ class Manifest:
             "older_than": self.older_than, "serializer": self.serializer, "delete": self.delete, "tool_version": self.tool_version,
             "files": [e.to_json() for e in self.files], "rules": self.rules, "totals": asdict(self.totals),
         }
+        for name in _V2_ONLY:  # v2 additions: written when set, so a v1 manifest stays the JSON it was
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return {**{k: v for k, v in out.items() if k not in self.absent}, **self.extra}
 
     @classmethod
@@ -169,9 +184,10 @@ class Manifest:
                 tool_version=obj.get("tool_version", ""), files=files,
                 totals=Totals(int(totals.get("files", len(files))), int(totals.get("rows", sum(e.rows for e in files))),
                               int(totals.get("bytes", sum(e.bytes for e in files)))),
-                rules=obj.get("rules"), manifest_version=int(obj.get("manifest_version", 1)),
-                schema_version=int(obj.get("schema_version", 1)),
-                extra={k: v for k, v in obj.items() if k not in known}, absent=frozenset(known - set(obj)),
+                rules=obj.get("rules"), chain=_object(obj.get("chain")), supersedes=_object(obj.get("supersedes")),
+                manifest_version=int(obj.get("manifest_version", 1)), schema_version=int(obj.get("schema_version", 1)),
+                extra={k: v for k, v in obj.items() if k not in known or (k in _V2_ONLY and v is None)},
+                absent=frozenset(known - set(obj) - set(_V2_ONLY)),
             )
 
 
@@ -228,10 +244,6 @@ class Outcome:
         return cls(f("run_id"), state, obj.get("at", ""), manifest, obj.get("by"))
 
 
-
-
-
-
 def _load(sink: Sink, key: str) -> dict[str, Any]:
     with sink.open(key) as f:
         data = f.read()
@@ -242,12 +254,18 @@ def _load(sink: Sink, key: str) -> dict[str, Any]:
     return obj
 
 
+def json_bytes(obj: dict[str, Any]) -> bytes:
+    """The bytes an archive JSON object is stored as (sorted keys, indented, one final newline)."""
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    """The sha256 of ``manifests/<run>.json`` as it is (or will be) stored: what the chain links."""
+    return hashlib.sha256(json_bytes(manifest.to_json())).hexdigest()
+
+
 def write_json(sink: Sink, key: str, obj: dict[str, Any]) -> None:
-    sink.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-
-
-
-
+    sink.put_bytes(key, json_bytes(obj))
 
 
 def load_manifest(sink: Sink, run_id: str, key: str | None = None) -> Manifest:
@@ -321,8 +339,6 @@ def uncommitted_files(sink: Sink, committed: set[str]) -> dict[str, list[str]]:
     return out
 
 
-
-
 def load_outcome(sink: Sink, run_id: str) -> Outcome | None:
     try:
         return Outcome.from_json(_load(sink, outcome_key(run_id)), f"{outcome_key(run_id)} in {sink.url}")
@@ -336,7 +352,15 @@ def _now() -> str:
 
 def commit(sink: Sink, manifest: Manifest) -> None:
     """Decide that the run committed (its outcome, holding the manifest), then publish the
-    manifest. Raises LeaseLostError if a later run abandoned it first."""
+    manifest. Raises LeaseLostError if a later run abandoned it first. (A run commits through
+    ``chain.commit``, which links the manifest and registers it between the two.)"""
+    decide(sink, manifest)
+    publish(sink, manifest)
+
+
+def decide(sink: Sink, manifest: Manifest) -> None:
+    """Create the run's outcome ``committed``, holding ``manifest``: the commit point. Raises
+    LeaseLostError if a later run abandoned it first."""
     run_id = manifest.run_id
     try:
         write_json(sink, outcome_key(run_id), Outcome(run_id, COMMITTED, _now(), manifest).to_json())
@@ -345,7 +369,6 @@ def commit(sink: Sink, manifest: Manifest) -> None:
         if outcome is None or outcome.manifest is None or outcome.manifest.to_json() != manifest.to_json():
             raise LeaseLostError(f"run {run_id} was abandoned by run {outcome and outcome.by} (it found this run dead and "
                                  "removed its files) before it could commit: nothing was deleted from the source; run again") from exc
-    publish(sink, manifest)
 
 
 def publish(sink: Sink, manifest: Manifest) -> None:

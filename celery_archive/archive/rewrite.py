@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from celery_archive.archive import audit, layout
+from celery_archive.archive import audit, chain, layout
 from celery_archive.archive import manifest as mf
 from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
 from celery_archive.formats.entries import feed_ids
-from celery_archive.schemas import conform, field_names
+from celery_archive.schemas import MANIFEST_VERSION, conform, field_names
 from celery_archive.sinks import download
 from celery_archive.times import iso
 
@@ -241,11 +241,26 @@ def _revise(sink: Sink, spool: Path, p: Plan, run_id: str, done: Done) -> None:
     if not replaced:
         return  # revised before a crash
     files = tuple(e for e in (replaced.get(x.key, x) for x in manifest.files) if e is not None)
-    extra = {**manifest.extra, "revision": rev + 1, "supersedes": hashlib.sha256(raw).hexdigest(),
-             "rewritten_by": p.rewrite_id}
-    revised = dataclasses.replace(manifest, files=files, totals=mf.Totals.of(files), extra=extra)
+    old_sha = hashlib.sha256(raw).hexdigest()
+    revised = dataclasses.replace(
+        manifest, files=files, totals=mf.Totals.of(files), manifest_version=max(manifest.manifest_version, MANIFEST_VERSION),
+        chain=_link(sink, run_id, old_sha), supersedes={**chain.superseding(manifest), "sha256": old_sha},
+        extra={**manifest.extra, "revision": rev + 1, "rewritten_by": p.rewrite_id})
+    sha = chain.register(sink, revised)  # its chain position first, then the revision in place (chain.py's rule)
     mf.write_json(sink, layout.manifest_key(run_id, rev + 1), revised.to_json())
-    done.revisions[layout.manifest_key(run_id, rev + 1)] = hashlib.sha256(sink.read(layout.manifest_key(run_id, rev + 1))).hexdigest()
+    done.revisions[layout.manifest_key(run_id, rev + 1)] = sha
+
+
+def _link(sink: Sink, run_id: str, old_sha: str) -> dict[str, Any]:
+    """The revision's chain link: the next position; or, when a crash came between registering
+    this very revision and putting it in place, the position it registered (the revision is
+    then made again with the same bytes)."""
+    head = chain.head(sink)
+    if head is None or head.run_id != run_id or (head.supersedes or {}).get("sha256") != old_sha:
+        return chain.link(sink)
+    before = chain.positions(sink)
+    prev = next((q for q in before if q.seq == head.seq - 1), None)
+    return {"seq": head.seq, "previous": None if prev is None else {"run_id": prev.run_id, "sha256": prev.sha256}}
 
 
 def _rewrite_file(sink: Sink, spool: Path, entry: mf.FileEntry, new: str, drop: Drop) -> tuple[mf.FileEntry | None, int]:

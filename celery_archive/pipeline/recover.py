@@ -17,14 +17,16 @@ that, a ``forget`` or ``prune`` that a crash interrupted is finished (archive/re
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from celery_archive.archive import chain
 from celery_archive.archive import manifest as mf
 from celery_archive.config import RunConfig
-from celery_archive.errors import ConfigError
+from celery_archive.errors import ConfigError, SinkError
 from celery_archive.index.packs import referenced_runs
 from celery_archive.pipeline.commit import finish
 
@@ -63,6 +65,8 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
             fence()
             outcome = mf.abandon(sink, rid, by=run_id)
         if outcome.manifest is not None:  # committed: it holds the manifest
+            with contextlib.suppress(SinkError):  # its position taken by another run: verify names that break
+                chain.register(sink, outcome.manifest)  # if it died between its commit and its registration
             mf.publish(sink, outcome.manifest)
             out.restored.append(rid)
             continue
