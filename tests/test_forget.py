@@ -227,3 +227,24 @@ def test_forget_on_localstack_refuses_compliance_lock_then_erases_every_version(
     blobs = s3_bytes(s3, versioned)
     assert holders(blobs, "r-033") == [] and holders(blobs, marker("r-033")) == []
     assert Counter(archived_ids(sink)) == Counter(t for t in ids if t != "r-033")
+
+
+def test_forget_drops_index_entries_that_name_no_committed_file(sqlite_url: str, tmp_path: Path) -> None:
+    """An id the index still names, in a file no manifest lists (a stale index): not in the
+    archive (exit 5), and its entry leaves the index all the same."""
+    import pyarrow.parquet as pq
+
+    from celery_archive.formats.entries import entries
+    from celery_archive.index.packs import lookup
+
+    sink = tmp_path / "archive"
+    make_archive(sqlite_url, str(sink), again=())
+    ghost = entries({"task_id": ["ghost-1"], "kind": ["task"], "key": ["data/date=2026-01-01/gone-00001.parquet"], "block": [0],
+                     "offset": [4], "length": [10], "row": [0], "footer_offset": [20], "footer_length": [8]})
+    pq.write_table(ghost, sink / "index" / "log" / "run-20260101T000000Z-000001.parquet")
+    assert lookup(open_sink(str(sink)), ["ghost-1"])
+    proc = cli("forget", "ghost-1", "--sink", str(sink), "--reason", "erasure")
+    assert proc.returncode == 5 and "not in the archive: ghost-1" in proc.stdout
+    assert lookup(open_sink(str(sink)), ["ghost-1"]) == {}
+    assert holders(local_bytes(sink), "ghost-1") == []
+    assert cli("verify", "--sink", str(sink)).returncode == 0

@@ -65,9 +65,10 @@ def forget(sink: Sink, spool: Path, task_ids: Sequence[str], reason: str, dry_ru
                             f"{' ...' if len(held) > 3 else ''}. Nothing was changed. Forget them once the retention has "
                             "passed or the legal hold is lifted (a COMPLIANCE lock cannot be shortened)")
     report.forgotten += found
-    if dry_run or not files:
+    stale = [t for t in ids if t in entries and t not in found]  # index entries naming no current file: they go too
+    if dry_run or not (files or stale):
         return report
-    p = rewrite.plan(sink, "forget", reason, rewrite.Drop.of_ids(found), files, results=report.results)
+    p = rewrite.plan(sink, "forget", reason, rewrite.Drop.of_ids([*found, *stale]), files, results=report.results)
     rewrite.record(sink, p)
     done = rewrite.execute(sink, spool, p)
     report.rewrite_id, report.files_rewritten, report.files_removed = p.rewrite_id, done.files_rewritten, done.files_removed
