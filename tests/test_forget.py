@@ -180,6 +180,10 @@ def test_forget_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(proc.stdout)["rewrites_finished"]) == 1
     assert not list((sink / "rewrites").iterdir())
+    from celery_archive.archive import audit
+
+    (event,) = [e for e in audit.events(open_sink(str(sink))) if e["event"] == "forget"]  # once, naming each revision
+    assert (event["results"], event["reason"], len(event["manifests"])) == (3, "crash test", 1), event
     for tid in gone:
         assert holders(local_bytes(sink), tid) == [] and holders(local_bytes(sink), marker(tid)) == []
     _consistent(str(sink), ids, gone)

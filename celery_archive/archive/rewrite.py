@@ -238,8 +238,10 @@ def _revise(sink: Sink, spool: Path, p: Plan, run_id: str, done: Done) -> None:
                 done.files_removed += 1
             else:
                 done.files_rewritten += 1
-    if not replaced:
-        return  # revised before a crash
+    if not replaced:  # revised before a crash: the event still names that revision
+        if manifest.extra.get("rewritten_by") == p.rewrite_id:
+            done.revisions[key] = hashlib.sha256(raw).hexdigest()
+        return
     files = tuple(e for e in (replaced.get(x.key, x) for x in manifest.files) if e is not None)
     old_sha = hashlib.sha256(raw).hexdigest()
     revised = dataclasses.replace(
