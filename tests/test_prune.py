@@ -122,3 +122,13 @@ def test_prune_killed_at_each_step_is_finished_by_the_next(sqlite_url: str, tmp_
     assert Counter(restored(sink, NEWER)) == Counter(NEWER)
     assert all(holders(local_bytes(Path(sink)), marker(t)) == [] for t in [*OLDER, *OLDEST])
     assert cli("verify", "--sink", sink).returncode == 0
+
+
+def test_prune_kill_9_at_random_points_loses_and_duplicates_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    from prune_kill_loop import loop, make
+
+    sink = str(tmp_path / "archive")
+    out = loop(sink, make(sqlite_url, sink), rounds=8)
+    print(out)
+    assert out.killed >= 3, out
+    assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left, out.bytes_left) == (0, 0, 0, 0, 0, 0), out
