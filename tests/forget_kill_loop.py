@@ -88,7 +88,7 @@ def loop(sink: str, ids: list[str], rounds: int, seed: int | None = None, per_ro
         verify_failed += not _verify(sink)
     time.sleep(watch)
     final = subprocess.run(forget(asked), capture_output=True, text=True, env=env, timeout=300)
-    if final.returncode:
+    if final.returncode not in (0, 5):  # 5: every id asked for was forgotten by the rounds already
         raise RuntimeError(f"the final forget failed: {final.stdout}{final.stderr}")
     kept = [t for t in ids if t not in asked]
     seen = Counter(archived_ids(sink))

@@ -62,7 +62,7 @@ def test_forget_local(sqlite_url: str, tmp_path: Path, fmt: str) -> None:
         assert (r1, r2) == (1, 2) and revised["supersedes"]["sha256"] == hashlib.sha256(s.read(k1)).hexdigest()
         assert revised["chain"]["seq"] > json.loads(s.read(k1))["chain"]["seq"]  # linked at the head of the hash chain
     proc = cli("forget", "r-033", "--sink", str(sink), "--reason", "again")
-    assert proc.returncode == 5 and "not in the archive: r-033" in proc.stdout
+    assert proc.returncode == 5 and "not in the archive at" in proc.stderr and "r-033" in proc.stderr
     from celery_archive.archive import audit
 
     (event,) = [e for e in audit.events(s) if e["event"] == "forget"]  # the one that found nothing wrote none
@@ -82,9 +82,11 @@ def test_forget_ids_from_and_dry_run(sqlite_url: str, tmp_path: Path) -> None:
     out = json.loads(proc.stdout)
     assert (out["dry_run"], out["forgotten"], out["missing"], out["results"]) == (True, GONE, ["unknown-1"], 2)
     assert local_bytes(sink) == before  # nothing changed
-    proc = cli("forget", "unknown-1", "unknown-2", "--sink", str(sink), "--reason", "x")
+    proc = cli("forget", "unknown-1", "unknown-2", "--sink", str(sink), "--reason", "x", "--json")
     assert proc.returncode == 5
-    assert "not in the archive: unknown-1" in proc.stdout and "not in the archive: unknown-2" in proc.stdout
+    out = json.loads(proc.stdout)
+    assert (out["ok"], out["error_type"], out["exit_code"]) == (False, "NotArchivedError", 5)
+    assert "unknown-1, unknown-2" in out["error"] and "nothing was changed" in out["error"]
     proc = cli("forget", "r-005", "--sink", str(sink), "--reason", " ")
     assert proc.returncode == 2 and "--reason" in proc.stderr
     out = _forget(str(sink), "--ids-from", str(listing))
@@ -248,7 +250,7 @@ def test_forget_drops_index_entries_that_name_no_committed_file(sqlite_url: str,
     pq.write_table(ghost, sink / "index" / "log" / "run-20260101T000000Z-000001.parquet")
     assert lookup(open_sink(str(sink)), ["ghost-1"])
     proc = cli("forget", "ghost-1", "--sink", str(sink), "--reason", "erasure")
-    assert proc.returncode == 5 and "not in the archive: ghost-1" in proc.stdout
+    assert proc.returncode == 5 and "ghost-1" in proc.stderr
     assert lookup(open_sink(str(sink)), ["ghost-1"]) == {}
     assert holders(local_bytes(sink), "ghost-1") == []
     assert cli("verify", "--sink", str(sink)).returncode == 0

@@ -60,6 +60,12 @@ def forget(task_ids: tuple[str, ...], ids_from: Path | None, sink: str, reason: 
         report = _no_lease(sink, lambda s, spool: run_forget(s, spool, ids, reason, dry_run=True))
     else:
         report = _under_lease(sink, lease_ttl, lambda s, spool: run_forget(s, spool, ids, reason))
+    if report.missing and not report.forgotten:  # as restore says it: exit 5
+        from celery_archive.restore.search import missing_message
+        from celery_archive.sinks import open_sink
+
+        done = "nothing was changed" if report.rewrite_id is None else "restore index entries naming no committed file were removed"
+        raise NotArchivedError(f"{missing_message(report.missing, open_sink(sink))}; {done}")
     if as_json:
         emit(report.to_json())
     else:
@@ -68,8 +74,6 @@ def forget(task_ids: tuple[str, ...], ids_from: Path | None, sink: str, reason: 
                    + ("" if dry_run else f"; {report.files_rewritten} file(s) rewritten, {report.files_removed} removed"))
         for t in report.missing:
             click.echo(f"  not in the archive: {t}")
-    if report.missing and not report.forgotten:
-        raise SystemExit(NotArchivedError.exit_code)
 
 
 @main.command()
