@@ -44,7 +44,7 @@ def main() -> None:
         after(rewrite, "record")
     elif stage == "after-file":
         after(rewrite, "_entry")
-    elif stage == "after-register":  # the revision's hash chain position recorded, the revision not in place
+    elif stage == "after-register":  # the revision written and its hash chain position recorded
         after(chain, "register")
     elif stage == "after-revision":
         after(mf, "write_json", lambda _sink, key, _obj: key.startswith(mf.MANIFESTS))

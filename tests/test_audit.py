@@ -77,3 +77,26 @@ def test_events_are_locked_where_the_sink_asks_for_object_lock(s3_endpoint: str)
     assert head["ObjectLockMode"] == "GOVERNANCE"
     assert head["ObjectLockRetainUntilDate"] > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=29)
     assert [e["reason"] for e in audit.events(sink)] == ["erasure request 1"]
+
+
+def test_events_are_retained_by_a_bucket_default_object_lock(s3_endpoint: str) -> None:
+    """A bucket whose Object Lock has a default retention locks every event the store receives,
+    with no sink option; create-only puts are what such a bucket takes."""
+    import secrets
+
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket = f"ca-default-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    sink = open_sink(f"s3://{bucket}/p")
+    audit.record(sink, "verify", ok=True)
+    (obj,) = s3.list_objects_v2(Bucket=bucket, Prefix="p/audit/")["Contents"]
+    head = s3.head_object(Bucket=bucket, Key=obj["Key"])
+    assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] > dt.datetime.now(dt.timezone.utc)
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match=r"AccessDenied|locked|retention|WORM"):
+        s3.delete_object(Bucket=bucket, Key=obj["Key"], VersionId=head["VersionId"])

@@ -130,33 +130,43 @@ def test_a_rewritten_chain_is_caught_by_a_head_kept_elsewhere(sqlite_url: str, t
 
 
 def test_a_superseding_version_keeps_the_chain_whole(sqlite_url: str, where: str) -> None:
-    """What forget and prune do: a new version of a run's manifest, linked at the head, that
-    supersedes the old one; the old one then goes."""
+    """What forget and prune do: a new revision of a run's manifest, linked at the head, that
+    names the sha256 of the one it supersedes; the old one may then go."""
     ids = _runs(sqlite_url, where, 3)
     sink = open_sink(where)
     old = Manifest.from_json(json.loads(_stored(sink, ids[1])))
-    new = dataclasses.replace(old, extra={**old.extra, "forgotten": 0}, supersedes=chain.superseding(old),
-                              chain=chain.link(sink))
+
+    def revise(m: Manifest, n: int) -> Manifest:
+        return dataclasses.replace(m, extra={**m.extra, "revision": n, "supersedes": chain.superseding(m)}, chain=chain.link(sink))
+
+    new = revise(old, 2)
     chain.register(sink, new)
     code, report = _verify(where)  # stopped here: registered, not in place yet
     assert code == 0 and any(f"run {ids[1]}: a new version of its manifest (chain position 4)" in n
                              for n in report["notes"]), report  # type: ignore[attr-defined]
+    assert chain.register(sink, new) == mf.manifest_sha256(new)  # again: the same position, nothing new
     sink.delete(mf.manifest_key(ids[1]))
     mf.publish(sink, new)
     code, report = _verify(where)
     assert code == 0, report
     assert report["chain_length"] == 4 and report["head"] == mf.manifest_sha256(new)
-    # replaced once more: the first version is still accounted for
-    newer = dataclasses.replace(new, extra={**new.extra, "forgotten": 1}, supersedes=chain.superseding(new), chain=chain.link(sink))
-    chain.register(sink, newer)
+    assert chain.positions(sink)[3].supersedes == {"sha256": mf.manifest_sha256(old), **old.chain}  # type: ignore[dict-item]
+    # replaced once more (written first, registered after): the first revision is still accounted for
+    newer = revise(new, 3)
     sink.delete(mf.manifest_key(ids[1]))
     mf.publish(sink, newer)
-    assert _verify(where)[0] == 0
-    # but a version that is replaced without a registered successor is a break
-    sink.delete(mf.manifest_key(ids[1]))
-    mf.publish(sink, dataclasses.replace(newer, extra={**newer.extra, "forgotten": 2}))
+    code, report = _verify(where)  # stopped between writing and registering: noted, not a break
+    assert code == 0 and any(f"run {ids[1]} committed but its chain position is not registered yet" in n
+                             for n in report["notes"]), report  # type: ignore[attr-defined]
+    chain.register(sink, newer)
     code, report = _verify(where)
-    assert code == VERIFY_FAILED and any(f"run {ids[1]}: its manifest was altered" in p for p in _problems(report))
+    assert code == 0 and report["chain_length"] == 5 and not report["notes"], report
+    # but a revision that is not linked at the head (it kept its predecessor's link) is a break
+    sink.delete(mf.manifest_key(ids[1]))
+    mf.publish(sink, dataclasses.replace(newer, extra={**newer.extra, "revision": 4, "supersedes": chain.superseding(newer)}))
+    code, report = _verify(where)
+    assert code == VERIFY_FAILED and any(f"run {ids[1]}: its manifest claims chain position 5, which chain/ does not "
+                                         "record for it" in p for p in _problems(report)), report
 
 
 def test_an_archive_written_before_the_chain_verifies_as_before_and_the_chain_starts_after_it(
@@ -168,19 +178,28 @@ def test_an_archive_written_before_the_chain_verifies_as_before_and_the_chain_st
     where = str(sink_dir)
     code, report = _verify(where)
     assert code == 0 and report["head"] is None and report["chain_length"] == 0
+    import jsonschema
+
+    from celery_archive.schemas import json_schema
+
     sink = open_sink(where)
     for run_id in mf.committed_runs(sink):
         raw = _stored(sink, run_id)
+        jsonschema.Draft202012Validator(json_schema("manifest", 1)).validate(json.loads(raw))
         m = Manifest.from_json(json.loads(raw))
         assert m.manifest_version == 1 and m.chain is None and mf.json_bytes(m.to_json()) == raw
     (new_run,) = _runs(sqlite_url, where, 1)
     m = mf.load_manifest(sink, new_run)
     assert m.manifest_version == 2 and m.chain == {"seq": 1, "previous": None}
+    jsonschema.Draft202012Validator(json_schema("manifest", 2)).validate(json.loads(_stored(sink, new_run)))
+    with pytest.raises(jsonschema.ValidationError):  # v2 is v2: the v1 schema's version does not take it
+        jsonschema.Draft202012Validator(json_schema("manifest", 1)).validate(json.loads(_stored(sink, new_run)))
     code, report = _verify(where)
     assert code == 0 and report["chain_length"] == 1, report
     assert cli("restore", "ok-3", "--sink", where, "--json").returncode == 0
-    out = cli("query", "--sink", where, "SELECT count(*) AS n FROM results", "--json")
-    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[0])["n"] == 26 + 3, out.stdout + out.stderr
+    out = cli("query", "--sink", where, "SELECT count(*) AS n FROM results WHERE task_id LIKE 'c0-%' OR run_id LIKE "
+              "'20261125T175139Z-%'", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[0])["n"] == 30 + 3, out.stdout + out.stderr
 
 
 def test_the_readme_head_example_runs_as_written(tmp_path: Path) -> None:

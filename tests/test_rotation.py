@@ -154,3 +154,22 @@ def test_a_verify_that_fails_is_in_the_audit_log(archive: str) -> None:
     assert cli("verify", "--sink", archive).returncode == VERIFY_FAILED
     last = json.loads(cli("audit", "--sink", archive, "--json").stdout.splitlines()[-1])
     assert last["event"] == "verify" and last["ok"] is False and last["problems"] >= 1
+
+
+def test_subsets_and_max_duration_on_s3(sqlite_url: str, s3_bucket: str) -> None:
+    from conftest import age_rows, celery_app
+
+    where = f"s3://{s3_bucket}/prod"
+    app = celery_app(sqlite_url)
+    for day in range(5):  # five days: five data files
+        for i in range(4):
+            app.backend.store_result(f"s3-{day}-{i}", i, "SUCCESS")
+        age_rows(sqlite_url, 40 + day, f"task_id LIKE 's3-{day}-%'")
+    assert cli("run", "--source", sqlite_url, "--sink", where, "--older-than", "30d").returncode == 0
+    keys = _keys(where)
+    assert len(keys) == 5
+    files = [json.loads(cli("verify", "--sink", where, "--subset", f"{n}/3", "--json").stdout)["files"] for n in (1, 2, 3)]
+    assert files == [sum(Subset(n, 3).holds(k) for k in keys) for n in (1, 2, 3)] and sum(files) == 5
+    assert set(rotation.last_verified(open_sink(where))) == {rotation.file_id(k) for k in keys}
+    report = json.loads(cli("verify", "--sink", where, "--max-duration", "0s", "--json").stdout)
+    assert report["files"] == 0 and report["left"] == 5 and report["ok"] is True and report["head"]

@@ -1,4 +1,5 @@
-"""What an archive holds: its runs and their state, and a verify of all (or one) of them."""
+"""What an archive holds: its runs and their state, and a verify of all of them (or one run, a subset of
+the files, the least recently verified for a while), with the manifests' hash chain."""
 
 from __future__ import annotations
 

@@ -14,28 +14,29 @@ list verify walks. A run commits (``outcomes/<run>.json``, holding the linked ma
 registers, then publishes ``manifests/<run>.json``; a run that died between commit and register
 is registered by the next run's recovery (``register`` is idempotent) before that run links.
 
-Superseding versions (forget, prune rewrite a run's files): a new version of a run's manifest
-is a commit of its own. It takes the next position (``link``), so its ``previous`` is the head,
-and it carries ``supersedes`` = ``superseding(old)``: the sha256 and position of the version it
-replaces and that version's own ``previous``; ``register`` records ``supersedes`` in its
-position too, so a version replaced twice still accounts for the first. Once the new version
-is registered, the old one may be removed. The rule verify applies, position by position:
+Superseding versions (forget, prune rewrite a run's files): a new revision of a run's manifest
+is a commit of its own. It takes the next position (``chain=link(sink)``, so its ``previous``
+is the head, not its predecessor's link), names the sha256 of the revision it replaces in
+``supersedes`` (the stored bytes' sha256, as text), and is registered like any other
+(``register``, idempotent: call it again when a crash may have come between writing the
+revision and registering it). ``register`` records in the position what the replaced revision
+was: ``supersedes: {sha256, seq, previous}``, so the chain still accounts for it should it ever
+be removed, and for a revision replaced twice (keep the old revision until its successor is
+registered: one removed before cannot have its own link checked any more). The rule verify applies, position by position:
 
 * position n's manifest is stored with the sha256 its register records, and its ``previous``
   is position n-1's sha256; or
-* a later position supersedes that sha256: the old version may be gone (or still there), and
-  its link to n-1 is the ``supersedes.previous`` of the version that replaced it; or
-* position n supersedes a version that is still stored, and its own manifest is not stored
-  yet: a forget or prune stopped between registering the new version and putting it in place
-  (a note, not a break; running it again puts the same bytes in place).
+* a later position supersedes that sha256: the old revision may be gone (or still there), and
+  its link to n-1 is what that later position recorded of it; or
+* position n supersedes a revision that is still stored, and its own manifest is not stored
+  (a note, not a break: a forget or prune stopped between registering and writing it).
 
-Where a new version goes: ``manifests/<run>.json`` itself (the old one deleted, the new one
-published), which is what verify, runs, restore and query read; the chain hashes every object
-under ``manifests/``.
+A stored manifest with a link that no position registers is a break too, unless it is the one
+right after the head (a run or rewrite stopped between writing and registering it: a note; the
+next run, or the rewrite's re-run, registers it). Revisions may be kept beside the ones they
+replace (``manifests/<run>@<rev>.json``) or replace them: the chain hashes every object under
+``manifests/``.
 
-A manifest that was lost and made again from its data files (``manifest rebuild``, which
-marks it ``rebuilt``) stands in for its position with a note, not a break: its files are
-checked against it, and the note says that what was committed can no longer be shown.
 Anything else is a break, named: a position missing from ``chain/``, a committed manifest
 removed (``manifest rebuild`` is named when its commit record still holds it), a manifest whose
 bytes changed, a link that does not match the position before it, a linked manifest that no
@@ -107,11 +108,20 @@ def link(sink: Sink) -> dict[str, Any]:
     return {"seq": 1 if h is None else h.seq + 1, "previous": None if h is None else {"run_id": h.run_id, "sha256": h.sha256}}
 
 
-def superseding(old: Manifest) -> dict[str, Any]:
-    """``supersedes`` for a new version of ``old``'s run (it must itself be linked by ``link``)."""
-    if old.chain is None:  # a version written before the chain: nothing links to it
-        return {"sha256": mf.manifest_sha256(old), "seq": None, "previous": None}
-    return {"sha256": mf.manifest_sha256(old), "seq": old.chain["seq"], "previous": old.chain["previous"]}
+def superseding(old: Manifest) -> str:
+    """``supersedes`` of a new revision of ``old``'s run: the sha256 of ``old`` as stored."""
+    return mf.manifest_sha256(old)
+
+
+def _replaced(sink: Sink, run_id: str, sha: str) -> dict[str, Any]:
+    """What a position records of the revision (sha256 ``sha``) its manifest supersedes."""
+    for o in sink.list(f"{MANIFESTS}{run_id}"):
+        data = sink.read(o.key)
+        if hashlib.sha256(data).hexdigest() == sha:
+            old = Manifest.from_json(orjson.loads(data), o.key)
+            link = old.chain or {}
+            return {"sha256": sha, "seq": link.get("seq"), "previous": link.get("previous")}
+    return {"sha256": sha, "seq": None, "previous": None}
 
 
 def register(sink: Sink, manifest: Manifest) -> str:
@@ -119,14 +129,20 @@ def register(sink: Sink, manifest: Manifest) -> str:
     sha = mf.manifest_sha256(manifest)
     if manifest.chain is None:
         return sha
-    pos = Position(int(manifest.chain["seq"]), manifest.run_id, sha, manifest.supersedes)
+    seq = int(manifest.chain["seq"])
+    key = chain_key(seq)
+    if any(o.key == key for o in sink.list(key)):
+        there = _position(sink, key)
+        if (there.run_id, there.sha256) != (manifest.run_id, sha):
+            raise SinkError(f"chain position {seq} in {sink.url} is registered for run {there.run_id}, not for run "
+                            f"{manifest.run_id}: `celery-archive verify --sink {sink.url}` names the break")
+        return sha
+    old = manifest.extra.get("supersedes")
+    pos = Position(seq, manifest.run_id, sha, _replaced(sink, manifest.run_id, old) if isinstance(old, str) else None)
     try:
-        mf.write_json(sink, chain_key(pos.seq), pos.to_json())
-    except ObjectExistsError as exc:
-        there = _position(sink, chain_key(pos.seq))
-        if (there.run_id, there.sha256) != (pos.run_id, pos.sha256):
-            raise SinkError(f"chain position {pos.seq} in {sink.url} is registered for run {there.run_id}, not for run "
-                            f"{manifest.run_id}: `celery-archive verify --sink {sink.url}` names the break") from exc
+        mf.write_json(sink, key, pos.to_json())
+    except ObjectExistsError:
+        return register(sink, manifest)  # another writer got there between the two: the same check
     return sha
 
 
@@ -180,6 +196,7 @@ def check(sink: Sink, expect_head: str | None = None) -> ChainReport:
     replaced = {p.supersedes["sha256"]: p for p in regs.values() if p.supersedes}
     registered = {p.sha256 for p in regs.values()}
     expected: Any = None
+    altered_runs: set[str] = set()
     for seq in range(1, max(regs, default=0) + 1):
         pos = regs.get(seq)
         if pos is None:
@@ -195,8 +212,10 @@ def check(sink: Sink, expect_head: str | None = None) -> ChainReport:
             else:
                 here = m.chain.get("previous")
         elif pos.sha256 in replaced and replaced[pos.sha256].seq > seq:
-            here = (replaced[pos.sha256].supersedes or {}).get("previous")
-        elif pos.supersedes and pos.supersedes.get("sha256") in stored:  # registered, the old version still in place
+            was = replaced[pos.sha256].supersedes or {}
+            here = was.get("previous") if was.get("seq") == seq else _UNKNOWN  # unknown: gone before its successor registered
+        elif pos.supersedes and pos.supersedes.get("sha256") in stored and not any(
+                run_id == pos.run_id and sha not in registered for sha, (run_id, _) in stored.items()):  # not written yet
             report.notes.append(f"run {pos.run_id}: a new version of its manifest (chain position {seq}) is registered but "
                                 "not in place yet, the old one still is: an interrupted forget or prune; running it again "
                                 "finishes it")
@@ -204,6 +223,7 @@ def check(sink: Sink, expect_head: str | None = None) -> ChainReport:
             gone = _gone(sink, pos, stored, registered)
             if gone is not None:
                 (report.notes if gone.startswith(_REBUILT) else report.problems).append(gone)
+                altered_runs.add(pos.run_id)
         if here is not _UNKNOWN and expected is not _UNKNOWN and _sha(here) != _sha(expected):
             before = "nothing" if here is None else f"run {here.get('run_id')}'s manifest (sha256 {_sha(here)})"
             report.problems.append(f"chain broken at position {seq} (run {pos.run_id}): it links to {before}, but position "
@@ -214,9 +234,8 @@ def check(sink: Sink, expect_head: str | None = None) -> ChainReport:
     for sha, (run_id, m) in sorted(stored.items(), key=lambda kv: kv[1][0]):
         if m is None or m.chain is None or sha in registered or sha in replaced:
             continue
-        claimed = regs.get(m.chain.get("seq"))  # type: ignore[arg-type]
-        if claimed is not None and claimed.run_id == run_id:
-            continue  # its own position, under other bytes: named above as altered
+        if run_id in altered_runs:
+            continue  # named above as altered
         if m.chain.get("seq") == report.length + 1 and _sha(m.chain.get("previous")) == report.head:
             report.notes.append(f"run {run_id} committed but its chain position is not registered yet (a run stopped "
                                 "between the two): the next run registers it")
@@ -236,6 +255,8 @@ def _gone(sink: Sink, pos: Position, stored: dict[str, tuple[str, Manifest | Non
     altered = [sha for sha, (run_id, m) in stored.items() if run_id == pos.run_id and sha not in registered]
     if altered and all(stored[sha][1] is None for sha in altered):
         return None
+    if altered and all(getattr(stored[sha][1], "extra", {}).get("supersedes") == pos.sha256 for sha in altered):
+        return None  # replaced by a revision not registered yet: the check of unregistered manifests names it
     if altered and all(getattr(stored[sha][1], "rebuilt", False) for sha in altered):
         return (f"{_REBUILT} {pos.run_id}'s committed manifest ({where}) was lost and `manifest rebuild` made one from its "
                 "data files: they verify against that one, but the manifest it committed can no longer be shown")

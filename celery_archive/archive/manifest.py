@@ -114,7 +114,7 @@ class Totals:
         return cls(len(entries), sum(e.rows for e in entries) if rows is None else rows, sum(e.bytes for e in entries))
 
 
-_V2_ONLY = ("chain", "supersedes")
+_V2_ONLY = ("chain",)
 
 
 def _object(value: Any) -> dict[str, Any] | None:
@@ -143,7 +143,6 @@ class Manifest:
     totals: Totals
     rules: dict[str, dict[str, int]] | None = None
     chain: dict[str, Any] | None = None  # v2: {"seq": n, "previous": {"run_id", "sha256"} | null} (archive/chain.py)
-    supersedes: dict[str, Any] | None = None  # v2: {"sha256", "seq", "previous"} of the version this one replaces
     manifest_version: int = MANIFEST_VERSION
     schema_version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -184,7 +183,7 @@ class Manifest:
                 tool_version=obj.get("tool_version", ""), files=files,
                 totals=Totals(int(totals.get("files", len(files))), int(totals.get("rows", sum(e.rows for e in files))),
                               int(totals.get("bytes", sum(e.bytes for e in files)))),
-                rules=obj.get("rules"), chain=_object(obj.get("chain")), supersedes=_object(obj.get("supersedes")),
+                rules=obj.get("rules"), chain=_object(obj.get("chain")),
                 manifest_version=int(obj.get("manifest_version", 1)), schema_version=int(obj.get("schema_version", 1)),
                 extra={k: v for k, v in obj.items() if k not in known or (k in _V2_ONLY and v is None)},
                 absent=frozenset(known - set(obj) - set(_V2_ONLY)),

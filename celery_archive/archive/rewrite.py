@@ -238,31 +238,17 @@ def _revise(sink: Sink, spool: Path, p: Plan, run_id: str, done: Done) -> None:
                 done.files_removed += 1
             else:
                 done.files_rewritten += 1
-    if not replaced:  # revised before a crash: the event still names that revision
+    if not replaced:  # revised before a crash: registered (again: idempotent), and named by the event
         if manifest.extra.get("rewritten_by") == p.rewrite_id:
-            done.revisions[key] = hashlib.sha256(raw).hexdigest()
+            done.revisions[key] = chain.register(sink, manifest)
         return
     files = tuple(e for e in (replaced.get(x.key, x) for x in manifest.files) if e is not None)
-    old_sha = hashlib.sha256(raw).hexdigest()
     revised = dataclasses.replace(
         manifest, files=files, totals=mf.Totals.of(files), manifest_version=max(manifest.manifest_version, MANIFEST_VERSION),
-        chain=_link(sink, run_id, old_sha), supersedes={**chain.superseding(manifest), "sha256": old_sha},
-        extra={**manifest.extra, "revision": rev + 1, "rewritten_by": p.rewrite_id})
-    sha = chain.register(sink, revised)  # its chain position first, then the revision in place (chain.py's rule)
+        chain=chain.link(sink),  # a commit of its own, at the head (chain.py's rule)
+        extra={**manifest.extra, "supersedes": hashlib.sha256(raw).hexdigest(), "revision": rev + 1, "rewritten_by": p.rewrite_id})
     mf.write_json(sink, layout.manifest_key(run_id, rev + 1), revised.to_json())
-    done.revisions[layout.manifest_key(run_id, rev + 1)] = sha
-
-
-def _link(sink: Sink, run_id: str, old_sha: str) -> dict[str, Any]:
-    """The revision's chain link: the next position; or, when a crash came between registering
-    this very revision and putting it in place, the position it registered (the revision is
-    then made again with the same bytes)."""
-    head = chain.head(sink)
-    if head is None or head.run_id != run_id or (head.supersedes or {}).get("sha256") != old_sha:
-        return chain.link(sink)
-    before = chain.positions(sink)
-    prev = next((q for q in before if q.seq == head.seq - 1), None)
-    return {"seq": head.seq, "previous": None if prev is None else {"run_id": prev.run_id, "sha256": prev.sha256}}
+    done.revisions[layout.manifest_key(run_id, rev + 1)] = chain.register(sink, revised)
 
 
 def _rewrite_file(sink: Sink, spool: Path, entry: mf.FileEntry, new: str, drop: Drop) -> tuple[mf.FileEntry | None, int]:

@@ -84,7 +84,7 @@ def verify(sink: str, run_id: str | None, subset: Any, max_duration: Any, expect
 
 @main.command()
 @sink_option
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line, one per event, instead of text.")
 @handle_errors("audit")
 def audit(sink: str, as_json: bool) -> None:
     """Print the archive's audit log, oldest first: every run, purge, forget, prune and verify.

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive import audit
 from celery_archive.archive import manifest as mf
 from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
 from celery_archive.backends import lock as source_lock
@@ -192,6 +193,8 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
     verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
+    if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
+        audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
     if len(state(sink).deltas) >= COMPACT_AFTER:
         compact(sink, spool)
     iceberg: list[str] = []
