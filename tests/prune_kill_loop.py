@@ -95,8 +95,9 @@ def loop(sink: str, done: dict[str, dt.datetime], rounds: int, seed: int | None 
         duplicated += sum(n - 1 for n in seen.values() if n > 1)
         try:
             unrestorable += Counter(restored(sink, kept)) != Counter(kept)
-        except AssertionError:
+        except AssertionError as exc:
             unrestorable += 1
+            print(f"round {r}: restore failed: {str(exc)[-800:]}", file=sys.stderr)
         out = subprocess.run([EXE, "verify", "--sink", sink, "--json"], capture_output=True, text=True, timeout=300)
         verify_failed += not (out.returncode == 0 and json.loads(out.stdout)["ok"])
     time.sleep(watch)
