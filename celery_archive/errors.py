@@ -67,6 +67,11 @@ class NotArchivedError(ArchiveError):
     exit_code = 5
 
 
+class RetainedError(SinkError):
+    """A data file that forget must remove cannot be deleted (S3 Object Lock retention, a
+    legal hold); nothing was changed."""
+
+
 class ConflictError(ArchiveError):
     """A result to restore is already in the backend and --on-conflict fail was asked for."""
 

@@ -1,7 +1,8 @@
 """Run an archive and SIGKILL this process at a stage boundary: the test re-runs after it.
 
     python crash_harness.py STAGE SOURCE SINK
-STAGE: after-extract | after-data | after-manifest | mid-purge
+STAGE: after-extract | after-data | after-commit | after-manifest | mid-purge
+(after-commit: its commit record written, before its hash chain position and its manifest)
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def main() -> None:
             die()
 
         ArchiveWriter.close = close_then_die  # type: ignore[method-assign]
-    if stage == "after-manifest":
+    if stage in ("after-commit", "after-manifest"):
         write_json = mf.write_json
+        last = mf.OUTCOMES if stage == "after-commit" else mf.MANIFESTS
 
         def write_then_die(sink: Any, key: str, obj: Any) -> None:
             write_json(sink, key, obj)
-            if key.startswith(mf.MANIFESTS):
+            if key.startswith(last):
                 die()
 
         mf.write_json = write_then_die  # type: ignore[assignment]

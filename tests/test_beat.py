@@ -74,3 +74,50 @@ def test_setup_beat_keeps_the_users_schedule() -> None:
     assert entries[CLEANUP]["task"] == TASK_NAME and entries[CLEANUP]["kwargs"] == {"sink": "s3://bucket/prefix", "older_than": "90d"}
     assert entries[CLEANUP]["schedule"] == crontab(hour=3, minute=30)
     assert TASK_NAME in app.tasks
+
+
+def test_beat_runs_the_rotating_verify_on_a_real_worker(tmp_path: Path) -> None:
+    """setup_beat(verify_schedule=...): beat sends celery_archive.verify, a real worker reads the
+    archive back with --max-duration's rule, and the audit log shows that worker's verify."""
+    from conftest import cli
+
+    from celery_archive.archive.audit import events
+    from celery_archive.integration import VERIFY_TASK
+    from celery_archive.sinks import open_sink
+
+    assert cli("demo", "--dir", str(tmp_path / "d"), "--json").returncode == 0
+    sink = tmp_path / "d" / "archive"
+    before = len(list(events(open_sink(str(sink)))))
+    queue = f"ca-beat-{secrets.token_hex(3)}"
+    (tmp_path / "verifyproj.py").write_text(textwrap.dedent(f"""
+        from celery import Celery
+        import celery_archive
+
+        app = Celery("verifyproj", broker="redis://127.0.0.1:6379/15", backend="db+sqlite:///{tmp_path / 'r.db'}")
+        app.conf.update(task_default_queue="{queue}", broker_connection_retry_on_startup=True)
+        celery_archive.setup_beat(app, sink="{sink}", schedule=86400.0, verify_schedule=2.0,
+                                  verify_options={{"max_duration": "1h"}})
+    """))
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "verifyproj", "worker", "-B", "--concurrency", "1", "--pool", "solo",
+         "--loglevel", "INFO", "-Q", queue, "-s", str(tmp_path / "beat-schedule"), "--without-gossip", "--without-mingle"],
+        cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            verifies = [e for e in list(events(open_sink(str(sink))))[before:] if e["event"] == "verify"]
+            if verifies:
+                break
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no verify after 90 s:\n{log.read_text()[-3000:]}")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    (first, *_) = verifies
+    assert first["ok"] is True and first["files"] == 18 and first["max_duration"] == 3600 and first["pid"] != os.getpid()
+    text = log.read_text()
+    assert f"Task {VERIFY_TASK}[" in text and "succeeded" in text
+    assert f"Task {TASK_NAME}[" not in text  # the archive entry is not due for a day

@@ -57,6 +57,8 @@ def test_readme_examples_run_as_written(tmp_path: Path, s3_endpoint: str) -> Non
             lines = out.stdout.strip().splitlines()
             if line.split()[1] == "query":  # one object per result row
                 assert lines and all(isinstance(json.loads(x), dict) for x in lines)
+            elif line.split()[1] == "audit":  # one object per event
+                assert lines and all(json.loads(x)["command"] == "audit" for x in lines)
             else:
                 command = {"rules": "rules check"}.get(line.split()[1], line.split()[1])
                 assert len(lines) == 1 and json.loads(lines[0])["command"] == command

@@ -87,6 +87,11 @@ def test_rules_order_actions_and_the_legal_hold(sqlite_url: str, tmp_path: Path)
                     "billing-2", "billing-3", "fresh-0"}
     # delete without archive: mail.*, the big one too (first match wins over "big")
     assert "mail-0" not in archived and "mail-big" not in archived and report["deleted_by_rules"] == 2
+    from celery_archive.archive.audit import events
+    from celery_archive.sinks import open_sink
+
+    by_rule = [e for e in events(open_sink(str(tmp_path / "arch"))) if e.get("deleted_by_rules")]
+    assert [(e["event"], e["run_id"], e["deleted_by_rules"]) for e in by_rule] == [("purge", report["run_id"], 2)]
     assert archived == {"shop-0": "default", "shop-1": "default", "shop-3": "default", "big-0": "big"}
     assert report["rules"]["hold"]["kept"] == 5 and report["rules"]["rule1:reports.*"]["kept"] == 4
     # rules check said the same beforehand

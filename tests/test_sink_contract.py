@@ -144,3 +144,15 @@ def test_sweep_leaves_complete_objects_alone(sink: Sink) -> None:
     sink.put_bytes("manifests/r.json", b"{}")
     assert sink.sweep(0) == 0
     assert [o.key for o in sink.list()] == ["data/date=2026-01-01/a.parquet", "manifests/r.json"]
+
+
+def test_erase_removes_the_object_and_nothing_beside_it(sink: Sink) -> None:
+    sink.put_bytes("data/date=2026-01-01/r-00001.jsonl", b"secret")
+    sink.put_bytes("data/date=2026-01-01/r-00001.jsonl.more", b"kept")
+    assert sink.retention("data/date=2026-01-01/r-00001.jsonl") is None  # nothing holds it
+    sink.erase("data/date=2026-01-01/r-00001.jsonl")
+    sink.erase("data/date=2026-01-01/r-00001.jsonl")  # missing: not an error
+    assert [o.key for o in sink.list("data/")] == ["data/date=2026-01-01/r-00001.jsonl.more"]
+    assert sink.retention("data/date=2026-01-01/gone.jsonl") is None
+    with pytest.raises(ObjectNotFoundError):
+        sink.read("data/date=2026-01-01/r-00001.jsonl")

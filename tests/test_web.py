@@ -138,9 +138,10 @@ def test_everything_is_escaped(server: Server) -> None:
     assert "<script>x" not in search.body and "&lt;script&gt;x" in search.body
 
 
-def test_audit_page_says_there_is_no_audit_log_yet(server: Server) -> None:
+def test_audit_page_shows_the_audit_log(server: Server) -> None:
     page = get(f"{server.base}/audit")
-    assert page.status == 200 and "no audit log" in page.body and 'href="/runs"' in page.body
+    assert page.status == 200 and 'id="audit"' in page.body and 'href="/runs"' in page.body
+    assert "<td>run</td>" in page.body and "<td>purge</td>" in page.body and "manifest_sha256=" in page.body
 
 
 def test_healthz_and_headers(server: Server) -> None:

@@ -1,14 +1,23 @@
-"""What an archive holds: its runs and their state, and a verify of all (or one) of them."""
+"""What an archive holds: its runs and their state, and a verify of all of them (or one run, a subset of
+the files, the least recently verified for a while), with the manifests' hash chain."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery_archive.archive import audit, chain, rotation
 from celery_archive.archive import manifest as mf
-from celery_archive.errors import ConfigError, DamagedObjectError
-from celery_archive.pipeline.verify import verify_run
+from celery_archive.archive.manifest import FileEntry
+from celery_archive.archive.rotation import Subset
+from celery_archive.errors import ConfigError, DamagedObjectError, SinkError
+from celery_archive.pipeline.verify import check_file, located_path
 from celery_archive.sinks import Sink, open_sink
 from celery_archive.spool import spool_dir
 
@@ -34,8 +43,8 @@ def list_runs(sink_url: str) -> list[RunInfo]:
     sink = open_sink(sink_url)
     reports = mf.reports(sink)
     out = []
-    for run_id in mf.committed_runs(sink):
-        m = mf.load_manifest(sink, run_id)
+    for run_id, key in mf.latest_manifests(sink).items():
+        m = mf.load_manifest(sink, run_id, key)
         r = reports.get(run_id)
         state = "pending" if r is None else ("purged" if r.purged else "kept")
         out.append(RunInfo(run_id, m.created_at, m.source, m.cutoff, m.totals.files, m.totals.rows, m.totals.bytes,
@@ -51,6 +60,11 @@ class ArchiveVerifyReport:
     rows: int = 0
     problems: list[str] = field(default_factory=list)
     uncommitted: list[str] = field(default_factory=list)
+    head: str | None = None  # sha256 of the last manifest in the hash chain: keep it elsewhere, check it with --head
+    chain_length: int = 0
+    subset: str | None = None
+    left: int = 0  # files --max-duration left for the next verify (least recently verified first)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,32 +74,96 @@ class ArchiveVerifyReport:
         return {"command": "verify", "ok": self.ok, **asdict(self)}
 
 
-def verify_archive(sink_url: str, run_id: str | None = None) -> ArchiveVerifyReport:
-    """Read back every file of every committed run (or of ``run_id``) and check it; data
-    files that no manifest names are problems unless their run never committed."""
+def verify_archive(sink_url: str, run_id: str | None = None, subset: Subset | None = None,
+                   max_duration: dt.timedelta | None = None, expect_head: str | None = None,
+                   clock: Callable[[], float] = time.monotonic) -> ArchiveVerifyReport:
+    """Read back every file of every committed run (or of ``run_id``; of ``subset``; the least
+    recently verified first until ``max_duration`` is up) and check it; check the hash chain of
+    the manifests (archive/chain.py); data files that no manifest names are problems unless their
+    run never committed. Each file read and the verify itself are recorded in the archive."""
     sink = open_sink(sink_url)
-    committed = mf.committed_runs(sink)
-    report = ArchiveVerifyReport(sink.url)
+    latest = mf.latest_manifests(sink)  # each run's latest manifest revision, from one listing
+    committed = list(latest)
+    report = ArchiveVerifyReport(sink.url, subset=None if subset is None else str(subset))
     if run_id is None and not committed and not any(True for _ in sink.list(mf.DATA)) and not any(True for _ in sink.list(mf.OUTCOMES)):
         raise ConfigError(f"no archive at {sink.url}: it holds no manifests, outcomes or data files; "
                           "check --sink (a run writes manifests/ and data/ there)")
-    run_ids = [run_id] if run_id else committed
-    with spool_dir(None) as tmp:
-        for rid in run_ids:
-            try:
-                manifest = mf.load_manifest(sink, rid)
-            except DamagedObjectError as exc:  # damage to report (exit 3); the other runs are still checked
-                report.runs += 1
-                report.problems.append(f"run {rid}: {exc}")
-                continue
-            r = verify_run(sink, manifest, Path(tmp))
-            report.runs += 1
-            report.files += r.files
-            report.rows += r.rows
-            report.problems.extend(f"run {rid}: {p}" for p in r.problems)
+    chosen: list[tuple[str, FileEntry]] = []
+    for rid in [run_id] if run_id else committed:
+        report.runs += 1
+        try:
+            manifest = mf.load_manifest(sink, rid, latest.get(rid))
+        except DamagedObjectError as exc:  # damage to report (exit 3); the other runs are still checked
+            report.problems.append(f"run {rid}: {exc}")
+            continue
+        listed = sum(e.rows for e in manifest.files)
+        if listed != manifest.totals.rows:
+            report.problems.append(f"run {rid}: manifest lists {listed} rows in its files but {manifest.totals.rows} were extracted")
+        chosen += [(rid, e) for e in manifest.files if subset is None or subset.holds(e.key)]
+    if max_duration is not None:
+        chosen = rotation.oldest_first(chosen, rotation.last_verified(sink))
+    recorder = _Recorder(sink, report)
+    deadline = None if max_duration is None else clock() + max_duration.total_seconds()
+    report.left = _read_back(sink, chosen, report, recorder, deadline, clock)
+    links = chain.check(sink, expect_head)
+    report.problems += links.problems
+    report.notes += links.notes
+    report.head, report.chain_length = links.head, links.length
     if run_id is None:
         _unnamed(sink, set(committed), report)
+    recorder.event(ok=report.ok, runs=report.runs, files=report.files, rows=report.rows, problems=len(report.problems),
+                   head=report.head, chain_length=report.chain_length, run_id=run_id, subset=report.subset,
+                   max_duration=None if max_duration is None else max_duration.total_seconds(), left=report.left)
     return report
+
+
+class _Recorder:
+    """Records what a verify read (rotation.py) and its result (the audit log). A sink that
+    refuses writes (read-only credentials) leaves one note; the verify's result stands."""
+
+    def __init__(self, sink: Sink, report: ArchiveVerifyReport) -> None:
+        self.sink, self.report, self.refused = sink, report, False
+
+    def _try(self, write: Callable[[], None]) -> None:
+        if self.refused:
+            return
+        try:
+            write()
+        except SinkError as exc:
+            self.refused = True
+            self.report.notes.append(f"could not record this verify in the archive ({exc}): the files were checked all the "
+                                     "same; give verify write access to audit/ and verified/ to keep its record")
+
+    def file(self, entry: FileEntry, ok: bool) -> None:
+        self._try(lambda: rotation.record(self.sink, entry, ok))
+
+    def event(self, **fields: Any) -> None:
+        self._try(lambda: audit.record(self.sink, "verify", **fields))
+
+
+def _read_back(sink: Sink, chosen: list[tuple[str, FileEntry]], report: ArchiveVerifyReport, recorder: _Recorder,
+               deadline: float | None, clock: Callable[[], float]) -> int:
+    """Check ``chosen`` files, two at a time; none is begun after ``deadline``. Returns how many were left."""
+    pending: deque[tuple[str, FileEntry, Path, Future[str | None]]] = deque()
+    todo = deque(chosen)
+    with spool_dir(None) as tmp, ThreadPoolExecutor(max_workers=2, thread_name_prefix="celery-archive-verify") as pool:
+        while todo or pending:
+            while todo and len(pending) < 2 and (deadline is None or clock() < deadline):
+                rid, entry = todo.popleft()
+                dest = Path(tmp) / f"verify-{report.files + len(pending):06d}"
+                pending.append((rid, entry, dest, pool.submit(check_file, sink, entry, dest)))
+            if not pending:
+                break
+            rid, entry, dest, check = pending.popleft()
+            problem = check.result()
+            dest.unlink(missing_ok=True)
+            located_path(dest).unlink(missing_ok=True)
+            report.files += 1
+            report.rows += entry.rows
+            if problem:
+                report.problems.append(f"run {rid}: {problem}")
+            recorder.file(entry, problem is None)
+    return len(todo)
 
 
 def _unnamed(sink: Sink, committed: set[str], report: ArchiveVerifyReport) -> None:

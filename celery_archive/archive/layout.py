@@ -4,12 +4,20 @@
     outcomes/<run_id>.json                         committed (with the manifest) or abandoned: create-only,
                                                    so exactly one of the two ever exists
     manifests/<run_id>.json                        a run counts once this exists (a copy of its outcome's manifest)
+    manifests/<run_id>@<rev>.json                  a later revision of it (forget, prune rewrote its files): the
+                                                   highest one is the run's manifest; each names the sha256 of
+                                                   the one it supersedes
+    rewrites/<rewrite_id>.json                     a forget or prune under way: its plan, written before any
+                                                   change (create-only), removed once it is done
     runs/<run_id>.json                             what the run verified and deleted (runs/<run_id>.kept.json: --no-delete)
     locks/lease-<version>.json                     who may change the archive now (create-only versions)
     locks/run.lock                                 celery-archive 0.1's lock: refused, never taken over
     index/log/run-<run_id>.parquet                 the restore index entries of one run's files
     index/log/packs-<gen>-<buckets>.ok             commits pack generation <gen>
     index/packs/<gen>/<bucket>.parquet             compacted index entries, by crc32(task_id) % buckets
+    audit/<YYYYMMDDTHHMMSS.ffffffZ>-<hex>.json     one audit event each (archive/audit.py): create-only, never removed
+    chain/<seq>.json                               the hash chain's positions (archive/chain.py): create-only, never removed
+    verified/<sha256(key)[:32]>/<UTC time>.json     when verify last read a data file (archive/rotation.py): create-only
 
 Run ids are ``YYYYMMDDTHHMMSSZ-uuuuuu`` and sort in the order the runs started.
 """
@@ -21,6 +29,8 @@ import datetime as dt
 DATA, OUTCOMES, MANIFESTS, RUNS = "data/", "outcomes/", "manifests/", "runs/"
 LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
 INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
+REWRITES = "rewrites/"
+AUDIT, CHAIN, VERIFIED = "audit/", "chain/", "verified/"
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -49,8 +59,22 @@ def outcome_key(run_id: str) -> str:
     return f"{OUTCOMES}{run_id}.json"
 
 
-def manifest_key(run_id: str) -> str:
-    return f"{MANIFESTS}{run_id}.json"
+def manifest_key(run_id: str, revision: int = 1) -> str:
+    """``manifests/<run_id>.json``, or ``manifests/<run_id>@<revision>.json`` for a later revision."""
+    return f"{MANIFESTS}{run_id}.json" if revision <= 1 else f"{MANIFESTS}{run_id}@{revision:06d}.json"
+
+
+def manifest_name(key: str) -> tuple[str, int] | None:
+    """(run id, revision) of a key under ``manifests/``, or None for anything else."""
+    name = key[len(MANIFESTS):]
+    if not key.startswith(MANIFESTS) or not name.endswith(".json") or "/" in name:
+        return None
+    run_id, _, rev = name[: -len(".json")].partition("@")
+    return (run_id, int(rev)) if rev.isdigit() else (run_id, 1) if not rev else None
+
+
+def rewrite_key(rewrite_id: str) -> str:
+    return f"{REWRITES}{rewrite_id}.json"
 
 
 def report_key(run_id: str, purged: bool = True) -> str:
@@ -72,3 +96,12 @@ def pack_marker_key(gen: int, buckets: int) -> str:
 
 def pack_key(gen: int, buckets: int, bucket: int) -> str:
     return f"{INDEX_PACKS}{gen:06d}/{bucket:0{len(f'{buckets - 1:x}')}x}.parquet"
+
+
+def audit_key(at: dt.datetime, suffix: str) -> str:
+    """``audit/<UTC time to the microsecond>-<suffix>.json``: keys sort in the order events happened."""
+    return f"{AUDIT}{at.astimezone(dt.timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}-{suffix}.json"
+
+
+def chain_key(seq: int) -> str:
+    return f"{CHAIN}{seq:012d}.json"

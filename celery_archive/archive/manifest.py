@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
@@ -23,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from celery_archive.archive import layout
 from celery_archive.archive.layout import DATA, MANIFESTS, OUTCOMES, RUNS, manifest_key, new_run_id, outcome_key, report_key, run_id_of
 from celery_archive.errors import DamagedObjectError, LeaseLostError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
@@ -112,6 +114,15 @@ class Totals:
         return cls(len(entries), sum(e.rows for e in entries) if rows is None else rows, sum(e.bytes for e in entries))
 
 
+_V2_ONLY = ("chain",)
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not an object")
+    return value
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A committed run: where its results came from, which files hold them. ``extra`` keeps
@@ -131,6 +142,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     totals: Totals
     rules: dict[str, dict[str, int]] | None = None
+    chain: dict[str, Any] | None = None  # v2: {"seq": n, "previous": {"run_id", "sha256"} | null} (archive/chain.py)
     manifest_version: int = MANIFEST_VERSION
     schema_version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +160,9 @@ class Manifest:
             "older_than": self.older_than, "serializer": self.serializer, "delete": self.delete, "tool_version": self.tool_version,
             "files": [e.to_json() for e in self.files], "rules": self.rules, "totals": asdict(self.totals),
         }
+        for name in _V2_ONLY:  # v2 additions: written when set, so a v1 manifest stays the JSON it was
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return {**{k: v for k, v in out.items() if k not in self.absent}, **self.extra}
 
     @classmethod
@@ -168,9 +183,10 @@ class Manifest:
                 tool_version=obj.get("tool_version", ""), files=files,
                 totals=Totals(int(totals.get("files", len(files))), int(totals.get("rows", sum(e.rows for e in files))),
                               int(totals.get("bytes", sum(e.bytes for e in files)))),
-                rules=obj.get("rules"), manifest_version=int(obj.get("manifest_version", 1)),
-                schema_version=int(obj.get("schema_version", 1)),
-                extra={k: v for k, v in obj.items() if k not in known}, absent=frozenset(known - set(obj)),
+                rules=obj.get("rules"), chain=_object(obj.get("chain")),
+                manifest_version=int(obj.get("manifest_version", 1)), schema_version=int(obj.get("schema_version", 1)),
+                extra={k: v for k, v in obj.items() if k not in known or (k in _V2_ONLY and v is None)},
+                absent=frozenset(known - set(obj) - set(_V2_ONLY)),
             )
 
 
@@ -227,10 +243,6 @@ class Outcome:
         return cls(f("run_id"), state, obj.get("at", ""), manifest, obj.get("by"))
 
 
-
-
-
-
 def _load(sink: Sink, key: str) -> dict[str, Any]:
     with sink.open(key) as f:
         data = f.read()
@@ -241,17 +253,27 @@ def _load(sink: Sink, key: str) -> dict[str, Any]:
     return obj
 
 
+def json_bytes(obj: dict[str, Any]) -> bytes:
+    """The bytes an archive JSON object is stored as (sorted keys, indented, one final newline)."""
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    """The sha256 of ``manifests/<run>.json`` as it is (or will be) stored: what the chain links."""
+    return hashlib.sha256(json_bytes(manifest.to_json())).hexdigest()
+
+
 def write_json(sink: Sink, key: str, obj: dict[str, Any]) -> None:
-    sink.put_bytes(key, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    sink.put_bytes(key, json_bytes(obj))
 
 
-
-
-
-
-def load_manifest(sink: Sink, run_id: str) -> Manifest:
+def load_manifest(sink: Sink, run_id: str, key: str | None = None) -> Manifest:
+    """The run's manifest: its latest revision (``key``, when the caller listed it already)."""
+    if key is None:
+        revisions = manifest_revisions(sink, run_id)
+        key = revisions[-1][1] if revisions else manifest_key(run_id)
     try:
-        return Manifest.from_json(_load(sink, manifest_key(run_id)), f"{manifest_key(run_id)} in {sink.url}")
+        return Manifest.from_json(_load(sink, key), f"{key} in {sink.url}")
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(f"no committed run {run_id!r} in {sink.url}: `celery-archive runs --sink {sink.url}` lists them") from exc
     except DamagedObjectError as exc:  # the run's commit record holds the manifest it committed
@@ -259,14 +281,34 @@ def load_manifest(sink: Sink, run_id: str) -> Manifest:
                         "from the run's commit record") from exc
 
 
+def manifest_revisions(sink: Sink, run_id: str) -> list[tuple[int, str]]:
+    """(revision, key) of each stored manifest of ``run_id``, oldest first (forget and prune
+    add revisions; the highest is the run's manifest)."""
+    named = (layout.manifest_name(o.key) for o in sink.list(f"{MANIFESTS}{run_id}"))
+    return sorted((n[1], manifest_key(run_id, n[1])) for n in named if n is not None and n[0] == run_id)
+
+
+def latest_manifests(sink: Sink) -> dict[str, str]:
+    """run id -> the key of its latest manifest revision, from one listing, oldest run first."""
+    latest: dict[str, tuple[int, str]] = {}
+    for o in sink.list(MANIFESTS):
+        named = layout.manifest_name(o.key)
+        if named is not None and named[1] >= latest.get(named[0], (0, ""))[0]:
+            latest[named[0]] = (named[1], o.key)
+    return {rid: key for rid, (_rev, key) in sorted(latest.items())}
+
+
 def committed_runs(sink: Sink) -> list[str]:
-    return [o.key[len(MANIFESTS):-len(".json")] for o in sink.list(MANIFESTS) if o.key.endswith(".json")]
+    return list(latest_manifests(sink))
 
 
 def committed_files(sink: Sink, run_id: str | None = None) -> Iterator[FileEntry]:
     """The data file entries of every committed run (or of ``run_id``), oldest run first."""
-    for rid in [run_id] if run_id else sorted(committed_runs(sink)):
-        yield from load_manifest(sink, rid).files
+    if run_id:
+        yield from load_manifest(sink, run_id).files
+        return
+    for rid, key in latest_manifests(sink).items():
+        yield from load_manifest(sink, rid, key).files
 
 
 def reports(sink: Sink) -> dict[str, RunRecord]:
@@ -296,8 +338,6 @@ def uncommitted_files(sink: Sink, committed: set[str]) -> dict[str, list[str]]:
     return out
 
 
-
-
 def load_outcome(sink: Sink, run_id: str) -> Outcome | None:
     try:
         return Outcome.from_json(_load(sink, outcome_key(run_id)), f"{outcome_key(run_id)} in {sink.url}")
@@ -311,7 +351,15 @@ def _now() -> str:
 
 def commit(sink: Sink, manifest: Manifest) -> None:
     """Decide that the run committed (its outcome, holding the manifest), then publish the
-    manifest. Raises LeaseLostError if a later run abandoned it first."""
+    manifest. Raises LeaseLostError if a later run abandoned it first. (A run commits through
+    ``chain.commit``, which links the manifest and registers it between the two.)"""
+    decide(sink, manifest)
+    publish(sink, manifest)
+
+
+def decide(sink: Sink, manifest: Manifest) -> None:
+    """Create the run's outcome ``committed``, holding ``manifest``: the commit point. Raises
+    LeaseLostError if a later run abandoned it first."""
     run_id = manifest.run_id
     try:
         write_json(sink, outcome_key(run_id), Outcome(run_id, COMMITTED, _now(), manifest).to_json())
@@ -320,7 +368,6 @@ def commit(sink: Sink, manifest: Manifest) -> None:
         if outcome is None or outcome.manifest is None or outcome.manifest.to_json() != manifest.to_json():
             raise LeaseLostError(f"run {run_id} was abandoned by run {outcome and outcome.by} (it found this run dead and "
                                  "removed its files) before it could commit: nothing was deleted from the source; run again") from exc
-    publish(sink, manifest)
 
 
 def publish(sink: Sink, manifest: Manifest) -> None:
@@ -328,7 +375,7 @@ def publish(sink: Sink, manifest: Manifest) -> None:
     try:
         write_json(sink, manifest_key(manifest.run_id), manifest.to_json())
     except ObjectExistsError as exc:
-        if load_manifest(sink, manifest.run_id).to_json() != manifest.to_json():
+        if load_manifest(sink, manifest.run_id, manifest_key(manifest.run_id)).to_json() != manifest.to_json():
             raise SinkError(f"{manifest_key(manifest.run_id)} in {sink.url} differs from the run's commit record "
                             f"({outcome_key(manifest.run_id)}); it was changed by hand: `celery-archive verify` names the damage") from exc
 

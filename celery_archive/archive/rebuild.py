@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive import chain
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import manifest_key
 from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
@@ -140,6 +141,7 @@ def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> Reb
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
         if outcome is not None and outcome.manifest is not None:  # committed: it holds the manifest
+            chain.register(sink, outcome.manifest)  # if its run died between its commit and its registration
             mf.publish(sink, outcome.manifest)
             out.rebuilt.append({"run_id": rid, "source": "outcome", "files": len(outcome.manifest.files),
                                 "rows": outcome.manifest.totals.rows})

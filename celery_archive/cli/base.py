@@ -239,6 +239,7 @@ def _human_bytes(n: int) -> str:
 # run's or the server's (help and completion list them all).
 COMMAND_MODULES = {
     "verify": "celery_archive.cli.archive", "runs": "celery_archive.cli.archive", "demo": "celery_archive.cli.archive",
+    "audit": "celery_archive.cli.archive", "forget": "celery_archive.cli.compliance", "prune": "celery_archive.cli.compliance",
     "stats": "celery_archive.cli.monitor", "rules": "celery_archive.cli.monitor",
     "query": "celery_archive.cli.query", "ddl": "celery_archive.cli.query",
     "restore": "celery_archive.cli.restore", "index": "celery_archive.cli.restore", "manifest": "celery_archive.cli.restore",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,6 +229,30 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
     sink.put_bytes(pack_marker_key(gen, buckets), b"")  # the commit point
     _retire(sink, st, gen)
     return CompactReport(gen, buckets, total, len(st.deltas))
+
+
+def rewrite(sink: Sink, spool: Path, dropped_keys: set[str], added: list[pa.Table],
+            drop_ids: Callable[[Any], Any] | None = None) -> CompactReport:
+    """The whole index again, without the entries of the data files ``dropped_keys`` (nor, with
+    ``drop_ids``, those of the task ids it marks True), with the ``added`` entries: a compaction,
+    so the objects that held the old entries are retired with it (forget, prune)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    st = state(sink)
+    keys = [*_pack_keys(st), *st.deltas]
+    gone = pa.array(sorted(dropped_keys), pa.string())
+
+    def inputs() -> Iterator[pa.Table]:
+        for key in keys:
+            t = _read(sink, key).cast(index_schema())
+            keep = pc.invert(pc.is_in(t.column("key"), value_set=gone))
+            if drop_ids is not None:
+                keep = pc.and_(keep, pc.invert(drop_ids(t.column("task_id"))))
+            yield t.filter(keep)
+        yield from added
+
+    return compact(sink, spool, rebuilt=(inputs(), _count(sink, keys) + sum(t.num_rows for t in added)))
 
 
 def bucket_count(total: int) -> int:

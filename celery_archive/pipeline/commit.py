@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from celery_archive.archive import audit
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.manifest import FileEntry, Manifest, RunRecord, Totals
 from celery_archive.config import RunConfig, format_duration
@@ -91,4 +92,7 @@ def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: Run
         discard(report)
     mf.write_report(sink, RunRecord(manifest.run_id, dt.datetime.now(dt.timezone.utc).isoformat(), report.rows, deleted,
                                     skipped, cfg.delete))
+    if cfg.delete:
+        audit.record(sink, "purge", run_id=manifest.run_id, manifest_sha256=mf.manifest_sha256(manifest), verified=report.rows,
+                     deleted=deleted, skipped_changed=skipped)
     return report.rows, deleted, skipped

@@ -306,6 +306,13 @@ class FencedSink:
         self.lease.check()
         self.inner.delete(key)
 
+    def erase(self, key: str) -> None:
+        self.lease.check()
+        self.inner.erase(key)
+
+    def retention(self, key: str) -> str | None:
+        return self.inner.retention(key)
+
     def open(self, key: str) -> BinaryIO:
         return self.inner.open(key)
 

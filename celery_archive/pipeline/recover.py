@@ -11,19 +11,22 @@ For a run with data files but no manifest, by its outcome (manifest.py):
 * none at all: it never committed (a crash before the commit): it is abandoned, the decision
   first, and only then are its files removed. Its results are all still in the source.
 
-Then every committed run whose purge did not finish is verified and purged again.
+Then every committed run whose purge did not finish is verified and purged again. Before all
+that, a ``forget`` or ``prune`` that a crash interrupted is finished (archive/rewrite.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from celery_archive.archive import chain
 from celery_archive.archive import manifest as mf
 from celery_archive.config import RunConfig
-from celery_archive.errors import ConfigError
+from celery_archive.errors import ConfigError, SinkError
 from celery_archive.index.packs import referenced_runs
 from celery_archive.pipeline.commit import finish
 
@@ -38,6 +41,7 @@ class Recovered:
     orphans_removed: int = 0  # data files of runs that never committed
     restored: list[str] = field(default_factory=list)  # manifests written again from their outcome
     lost: list[str] = field(default_factory=list)  # runs kept though no manifest names them
+    rewrites: list[str] = field(default_factory=list)  # interrupted forget/prune plans finished now
 
 
 def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
@@ -61,6 +65,8 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
             fence()
             outcome = mf.abandon(sink, rid, by=run_id)
         if outcome.manifest is not None:  # committed: it holds the manifest
+            with contextlib.suppress(SinkError):  # its position taken by another run: verify names that break
+                chain.register(sink, outcome.manifest)  # if it died between its commit and its registration
             mf.publish(sink, outcome.manifest)
             out.restored.append(rid)
             continue
@@ -71,8 +77,13 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
 
 
 def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str, fence: Callable[[], None]) -> Recovered:
-    """Settle dead runs, then finish committed runs whose purge never completed."""
+    """Finish interrupted rewrites, settle dead runs, then finish committed runs whose purge never completed."""
+    from celery_archive.archive.rewrite import finish_pending
+
+    fence()
+    rewrites = [done.plan.rewrite_id for done in finish_pending(sink, spool)]
     out = tidy(sink, run_id, fence)
+    out.rewrites = rewrites
     done = mf.reports(sink)
     pending = sorted(r for r in mf.committed_runs(sink) if r not in done or not done[r].purged)
     if pending and not cfg.delete:

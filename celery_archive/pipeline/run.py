@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery_archive.archive import audit
 from celery_archive.archive import manifest as mf
 from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
 from celery_archive.backends import lock as source_lock
@@ -66,6 +67,7 @@ class RunReport:
     stopped_by: str | None = None  # max_runtime | signal
     manifests_restored: list[str] = field(default_factory=list)  # rewritten from their runs' commit records
     lost_manifests: list[str] = field(default_factory=list)  # runs kept though no manifest names them: `manifest rebuild`
+    rewrites_finished: list[str] = field(default_factory=list)  # forget/prune plans a crash left, finished first
     swept: int = 0  # left-overs of dead runs removed (partial objects, staging directories)
     iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
     dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
@@ -207,6 +209,8 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
     verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
+    if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
+        audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
     if len(state(sink).deltas) >= COMPACT_AFTER:
         compact(sink, spool)
     iceberg: list[str] = []
@@ -221,4 +225,5 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
                      rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
+                     rewrites_finished=recovered.rewrites,
                      swept=swept, dates=source.describe_dates(), warnings=date_notes(source))

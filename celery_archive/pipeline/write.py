@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celery_archive.archive import manifest as mf
+from celery_archive.archive import audit, chain
 from celery_archive.archive.manifest import FileEntry, Manifest
 from celery_archive.formats.writer import ArchiveWriter
 from celery_archive.pipeline.commit import Checks, manifest_of
@@ -49,9 +49,12 @@ def write_and_commit(sink: Sink, source: Source, cfg: RunConfig, run_id: str, no
         entries = writer.close()
         manifest = manifest_of(run_id, now, cutoff, source, cfg, entries, selected, applied.counts() if applied else None)
         fence()
-        mf.commit(sink, manifest)  # the commit point
+        manifest, sha = chain.commit(sink, manifest)  # the commit point, linked to the archive's hash chain
     except BaseException:
         writer.abort()
         checks.abandon()
         raise
+    audit.record(sink, "run", run_id=run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
+                 files=len(entries), results=sum(e.rows for e in entries), bytes=manifest.totals.bytes, selected=selected,
+                 source=manifest.source, delete=cfg.delete)
     return Written(manifest, entries, selected, stopped_by)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 RECORD_VERSION = 2  # v2 adds raw_date_done and raw_key; v1 files read them as null
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # v2 adds chain and supersedes (archive/chain.py); v1 manifests read as they are
 INDEX_VERSION = 1
 
 

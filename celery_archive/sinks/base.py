@@ -16,6 +16,11 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
   :class:`ObjectNotFoundError` (as ``open`` does).
 * ``list(prefix)`` yields every complete object whose key starts with ``prefix``, in key order.
 * ``delete(key)`` removes an object; deleting a missing key is not an error.
+* ``erase(key)`` removes an object and every earlier version the store keeps of it (a
+  versioned bucket keeps the bytes of a plain delete); a missing key is not an error. For
+  ``forget`` and ``prune``, whose promise is that no byte is left.
+* ``retention(key)`` says why ``erase(key)`` would be refused now (an S3 Object Lock
+  retain-until date, a legal hold), or None when nothing holds it (or the key is missing).
 * ``url`` is the sink's location for messages and manifests, with no secret in it.
 * ``spool_root()`` names a directory on the sink's own filesystem where a run may stage
   files (so that ``put`` can link rather than copy), or None for a remote sink. Nothing
@@ -58,6 +63,10 @@ class Sink(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def erase(self, key: str) -> None: ...
+
+    def retention(self, key: str) -> str | None: ...
 
     def spool_root(self) -> Path | None: ...
 

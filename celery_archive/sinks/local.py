@@ -168,6 +168,12 @@ class LocalSink:
                     continue
         return removed
 
+    def erase(self, key: str) -> None:
+        self.delete(key)  # a directory keeps no versions
+
+    def retention(self, key: str) -> str | None:
+        return None
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

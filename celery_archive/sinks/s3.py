@@ -236,6 +236,40 @@ class S3Sink:
     def delete(self, key: str) -> None:
         self._call(self.client.delete_object, key, Bucket=self.bucket, Key=self._key(key))
 
+    def _versions(self, key: str, markers: bool = True) -> tuple[str, ...]:
+        """Version ids of ``key`` (objects and delete markers; ``null`` in an unversioned bucket)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full, out = self._key(key), ()
+        try:
+            for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full):
+                out += tuple(v["VersionId"] for v in [*page.get("Versions", []), *(page.get("DeleteMarkers", []) if markers else [])] if v["Key"] == full)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key) from exc
+        return out
+
+    def erase(self, key: str) -> None:
+        for version in self._versions(key):
+            extra = {} if version in ("null", None) else {"VersionId": version}
+            self._call(self.client.delete_object, key, Bucket=self.bucket, Key=self._key(key), **extra)
+
+    def retention(self, key: str) -> str | None:
+        import datetime as dt
+
+        now = dt.datetime.now(dt.timezone.utc)
+        for version in self._versions(key, markers=False):
+            extra = {} if version in ("null", None) else {"VersionId": version}
+            try:
+                head = self._call(self.client.head_object, key, Bucket=self.bucket, Key=self._key(key), **extra)
+            except ObjectNotFoundError:
+                continue
+            until = head.get("ObjectLockRetainUntilDate")
+            if head.get("ObjectLockLegalHoldStatus") == "ON":
+                return f"{key} is under an S3 legal hold"
+            if until is not None and until > now:
+                return f"{key} is retained by S3 Object Lock ({head.get('ObjectLockMode', 'retention')}) until {until.isoformat()}"
+        return None
+
     def spool_root(self) -> Path | None:
         return None
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from celery_archive.archive.layout import DATA, MANIFESTS, RUNS
+from celery_archive.archive.layout import AUDIT, CHAIN, DATA, MANIFESTS, RUNS
 from celery_archive.errors import ConfigError
 
 # What the archive keeps for its retention (data files, manifests, run reports) gets the Object
-# Lock retention and legal hold; data files also get the storage class. The index, which
+# Lock retention and legal hold (so do the audit log and the hash chain); data files also get the storage class. The index, which
 # compaction replaces, and the run lock stay deletable and in STANDARD (read on every lookup).
-_RETAINED = (DATA, MANIFESTS, RUNS)
+_RETAINED = (DATA, MANIFESTS, RUNS, AUDIT, CHAIN)
 _STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                     "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
@@ -26,8 +26,9 @@ class S3Options:
     ``sse``           ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS); ``kms_key_id`` implies ``aws:kms``
     ``kms_key_id``    KMS key id, ARN or alias for SSE-KMS
     ``storage_class`` storage class of data files (``STANDARD_IA``, ``GLACIER_IR``, ...)
-    ``object_lock``   ``COMPLIANCE`` or ``GOVERNANCE``: retention mode of data files, manifests and
-                      run reports (the bucket must have Object Lock enabled)
+    ``object_lock``   ``COMPLIANCE`` or ``GOVERNANCE``: retention mode of data files, manifests,
+                      run reports, audit events and hash chain positions (the bucket must have
+                      Object Lock enabled)
     ``retain``        how long they are locked from when they are written: ``400d``, ``7y``
     ``legal_hold``    ``on``: a legal hold on the same objects
     ``tag``           ``key=value``, repeatable: tags on every object

@@ -143,9 +143,11 @@ class Archive:
         return find(self.sink, [task_id]).records
 
     def manifest(self, run_id: str) -> dict[str, Any]:
-        m = self._manifests.get(run_id)
-        if m is None:  # write-once: a manifest read once is the manifest
-            m = self._manifests[run_id] = mf.load_manifest(self.sink, run_id).to_json()
+        # the latest revision (forget and prune add revisions), from the sink's cached listing
+        key = mf.latest_manifests(self.sink).get(run_id) or mf.manifest_key(run_id)
+        m = self._manifests.get(key)
+        if m is None:  # write-once: a revision read once is that revision
+            m = self._manifests[key] = mf.load_manifest(self.sink, run_id, key).to_json()
         return m
 
     def runs(self) -> list[Run]:

@@ -114,5 +114,11 @@ class CachedSink:
     def delete(self, key: str) -> None:
         raise ReadOnlyError(f"the web server is read-only: it does not delete {key}")
 
+    def erase(self, key: str) -> None:
+        raise ReadOnlyError(f"the web server is read-only: it does not erase {key}")
+
+    def retention(self, key: str) -> str | None:
+        return self.inner.retention(key)
+
     def sweep(self, older_than: float) -> int:
         raise ReadOnlyError("the web server is read-only: it does not sweep the archive")

@@ -89,7 +89,15 @@ def run_page(request: Request) -> Response:
 
 
 def audit_page(request: Request) -> Response:
-    return page(request, "audit.html")
+    from celery_archive.archive.audit import events
+
+    shown = [{"time": e["time"], "event": e["event"], "who": e["who"], "pid": e["pid"], "version": e["version"],
+              "fields": [(k, v) for k, v in sorted(e.items()) if k not in AUDIT_OWN and v is not None]}
+             for e in events(_archive(request).sink)]
+    return page(request, "audit.html", events=shown[::-1])
+
+
+AUDIT_OWN = ("event", "time", "who", "pid", "version")
 
 
 def result_api(request: Request) -> Response:
