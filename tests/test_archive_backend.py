@@ -345,3 +345,25 @@ def test_a_record_that_will_not_decode_leaves_the_live_answer(redis_port: int, t
         assert AsyncResult("ok-1", app=app).state == "SUCCESS"
     ours = [r.getMessage() for r in caplog.records if r.name == "celery_archive.archive_backend"]
     assert len(ours) == 1 and "ok-0 is in the archive but its stored bytes do not decode" in ours[0], ours
+
+
+def test_a_forgotten_result_stops_being_answered_once_the_index_is_listed_again(tmp_path: Path) -> None:
+    """An app that read a result through archive+ before it was forgotten answers it from its
+    cache only until it lists the index again (archive_index_refresh), as the README says."""
+    import subprocess
+    import sys
+    import time
+
+    url = f"db+sqlite:///{tmp_path / 'results.db'}"
+    sink = tmp_path / "archive"
+    archived(url, sink)
+    reader = app_for("archive+" + url, archive_sink=str(sink), archive_index_refresh=1)
+    assert AsyncResult("ok-1", app=reader).get(timeout=5) == {"n": 1, "items": [1, 2]}
+    exe = str(Path(sys.executable).parent / "celery-archive")
+    forget = subprocess.run([exe, "forget", "ok-1", "--sink", str(sink), "--reason", "erasure request"],
+                            capture_output=True, text=True, timeout=120)
+    assert forget.returncode == 0, forget.stderr
+    time.sleep(1.5)
+    assert AsyncResult("ok-1", app=reader).state == "PENDING"
+    assert AsyncResult("ok-1", app=reader).result is None
+    assert AsyncResult("ok-0", app=reader).get(timeout=5) == {"n": 0, "items": [1, 2]}  # its neighbour still answers
