@@ -42,4 +42,4 @@ bash localstack/install.sh || echo "LocalStack not installed (no Python 3.13): i
 
 .venv/bin/ruff check celery_archive tests benchmarks
 .venv/bin/mypy celery_archive
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=25 "$@"
