@@ -243,3 +243,22 @@ def test_a_run_taken_over_while_paused_says_so_whatever_it_then_trips_on(tmp_pat
     taken[0].release()
     assert len(table_rows(url)) == 300  # nothing deleted
     assert not list(mf.committed_files(LocalSink(sink_root)))
+
+
+def test_any_holder_taken_over_reports_the_takeover_not_what_it_tripped_on(tmp_path: Path) -> None:
+    """forget, prune and the index commands hold the lease as a run does: the same rule."""
+    sink = LocalSink(tmp_path)
+    a = Lease(sink, "maint-a", 60, FakeClock())
+    with pytest.raises(LeaseLostError, match=r"lost the lease.*it then failed with: .*gone"):
+        with a.holding():
+            for p in (tmp_path / "locks").iterdir():
+                p.unlink()
+            b = Lease(sink, "run-b", 60, FakeClock())
+            b.acquire()
+            raise FileNotFoundError(2, "gone")
+    b.release()
+    c = Lease(sink, "maint-c", 60, FakeClock())
+    with pytest.raises(FileNotFoundError):  # a failure of a holder that still holds it is its own
+        with c.holding():
+            raise FileNotFoundError(2, "gone")
+    assert not c.held

@@ -169,12 +169,8 @@ def _under_lease(sink: str, lease_ttl: str, action: Any) -> Any:
     archive = open_sink(sink)
     lease = Lease(archive, f"maint-{mf.new_run_id(dt.datetime.now(dt.timezone.utc))}", parse_duration(lease_ttl).total_seconds(),
                   on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True))
-    lease.acquire()
-    try:
-        with spool_dir(archive.spool_root()) as tmp:
-            return action(FencedSink(archive, lease), Path(tmp))
-    finally:
-        lease.release()
+    with lease.holding(), spool_dir(archive.spool_root()) as tmp:
+        return action(FencedSink(archive, lease), Path(tmp))
 
 
 lease_option = click.option("--lease-ttl", default="60s", show_default=True, metavar="AGE", envvar="CELERY_ARCHIVE_LEASE_TTL",

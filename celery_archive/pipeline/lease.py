@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -255,11 +256,25 @@ class Lease:
             raise LeaseLostError(f"run {self.run_id} could not renew the lease on {self.sink.url} for {waited:.0f} s "
                                  f"({self._problem or 'no answer'}); it stopped before changing anything more: run again")
 
-    def taken_from_this_run(self) -> str | None:
-        """Why this run no longer holds the lease (taken over or removed), after one more
-        look at the sink; None while it holds it, or when the sink cannot tell."""
-        self.renew()
-        return self._lost
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Acquired on entry, released on exit. A holder whose lease was taken over while it
+        was paused (a frozen VM, SIGSTOP) fails in whatever it touches next (its files cleaned
+        up by the run that took over): that failure is the takeover's consequence, and is
+        reported as the takeover (LeaseLostError, exit 4), not as a missing file."""
+        self.acquire()
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, LeaseLostError):
+                raise
+            self.renew()  # one more look at the sink: was it taken over or removed?
+            if self._lost is not None:
+                raise LeaseLostError(f"{self._lost}; it stopped before changing anything more: run again "
+                                     f"(it then failed with: {exc})") from exc
+            raise
+        finally:
+            self.release()
 
     @property
     def held(self) -> bool:

@@ -23,7 +23,7 @@ from celery_archive.archive import manifest as mf
 from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
 from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
-from celery_archive.errors import ConfigError, LeaseLostError
+from celery_archive.errors import ConfigError
 from celery_archive.index.packs import COMPACT_AFTER, compact, state
 from celery_archive.pipeline.commit import Checks, finish
 from celery_archive.pipeline.extract import Progress, batches
@@ -159,8 +159,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
             return dry_run(source, cutoff, now)
         run_id = mf.new_run_id(now)
         lease = Lease(archive, run_id, cfg.lease_ttl, on_wait=on_wait)
-        lease.acquire()
-        try:
+        with lease.holding():
             fenced = FencedSink(archive, lease)
             swept = fenced.sweep(2 * cfg.lease_ttl)  # before this run's own staging directory exists
             redis = source.client if cfg.source.split("://", 1)[0] in REDIS_SCHEMES else None  # type: ignore[attr-defined]
@@ -168,29 +167,11 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
             with source_lock.held(cfg.source, tables, {"run_id": run_id, "sink": archive.url}, redis), \
                     spool_dir(cfg.spool_dir or archive.spool_root()) as tmp:
                 report = _locked_run(fenced, lease, source, cfg, run_id, now, cutoff, Path(tmp), progress, stop, started, swept)
-        except Exception as exc:
-            _blame_the_takeover(lease, exc)
-            raise
-        finally:
-            lease.release()
         if cfg.metrics_file:
             write_metrics(cfg.metrics_file, report)
         return report
     finally:
         source.close()
-
-
-def _blame_the_takeover(lease: Lease, exc: Exception) -> None:
-    """A run whose lease was taken over while it was paused (a frozen VM, SIGSTOP) fails in
-    whatever it touches next (its files cleaned up by the run that took over): that failure
-    is the takeover's consequence, and the user must hear the cause (exit 4), not a missing file."""
-    if isinstance(exc, LeaseLostError):
-        return
-    why = lease.taken_from_this_run()
-    if why is not None:
-        raise LeaseLostError(f"{why}; it stopped before changing anything more (what it verified and committed "
-                             f"stays in the archive, nothing unverified was deleted): run again (it then failed "
-                             f"with: {exc})") from exc
 
 
 def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, run_id: str, now: dt.datetime,
