@@ -45,7 +45,7 @@ class IndexCache:
 
             data = self.sink.read(key)
             try:
-                t = pq.read_table(pa.BufferReader(data))
+                t = pq.read_table(pa.BufferReader(data), use_threads=False)
             except (pa.ArrowException, OSError) as exc:
                 raise SinkError(f"the restore index object {key} in {self.sink.url} is damaged ({str(exc).splitlines()[0]}): "
                                 f"`celery-archive index rebuild --sink {self.sink.url}` makes the index again") from exc

@@ -67,6 +67,6 @@ class RowCache:
         size = entry["footer_offset"] + entry["footer_length"]
         pf = pq.ParquetFile(RangeReader(size, _served(entry["offset"], data)), metadata=metadata, pre_buffer=False)
         present = [c for c in COLUMNS if c in pf.schema_arrow.names]  # a file of an earlier record version
-        table = pf.read_row_group(entry["block"], columns=present)
+        table = pf.read_row_group(entry["block"], columns=present, use_threads=False)
         self.loads += 1
         return table, max(int(table.nbytes), 1)

@@ -153,7 +153,7 @@ def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
         first = next(e for e in found if e["block"] == block)
         pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
         pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False)
-        group = pf.read_row_group(block)  # slices, not take(): that loads pyarrow.compute (~60 ms of a CLI restore)
+        group = pf.read_row_group(block, use_threads=False)  # slices, not take(): that loads pyarrow.compute (~60 ms of a CLI restore)
         parts += [group.slice(e["row"], 1) for e in found if e["block"] == block]
         del pieces[first["offset"]]
     return conform(pa.concat_tables(parts))  # a file of an earlier record version: its new columns null

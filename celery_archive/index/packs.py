@@ -74,7 +74,7 @@ def _read(sink: Sink, key: str) -> pa.Table:
 
     data = sink.read(key)
     try:  # ParquetFile, not read_table: that loads pyarrow.dataset (~25 ms of a CLI restore's start-up)
-        return pq.ParquetFile(pa.BufferReader(data)).read()
+        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise damaged_index(sink, key, exc) from exc
 
@@ -148,7 +148,7 @@ def _read_columns(sink: Sink, key: str, columns: list[str]) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(pa.BufferReader(sink.read(key)), columns=columns)
+        return pq.read_table(pa.BufferReader(sink.read(key)), columns=columns, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise damaged_index(sink, key, exc) from exc
 

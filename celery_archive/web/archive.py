@@ -99,7 +99,7 @@ class IdIndex:
             parts = []
             for key in [*keys, *st.deltas]:
                 try:
-                    parts.append(pq.read_table(pa.BufferReader(inner.read(key)), columns=["task_id"]).column("task_id"))
+                    parts.append(pq.read_table(pa.BufferReader(inner.read(key)), columns=["task_id"], use_threads=False).column("task_id"))
                 except ObjectNotFoundError:
                     self._cached.forget_listings()
                     raise
