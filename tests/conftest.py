@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,20 @@ def celery_app(url: str, serializer: str = "json", extended: bool = True, **conf
     app.conf.update(result_serializer=serializer, result_accept_content=[serializer, "json"],
                     accept_content=[serializer, "json"], result_extended=extended, **conf)
     return app
+
+
+@contextmanager
+def pooled(app: Any) -> Iterator[Any]:
+    """``app``'s database backend as in a prefork worker's child: one pooled connection for many
+    writes instead of a new connection per result (Celery's NullPool before a fork), closed after.
+    Celery's own code still writes every row; on MariaDB this makes 400 writes ~2 s, not ~45 s."""
+    manager = app.backend.session_manager
+    manager._after_fork()
+    try:
+        yield app.backend
+    finally:
+        manager.invalidate(app.backend.url)
+        manager.forked = False
 
 
 def run_celery56(url: str, code: str) -> str:

@@ -46,12 +46,13 @@ def in_source(url: str) -> set[str]:
 
 def add_results(url: str, start: int, n: int) -> set[str]:
     """``n`` more expired results written by Celery's own backend: each round has work to be killed in."""
-    from conftest import age_rows, celery_app
+    from conftest import age_rows, celery_app, pooled
 
     app = celery_app(url)
     ids = {f"k{i:06d}" for i in range(start, start + n)}
-    for tid in sorted(ids):
-        app.backend.store_result(tid, {"i": tid, "pad": "x" * 100}, "SUCCESS")
+    with pooled(app) as backend:
+        for tid in sorted(ids):
+            backend.store_result(tid, {"i": tid, "pad": "x" * 100}, "SUCCESS")
     age_rows(url, 40, f"task_id >= 'k{start:06d}'")
     return ids
 

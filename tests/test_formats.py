@@ -11,7 +11,7 @@ import jsonschema
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from conftest import age_rows, celery_app, table_rows
+from conftest import age_rows, celery_app, pooled, table_rows
 from helpers import archive, data_files, read_archive
 
 from celery_archive.formats import read_columns
@@ -21,9 +21,9 @@ GLOBS = {"parquet": "*.parquet", ("jsonl", None): "*.jsonl", ("jsonl", "zstd"): 
 
 
 def fill(url: str, n: int = 120) -> None:
-    app = celery_app(url)
-    for i in range(n):
-        app.backend.store_result(f"f{i:04d}", {"i": i, "text": secrets.token_hex(150)}, "SUCCESS" if i % 9 else "FAILURE")
+    with pooled(celery_app(url)) as backend:
+        for i in range(n):
+            backend.store_result(f"f{i:04d}", {"i": i, "text": secrets.token_hex(150)}, "SUCCESS" if i % 9 else "FAILURE")
     for days in range(40, 44):
         age_rows(url, days - 39 if days > 40 else 40, f"task_id >= 'f{(days - 40) * 30:04d}'")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import age_rows, celery_app, table_rows
+from conftest import age_rows, celery_app, pooled, table_rows
 from helpers import wait_for
 
 from celery_archive.archive import manifest as mf
@@ -26,11 +26,11 @@ SLOW = ("--batch-size", "50", "--max-rate", "250", "--max-file-size", "16KiB")
 
 
 def fill(url: str, prefix: str, n: int) -> set[str]:
-    app = celery_app(url)
-    for i in range(n):
-        app.backend.store_result(f"{prefix}{i:05d}", {"i": i}, "SUCCESS")
-    age_rows(url, 40)
-    app.backend.store_result(f"{prefix}young", 1, "SUCCESS")
+    with pooled(celery_app(url)) as backend:
+        for i in range(n):
+            backend.store_result(f"{prefix}{i:05d}", {"i": i}, "SUCCESS")
+        age_rows(url, 40)
+        backend.store_result(f"{prefix}young", 1, "SUCCESS")
     return {f"{prefix}{i:05d}" for i in range(n)}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import age_rows, celery_app, cli, table_rows
+from conftest import age_rows, celery_app, cli, pooled, table_rows
 from helpers import archive, data_files, read_archive
 
 from celery_archive.archive import manifest as mf
@@ -31,10 +31,10 @@ def lease_state(sink: Path) -> str | None:
 
 
 def fill(url: str, n: int = 60) -> set[str]:
-    app = celery_app(url)
-    for i in range(n):
-        app.backend.store_result(f"r{i:03d}", {"i": i, "pad": "x" * 40}, "SUCCESS")
-    app.backend.store_result("young", 1, "SUCCESS")
+    with pooled(celery_app(url)) as backend:
+        for i in range(n):
+            backend.store_result(f"r{i:03d}", {"i": i, "pad": "x" * 40}, "SUCCESS")
+        backend.store_result("young", 1, "SUCCESS")
     for days in (35, 36, 37):  # spread over three day partitions
         age_rows(url, days, f"task_id <> 'young' AND task_id >= 'r{(days - 35) * 20:03d}'")
     return {f"r{i:03d}" for i in range(n)}

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import age_rows, celery_app, cli, db_url, table_rows
+from conftest import age_rows, celery_app, cli, db_url, pooled, table_rows
 from helpers import REDIS_URL, keys, redis_app, wait_for
 from test_lease_processes import EXE, SLOW, data_keys, start
 
@@ -18,9 +18,9 @@ from celery_archive.sinks import open_sink
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mysql"])
 def test_a_second_archiver_of_the_same_tables_is_refused(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = db_url(request, kind, tmp_path)
-    app = celery_app(url)
-    for i in range(800):
-        app.backend.store_result(f"t{i:04d}", i, "SUCCESS")
+    with pooled(celery_app(url)) as backend:
+        for i in range(800):
+            backend.store_result(f"t{i:04d}", i, "SUCCESS")
     age_rows(url, 40)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     first = start(url, a, *SLOW)
