@@ -143,3 +143,41 @@ def test_verify_reports_a_damaged_manifest_and_checks_the_other_runs(copy: Path,
     assert len(problems) == 1 and first.stem in problems[0], problems
     report = json.loads(cli("verify", "--sink", str(sink), "--json").stdout)
     assert report["runs"] == 2 and report["rows"] == second["verified"] > 0
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"run_id": 1, "verified": "many"}'])
+def test_a_damaged_run_report_does_not_stop_archiving(copy: Path, damage: str) -> None:
+    """An edited ``runs/<id>.json`` (only the record of a finished purge) made every later run
+    fail before it archived anything; verify said the archive was fine."""
+    sink, source = copy / "archive", f"db+sqlite:///{copy / 'results.db'}"
+    report = sorted((sink / "runs").glob("*.json"))[0]
+    report.write_text(damage)
+    run = cli("run", "--source", source, "--sink", str(sink), "--older-than", "1h", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = json.loads(run.stdout)
+    assert out["verified"] == out["deleted"] > 0
+    assert [w for w in out["warnings"] if report.name in w and "put back a copy" in w], out["warnings"]
+    problems = _verify_fails(sink)
+    assert len(problems) == 1 and report.name in problems[0], problems
+
+
+def test_a_damaged_no_delete_report_leaves_the_purge_to_the_next_run(copy: Path) -> None:
+    """``runs/<id>.kept.json`` of a --no-delete run, damaged: the next deleting run finishes that
+    run's purge (verified, unchanged results only) instead of stopping."""
+    import sqlite3
+
+    sink, source = copy / "archive", f"db+sqlite:///{copy / 'results.db'}"
+    kept = cli("run", "--source", source, "--sink", str(sink), "--older-than", "1h", "--no-delete", "--json")
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    rid, archived = json.loads(kept.stdout)["run_id"], json.loads(kept.stdout)["verified"]
+    (sink / "runs" / f"{rid}.kept.json").write_text("{not json")
+    def stored() -> int:
+        with sqlite3.connect(copy / "results.db") as db:
+            return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("celery_taskmeta", "celery_tasksetmeta"))
+
+    before = stored()
+    run = cli("run", "--source", source, "--sink", str(sink), "--older-than", "1h", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert rid in json.loads(run.stdout)["resumed"], run.stdout
+    assert archived > 0 and stored() == before - archived - json.loads(run.stdout)["deleted"]
+    assert json.loads((sink / "runs" / f"{rid}.json").read_text())["purged"] is True

@@ -110,6 +110,7 @@ def verify_archive(sink_url: str, run_id: str | None = None, subset: Subset | No
     report.notes += links.notes
     report.head, report.chain_length = links.head, links.length
     if run_id is None:
+        mf.reports(sink, damaged=report.problems)
         _unnamed(sink, set(committed), report)
     recorder.event(ok=report.ok, runs=report.runs, files=report.files, rows=report.rows, problems=len(report.problems),
                    head=report.head, chain_length=report.chain_length, run_id=run_id, subset=report.subset,
@@ -173,7 +174,7 @@ def _unnamed(sink: Sink, committed: set[str], report: ArchiveVerifyReport) -> No
     uncommitted = mf.uncommitted_files(sink, committed)
     if not uncommitted:
         return
-    reported, indexed = set(mf.reports(sink)), referenced_runs(sink)
+    reported, indexed = set(mf.reports(sink, damaged=[])), referenced_runs(sink)  # damage: named by verify_archive
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
         state = None if outcome is None else outcome.state

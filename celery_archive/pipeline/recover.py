@@ -42,6 +42,7 @@ class Recovered:
     restored: list[str] = field(default_factory=list)  # manifests written again from their outcome
     lost: list[str] = field(default_factory=list)  # runs kept though no manifest names them
     rewrites: list[str] = field(default_factory=list)  # interrupted forget/prune plans finished now
+    damaged: list[str] = field(default_factory=list)  # run reports that could not be read (kept as they are)
 
 
 def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
@@ -52,7 +53,7 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
     uncommitted.pop(run_id, None)
     if not uncommitted:
         return out
-    reported = set(mf.reports(sink))
+    reported = set(mf.reports(sink, damaged=[]))  # damage: named by recover()
     indexed: set[str] | None = None
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
@@ -84,7 +85,7 @@ def recover(sink: Sink, source: Source, spool: Path, cfg: RunConfig, run_id: str
     rewrites = [done.plan.rewrite_id for done in finish_pending(sink, spool)]
     out = tidy(sink, run_id, fence)
     out.rewrites = rewrites
-    done = mf.reports(sink)
+    done = mf.reports(sink, damaged=out.damaged)
     pending = sorted(r for r in mf.committed_runs(sink) if r not in done or not done[r].purged)
     if pending and not cfg.delete:
         raise ConfigError(

@@ -207,4 +207,4 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
                      rewrites_finished=recovered.rewrites,
-                     swept=swept, dates=source.describe_dates(), warnings=date_notes(source))
+                     swept=swept, dates=source.describe_dates(), warnings=date_notes(source) + recovered.damaged)
