@@ -160,3 +160,12 @@ def test_restore_with_a_committed_data_file_missing(copy: Path) -> None:
     for args in (["demo-00007"], ["--since", "60d"]):
         fails("restore", *args, "--sink", sink, code=BROKEN,
               says=("of a committed run is missing", f"celery-archive verify --sink {sink}"))
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("verfy", "verify"), ("restor", "restore"), ("prun", "prune")])
+def test_a_mistyped_command_is_told_the_nearest_one(typed: str, meant: str) -> None:
+    """click suggests options for a typo ('Did you mean --source?') but said only "No such
+    command 'verfy'" for a command."""
+    out = cli(typed, "--sink", "archive")
+    assert out.returncode == 2 and f"Did you mean '{meant}'" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "Did you mean" not in cli("zzzz").stderr

@@ -270,6 +270,17 @@ class LazyGroup(click.Group):
         load_commands()
         return super().list_commands(ctx)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:  # a command's name mistyped: say the nearest ones, as click does for options
+            import difflib
+
+            close = difflib.get_close_matches(args[0] if args else "", list(COMMAND_MODULES), n=2, cutoff=0.7)
+            if not close:
+                raise
+            raise click.UsageError(f"No such command {args[0]!r}. Did you mean {' or '.join(map(repr, close))}?", ctx) from None
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="celery-archive")
