@@ -92,8 +92,10 @@ def growth(db: Db, sizes: list[int], repeats: int, baseline_bin: Path | None) ->
     """Per-result time of runs (and of the baseline cleanup) at each size, paired in each round."""
     labels = ["celery-archive run", db.baseline]
     secs: dict[tuple[str, int], list[float]] = {(k, n): [] for k in labels for n in sizes}
-    templates = {n: db.make_template(n) for n in sizes}
+    templates: dict[int, str] = {}
     try:
+        for n in sizes:
+            templates[n] = db.make_template(n)
         for r in range(repeats):
             for n in (sizes if r % 2 == 0 else sizes[::-1]):
                 for label in rotated(labels, r):

@@ -71,6 +71,14 @@ class Db:
         """A database holding ``rows`` expired results (70 to 40-47 days old) cloned
         from 100 that the backend's own code wrote (json, result_extended)."""
         name = self.create()
+        try:
+            self._make(name, rows)
+        except BaseException:
+            self.drop(name)
+            raise
+        return name
+
+    def _make(self, name: str, rows: int) -> None:
         if self.django:
             import subprocess
 
@@ -86,7 +94,6 @@ class Db:
             fill_pg(self.url(name), rows, f"(now() at time zone 'utc') - interval '70 days' + g * interval '{step(rows)} seconds'")
         else:
             self._fill(name, rows)
-        return name
 
     def _fill(self, name: str, rows: int) -> None:
         """The samples in turn with fresh uuid task ids and dates step() apart, inserted in chunks."""
