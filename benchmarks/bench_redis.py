@@ -11,6 +11,10 @@ peak RSS <= 300 MiB.
 
 --memory (issue 20): peak RSS of runs at each size, the largest against the smallest; the keys
 are written by a script on the server. Target: 1,000,000 within 1.3x of 100,000, under 300 MiB.
+--growth is the same runs, for their per-result time (whole process, start-up included): target
+1,000,000 within 1.15x of 100,000.
+
+    .venv/bin/python benchmarks/bench_redis.py --growth 100000 1000000 [--repeats 3]
 """
 
 from __future__ import annotations
@@ -107,12 +111,16 @@ def memory(sample: list[tuple[str, bytes]], sizes: list[int], repeats: int, exe:
             peaks[n].append(rss)
             secs[n].append(s)
     redis.from_url(URL).flushdb()
-    print(f"peak RSS of `celery-archive run` by number of expired results (max of {repeats}):")
+    print(f"peak RSS of `celery-archive run` by number of expired results (max of {repeats}; time: median):")
     for n in sizes:
         print(f"  {n:>10,} results   peak RSS {max(peaks[n]):6.1f} MiB   {statistics.median(secs[n]):6.2f} s "
               f"({n / statistics.median(secs[n]):,.0f} results/s)")
     small, big = sizes[0], sizes[-1]
     print(f"ratio peak RSS {big:,} / {small:,} = {max(peaks[big]) / max(peaks[small]):.2f}x   (target <= 1.3x, and under 300 MiB)")
+    per = {n: statistics.median(secs[n]) / n * 1e6 for n in sizes}
+    print(f"per-result time: {', '.join(f'{n:,} results {per[n]:.2f} us' for n in sizes)}; "
+          f"per round: {[(n, [round(x, 2) for x in secs[n]]) for n in sizes]}")
+    print(f"ratio per-result time {big:,} / {small:,} = {per[big] / per[small]:.3f}x   (target <= 1.15x)")
 
 
 def main() -> None:
@@ -123,10 +131,12 @@ def main() -> None:
                     help="Another checkout's celery-archive executable, run in the same rounds (an A/B of two versions).")
     ap.add_argument("--memory", type=int, nargs="+", default=None, metavar="N",
                     help="Only the peak RSS of runs on each of these numbers of results (e.g. 100000 1000000).")
+    ap.add_argument("--growth", type=int, nargs="+", default=None, metavar="N",
+                    help="The same as --memory, read for the per-result time of each size.")
     args = ap.parse_args()
     sample = samples()
-    if args.memory:
-        memory(sample, sorted(args.memory), args.repeats, args.baseline_bin or BIN / "celery-archive")
+    if args.memory or args.growth:
+        memory(sample, sorted(args.memory or args.growth), args.repeats, args.baseline_bin or BIN / "celery-archive")
         return
     results: dict[str, list[tuple[float, float]]] = {"celery-archive run": [], "seed-style": []}
     if args.baseline_bin:

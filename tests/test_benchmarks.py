@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -70,3 +71,23 @@ def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
     for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
                  "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
         assert line in text
+
+
+@pytest.mark.parametrize("backend", ["mysql", "sqlite", "django"])
+def test_sql_benchmark_runs_on_each_backend_against_its_cleanup(backend: str) -> None:
+    text = run_bench("benchmarks/bench_sql.py", "--backend", backend, "--rows", "2000", "--repeats", "1")
+    cleanup = "TaskResult.objects.delete_expired()" if backend == "django" else "celery cleanup"
+    for line in (f"2,000 expired rows ({backend})", cleanup, "celery-archive run", "ratio run / cleanup      = ", "target <= 2x"):
+        assert line in text
+
+
+def test_sql_growth_benchmark_runs_and_prints_its_ratio() -> None:
+    text = run_bench("benchmarks/bench_sql.py", "--growth", "2000", "6000", "--repeats", "1")
+    for line in ("per-result time of whole processes by number of expired rows (postgresql)",
+                 "ratio per-result time 6,000 / 2,000, celery-archive run = ", "ratio per-result time 6,000 / 2,000, celery cleanup = "):
+        assert line in text
+
+
+def test_redis_growth_benchmark_runs_and_prints_its_ratio() -> None:
+    text = run_bench("benchmarks/bench_redis.py", "--growth", "2000", "6000", "--repeats", "1")
+    assert "ratio per-result time 6,000 / 2,000 = " in text

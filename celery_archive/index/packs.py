@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery_archive.archive import manifest as mf
-from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key
+from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import index_schema
@@ -32,6 +31,7 @@ from celery_archive.sinks import download
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from celery_archive.archive import manifest as mf
     from celery_archive.sinks import Sink
 
 LOG, PACKS = INDEX_LOG, INDEX_PACKS
@@ -139,7 +139,7 @@ def referenced_runs(sink: Sink) -> set[str]:
             keys = _read_columns(sink, key, ["key"]).column("key")
         except ObjectNotFoundError:
             continue  # replaced by a compaction meanwhile; its entries are in the next generation
-        runs.update(mf.run_id_of(k) for k in pc.unique(keys).to_pylist())
+        runs.update(run_id_of(k) for k in pc.unique(keys).to_pylist())
     return runs
 
 
@@ -341,6 +341,8 @@ def _put_table(sink: Sink, key: str, table: pa.Table, spool: Path) -> None:
 def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
     """(index entries of every committed data file, read from the data files themselves;
     how many entries that is)."""
+    from celery_archive.archive import manifest as mf  # a lookup needs none of it
+
     files = list(mf.committed_files(sink))
     return _located(sink, spool, files), sum(e.rows for e in files)
 

@@ -84,10 +84,11 @@ class DjangoSource(SqlSource):
 
     def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
         n = len(page["id"])
-        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in page.items()}
+        naive = {d: a for d in DATES if d in page and (a := _naive_utc(page[d])) is not None}
+        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in {**page, **naive}.items()}
         for d in DATES:
-            if d in cols:
-                cols[d] = [iso(v) for v in cols[d]]
+            if d in cols:  # naive UTC datetimes from Arrow need no zone arithmetic each
+                cols[d] = [None if v is None else v.isoformat() + "+00:00" for v in cols[d]] if d in naive else [iso(v) for v in cols[d]]
         stored = [{c: cols[c][i] for c in STORED[kind] if c in cols} for i in range(n)]
         ctypes, encs = cols["content_type"], cols["content_encoding"]
         texts: dict[str, list[bytes | None]] = {}
@@ -102,7 +103,8 @@ class DjangoSource(SqlSource):
         given: dict[str, Any] = {
             "task_id": cols["task_id" if kind == "task" else "group_id"], "kind": kind,
             "status": cols.get("status", ["SUCCESS"] * n) if kind == "task" else None,
-            "date_done": as_array("date_done", [utc_naive(dt.datetime.fromisoformat(v)) if v else None for v in cols["date_done"]]),
+            "date_done": as_array("date_done", naive["date_done"] if "date_done" in naive else
+                                  [utc_naive(dt.datetime.fromisoformat(v)) if v else None for v in cols["date_done"]]),
             "name": cols.get("task_name"), "worker": cols.get("worker"), "traceback": cols.get("traceback"),
             "args": texts.get("task_args"), "kwargs": texts.get("task_kwargs"), "result": texts["result"],
             "children": children if kind == "task" else None, "decode_error": decode_error,
@@ -137,6 +139,14 @@ class DjangoSource(SqlSource):
                 texts[i] = out[j]
                 errors[i] = errors[i] or (errs[j] if errs else None)
         return texts, errors
+
+
+def _naive_utc(values: Any) -> pa.Array | pa.ChunkedArray | None:
+    """Arrow timestamps (ADBC) as naive UTC, the same instants with their zone dropped, in
+    microseconds; None for a DB-API driver's values."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)) or not pa.types.is_timestamp(values.type):
+        return None
+    return values.cast(pa.timestamp("us"))
 
 
 def _children(meta_text: bytes | None) -> str | None:

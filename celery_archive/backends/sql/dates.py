@@ -106,8 +106,9 @@ class StoredDates:
             raw = stored.cast(pa.string())
             instants, repeated = self.rules[kind].instants(stored)
         else:
+            unread = counts["bad_date_done"]
             raw, instants, repeated, keep = self._read_values(kind, stored, cutoff, counts)
-            if examples is not None and self.dialect == "sqlite":
+            if examples is not None and self.dialect == "sqlite" and counts["bad_date_done"] > unread:  # parse again only then
                 bad = [isinstance(v, str) and parse_text(v) is None for v in stored]
                 if any(bad):
                     _name(examples, "bad_date_done", where, page, pa.array(bad))
