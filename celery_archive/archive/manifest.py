@@ -312,32 +312,21 @@ def committed_files(sink: Sink, run_id: str | None = None) -> Iterator[FileEntry
 
 
 def reports(sink: Sink, damaged: list[str] | None = None) -> dict[str, RunRecord]:
-    """run id -> its latest report (a purge report wins over a --no-delete one).
-
-    A damaged report raises, unless ``damaged`` is given (a run, verify): a report is a record
-    written after its run's purge, so there it stands for what its name says (``runs/<id>.json``:
-    purged; ``.kept.json``: not purged, so the next deleting run finishes that purge, which removes
-    only verified unchanged results) and its problem goes to ``damaged``: one edited file does not
-    stop every run."""
+    """run id -> its latest report (a purge report wins over a --no-delete one). A damaged one
+    raises, unless ``damaged`` is given (run, verify): it then stands for what its name says
+    (``.kept.json``: not purged, so the next deleting run finishes that purge) and is named there."""
     out: dict[str, RunRecord] = {}
-    for o in sink.list(RUNS):
-        name = o.key[len(RUNS):]
-        kept = name.endswith(".kept.json")
-        if not kept and not name.endswith(".json"):
-            continue
-        rid = name[: -len(".kept.json" if kept else ".json")]
+    listed = [o for o in sink.list(RUNS) if o.key.endswith(".json")]
+    for o in sorted(listed, key=lambda o: not o.key.endswith(".kept.json")):  # .kept first: a purge report wins
+        kept, rid = o.key.endswith(".kept.json"), o.key[len(RUNS):].removesuffix(".json").removesuffix(".kept")
         try:
-            record = RunRecord.from_json(_load(sink, o.key), f"{o.key} in {sink.url}")
+            out[rid] = RunRecord.from_json(_load(sink, o.key), f"{o.key} in {sink.url}")
         except DamagedObjectError as exc:
             if damaged is None:
                 raise
-            record = RunRecord(rid, "", 0, 0, 0, purged=not kept)
+            out[rid] = RunRecord(rid, "", 0, 0, 0, purged=not kept)
             damaged.append(f"{exc}: it is only the record of run {rid}'s purge, archiving goes on without it; put back "
                            f"a copy for `celery-archive runs` (restore and verify read the run's manifest and files)")
-        if kept:
-            out.setdefault(rid, record)
-        else:
-            out[rid] = record
     return out
 
 
