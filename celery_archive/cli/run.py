@@ -46,6 +46,9 @@ from celery_archive.cli.base import (
 @opt("--lease-ttl", key="lease_ttl", default="60s", show_default=True, metavar="AGE",
      help="The archive's lease goes stale after this long without renewal (the run renews it every sixth of it); "
           "a run that finds a stale-looking lease watches it this long before taking it over.")
+@opt("--shards", key="shards", type=click.IntRange(1, 1024), default=None, metavar="N",
+     help="Split the run into N disjoint shards run side by side (local processes; with --on-celery, Celery tasks); "
+          "the run commits once, when every shard has verified, then the shards purge in parallel.")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
