@@ -126,7 +126,7 @@ def test_kill_9_loop_of_a_run_in_four_shards_loses_and_duplicates_nothing(reques
                                                                            tmp_path: Path) -> None:
     url = db_url(request, "postgresql", tmp_path)
     old: set[str] = set()
-    out = loop(url, str(tmp_path / "archive"), old, 3, per_round=200, extra=("--shards", "4"))
-    assert len(old) == 200 * 4
+    out = loop(url, str(tmp_path / "archive"), old, 3, per_round=150, extra=("--shards", "4"))
+    assert len(old) == 150 * 4
     assert (out.lost, out.duplicated, out.left_in_source) == (0, 0, 0), out
     assert out.killed >= 1, out

@@ -49,6 +49,10 @@ from celery_archive.cli.base import (
 @opt("--shards", key="shards", type=click.IntRange(1, 1024), default=None, metavar="N",
      help="Split the run into N disjoint shards run side by side (local processes; with --on-celery, Celery tasks); "
           "the run commits once, when every shard has verified, then the shards purge in parallel.")
+@opt("--on-celery", key="on_celery", is_flag=True, default=None,
+     help="Run the shards as Celery tasks on the app's workers (-A; workers run `-I celery_archive.tasks -Q celery_archive`), "
+          "and wait for them; this process holds the lease and commits.")
+@opt("--queue", key="queue", default=None, metavar="NAME", help="The workers' queue for --on-celery's tasks (default: celery_archive).")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -75,7 +79,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
             show(n)
 
         report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
-                             warn=lambda note: click.echo(f"warning: {note}", err=True))
+                             warn=lambda note: click.echo(f"warning: {note}", err=True), runner=_runner(cfg))
     if as_json:
         emit(report.to_json())
         return
@@ -89,6 +93,9 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
         return
     if report.resumed or report.orphans_removed:
         click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} file(s) of runs that never committed")
+    if report.shards:
+        click.echo(f"run {report.run_id} in {len(report.shards)} shard(s) ({report.ran_on}): "
+                   + ", ".join(f"#{s['shard']} {s['archived']:,}" for s in report.shards))
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
     counts = report.source_counts
@@ -114,6 +121,20 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     if report.lost_manifests:
         click.echo(f"warning: {len(report.lost_manifests)} run(s) have data files but no manifest ({', '.join(report.lost_manifests[:5])}); "
                    f"they are kept: `celery-archive manifest rebuild --sink {report.sink}` makes their manifests again", err=True)
+
+
+def _runner(cfg: Any) -> Any:
+    """Celery's workers for --on-celery (the -A app's), else None (local processes, if --shards)."""
+    if not cfg.on_celery or cfg.dry_run:
+        return None
+    from celery_archive.errors import ConfigError
+    from celery_archive.pipeline.sharded import CeleryRunner
+    from celery_archive.settings import load_app
+
+    spec = click.get_current_context().find_root().params.get("app")
+    if not spec:
+        raise ConfigError("--on-celery sends the shards to the app's workers: give the app with -A (celery-archive -A proj run ...)")
+    return CeleryRunner(load_app(spec), cfg.queue)
 
 
 def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:

@@ -125,3 +125,33 @@ def _remove_strays(sink: FencedSink, manifest: Manifest) -> None:
         for obj in sink.list(f"{DATA}date={day}/{manifest.run_id}-"):
             if obj.key not in listed and run_id_of(obj.key) == manifest.run_id:
                 sink.delete(obj.key)
+
+
+class CeleryRunner:
+    """Each job a task on the app's workers (celery_archive/tasks.py), on ``queue``; waits for
+    all of them, then forgets their results."""
+
+    where = "celery"
+
+    def __init__(self, app: Any, queue: str) -> None:
+        if not app.conf.result_backend:
+            raise ConfigError("--on-celery hears from its shards through the app's result backend: "
+                              "the app has no result_backend; set one, or run with --shards N alone (local processes)")
+        self.app, self.queue = app, queue
+
+    def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from celery.result import allow_join_result
+
+        sent = [self.app.send_task(f"celery_archive.{step}", args=[job], queue=self.queue) for job in jobs]
+        out: list[dict[str, Any]] = []
+        try:
+            with allow_join_result():  # also when the run is itself a task (setup_beat)
+                for result in sent:
+                    out.append(result.get(propagate=True, disable_sync_subtasks=False))
+        except Exception as exc:
+            raise ArchiveError(f"a {step} task on the workers of queue {self.queue!r} failed: {type(exc).__name__}: {exc}; "
+                               "nothing of this run was deleted that it did not archive: the next run cleans up or finishes it") from exc
+        finally:
+            for result in sent:
+                result.forget()
+        return out
