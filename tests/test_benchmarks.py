@@ -70,3 +70,9 @@ def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
     for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
                  "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
         assert line in text
+
+
+def test_scale_benchmark_runs_and_prints_its_speedups() -> None:
+    text = run_bench("benchmarks/bench_scale.py", "--rows", "4000")
+    for line in ("1 shard", "2 local shards", "4 local shards", "4 shards, 1 worker (-c 4)", "speedup vs 1 shard"):
+        assert line in text

@@ -43,7 +43,8 @@ class Worker:
     def start(self) -> None:
         log = open(self.root / "worker.log", "ab")
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "shardproj", "worker", "-Q", self.queue,
-                                      "-I", "celery_archive.tasks", "-c", "2", "--pool", "prefork", "--loglevel", "INFO"],
+                                      "-I", "celery_archive.tasks", "-c", "2", "--pool", "prefork", "--loglevel", "INFO", "-n", f"{self.queue}@%h",
+                                      "--without-mingle", "--without-gossip"],
                                      cwd=self.root, env=self.env(), stdout=log, stderr=log, start_new_session=True)
         wait_for(lambda: b"ready." in (self.root / "worker.log").read_bytes(), 60, "the worker to start")
 
