@@ -103,7 +103,7 @@ def test_a_shard_killed_means_no_commit_and_the_next_run_finishes(request: pytes
 
 
 def _wait_children(pid: int, n: int, timeout: float = 60) -> list[int]:
-    """The shard processes of run ``pid`` (spawned: python children running the spawn main)."""
+    """The shard processes of run ``pid`` (``python -m celery_archive.pipeline.shards``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         kids = []
@@ -114,7 +114,7 @@ def _wait_children(pid: int, n: int, timeout: float = 60) -> list[int]:
                     cmd = (p / "cmdline").read_bytes()
                 except OSError:
                     continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"celery_archive.pipeline.shards" in cmd:
                     kids.append(int(p.name))
         if len(kids) >= n:
             return sorted(kids)

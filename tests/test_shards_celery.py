@@ -34,7 +34,9 @@ class Worker:
         (root / "shardproj.py").write_text(
             "from celery import Celery\n"
             f"app = Celery('shardproj', broker={BROKER!r}, backend={url!r})\n"
-            "app.conf.update(broker_connection_retry_on_startup=True, worker_prefetch_multiplier=1, result_extended=True)\n")
+            "app.conf.update(broker_connection_retry_on_startup=True, worker_prefetch_multiplier=1, result_extended=True)\n"
+            "import celery_archive\n"
+            f"celery_archive.setup_beat(app, sink={str(root / 'beat-archive')!r}, shards=2, older_than='30d')\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -124,3 +126,21 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_its_redelivered_shard_dupli
     listed = {e.key for e in mf.committed_files(sink)}
     stored = {o.key for o in sink.list(DATA) if run_id_of(o.key) == report["run_id"]}
     assert stored == listed  # the first attempts' files were removed
+
+
+def test_setup_beat_with_shards_runs_them_in_processes_of_the_worker(worker: Worker) -> None:
+    from celery import Celery
+
+    taken = seed(worker.url, "c3", 80)
+    app = Celery("shardproj", broker=BROKER, backend=worker.url, set_as_current=False)
+    import celery_archive
+
+    celery_archive.setup_beat(app, sink=str(worker.root / "beat-archive"), shards=2, older_than="30d")
+    entry = app.conf.beat_schedule["celery.backend_cleanup"]
+    assert entry["kwargs"]["shards"] == 2
+    result = app.send_task(entry["task"], kwargs=entry["kwargs"], queue=worker.queue)  # what beat sends
+    report = result.get(timeout=180)
+    assert report["ran_on"] == "local" and len(report["shards"]) == 2, report
+    ids = Counter(committed_ids(open_sink(str(worker.root / "beat-archive"))))
+    assert taken <= set(ids) and set(ids.values()) == {1}
+    assert not taken & set(table_rows(worker.url))

@@ -13,13 +13,15 @@ it (verify, index what no shard indexed, purge).
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
+import json
+import subprocess
+import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from celery_archive import errors
 from celery_archive.archive import audit, chain
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import DATA, day_of, run_id_of
@@ -30,9 +32,7 @@ from celery_archive.config import RunConfig
 from celery_archive.errors import ArchiveError, ConfigError
 from celery_archive.pipeline.commit import manifest_of
 from celery_archive.pipeline.lease import FencedSink, Lease
-from celery_archive.pipeline.shards import ShardJob, ShardResult, config_json, entries_of, purge_shard, write_shard
-
-Job = Callable[[dict[str, Any]], dict[str, Any]]
+from celery_archive.pipeline.shards import ShardJob, ShardResult, config_json, entries_of
 
 
 class Runner(Protocol):
@@ -41,11 +41,9 @@ class Runner(Protocol):
     def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
 
-STEPS: dict[str, Job] = {"shard": write_shard, "purge": purge_shard}
-
-
 class LocalRunner:
-    """Each job in a process of its own (spawned: no state of this one is shared)."""
+    """Each job in a process of its own (``python -m celery_archive.pipeline.shards``: a fresh
+    interpreter, which also works where multiprocessing cannot, as in a Celery prefork child)."""
 
     where = "local"
 
@@ -53,13 +51,24 @@ class LocalRunner:
         self.processes = processes
 
     def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.processes, len(jobs)), mp_context=ctx) as pool:
-            try:
-                return list(pool.map(STEPS[step], jobs))
-            except BrokenProcessPool as exc:
-                raise ArchiveError(f"a {step} process died (killed?) before it finished: nothing of it counts; "
-                                   "the next run cleans up or finishes this one") from exc
+        with ThreadPoolExecutor(max_workers=min(self.processes, len(jobs)), thread_name_prefix="celery-archive-shard") as pool:
+            return list(pool.map(lambda job: _in_process(step, job), jobs))
+
+
+def _in_process(step: str, job: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "celery_archive.pipeline.shards", step], input=json.dumps(job),
+                          capture_output=True, text=True)
+    if proc.returncode < 0:
+        raise ArchiveError(f"a {step} process died (signal {-proc.returncode}) before it finished: nothing of it counts; "
+                           "the next run cleans up or finishes this one")
+    try:
+        answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ArchiveError(f"a {step} process failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}") from None
+    if "error" in answer:
+        cls = getattr(errors, str(answer.get("class")), ArchiveError)
+        raise (cls if isinstance(cls, type) and issubclass(cls, ArchiveError) else ArchiveError)(answer["error"])
+    return answer
 
 
 @dataclass(frozen=True)

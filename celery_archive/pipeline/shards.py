@@ -213,3 +213,24 @@ def purge_shard(job_json: dict[str, Any]) -> dict[str, Any]:
 
 def entries_of(results: list[ShardResult]) -> list[FileEntry]:
     return [FileEntry.from_json(e) for r in results for e in r.entries]
+
+
+def main() -> None:
+    """``python -m celery_archive.pipeline.shards shard|purge``: the job (JSON) on stdin, its
+    result on stdout, or {"error", "class"} (exit 1)."""
+    import json
+    import sys
+
+    from celery_archive.errors import ArchiveError
+
+    step = {"shard": write_shard, "purge": purge_shard}[sys.argv[1]]
+    try:
+        out = step(json.loads(sys.stdin.read()))
+    except ArchiveError as exc:
+        print(json.dumps({"error": str(exc), "class": type(exc).__name__}))
+        sys.exit(1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
