@@ -144,3 +144,23 @@ def test_setup_beat_with_shards_runs_them_in_processes_of_the_worker(worker: Wor
     ids = Counter(committed_ids(open_sink(str(worker.root / "beat-archive"))))
     assert taken <= set(ids) and set(ids.values()) == {1}
     assert not taken & set(table_rows(worker.url))
+
+
+def test_no_wait_prints_the_run_id_and_runs_shows_it_running_then_committed(worker: Worker, tmp_path: Path) -> None:
+    taken = seed(worker.url, "c4", 100)
+    sink = tmp_path / "archive"
+    out = finished(worker.run(sink, "--shards", "2", "--max-rate", "20", "--no-wait"))
+    assert out["waiting"] is False and out["run_id"]
+
+    def runs() -> dict[str, Any]:
+        proc = subprocess.run([EXE, "runs", "--sink", str(sink), "--json"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        answer: dict[str, Any] = json.loads(proc.stdout)
+        return answer
+
+    seen = runs()
+    assert [r["run_id"] for r in seen["running"]] == [out["run_id"]] and seen["runs"] == []
+    wait_for(lambda: [r["state"] for r in runs()["runs"]] == ["purged"], 180, "the background run to finish")
+    assert runs()["running"] == [] and runs()["runs"][0]["run_id"] == out["run_id"]
+    ids = Counter(committed_ids(open_sink(str(sink))))
+    assert taken <= set(ids) and set(ids.values()) == {1}
