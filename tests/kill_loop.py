@@ -8,6 +8,7 @@ and as a field test with more rounds:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -90,7 +91,8 @@ def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = Non
         if proc.poll() is None:
             killed += 1
             watch = 1.2
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
+        with contextlib.suppress(ProcessLookupError):  # (none left when it finished first)
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
         proc.wait()
         lost |= old - in_source(url) - set(committed_ids(archive))
     final = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
