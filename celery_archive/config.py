@@ -94,6 +94,9 @@ class RunConfig:
     iceberg_table: str | None = None  # NAMESPACE.TABLE: append each run's files to it
     iceberg_catalog: str = "default"  # the pyiceberg catalog's name (its own configuration)
     lease_ttl: float = 60.0  # seconds without renewal after which the archive's lease is stale
+    shards: int = 1  # parts of the selection run side by side (pipeline/sharded.py)
+    on_celery: bool = False  # the shards run on the app's Celery workers (celery_archive.tasks)
+    queue: str = "celery_archive"  # the workers' queue for them
 
     def check(self) -> None:
         from celery_archive.backends.codec import SERIALIZERS
@@ -121,6 +124,8 @@ class RunConfig:
             raise ConfigError("--max-runtime must be positive, e.g. 2h")
         if self.lease_ttl < 1:
             raise ConfigError("--lease-ttl must be at least 1s, e.g. 60s")
+        if not 1 <= self.shards <= 1024:
+            raise ConfigError(f"--shards must be between 1 and 1024, not {self.shards}")
         for name in ("batch_size", "max_file_bytes", "purge_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

@@ -33,7 +33,13 @@ def archive_with(app: Any, **options: Any) -> dict[str, Any]:
 
     config = options.pop("config", None)
     data = load_file(Path(config)) if config else {}
-    report: dict[str, Any] = run(run_config({**merged(app, data), **options}, data)).to_json()
+    cfg = run_config({**merged(app, data), **options}, data)
+    runner = None
+    if cfg.on_celery:  # the shards go to the workers of cfg.queue; this task holds the lease and commits
+        from celery_archive.pipeline.sharded import CeleryRunner
+
+        runner = CeleryRunner(app, cfg.queue)
+    report: dict[str, Any] = run(cfg, runner=runner).to_json()
     return report
 
 
@@ -75,7 +81,9 @@ def setup_beat(app: Any, sink: str, schedule: Any = None, verify_schedule: Any =
     """Schedule the archive task on ``app``'s beat in place of ``celery.backend_cleanup``.
 
     ``schedule`` is a crontab, a schedule or seconds (default: every day at 03:30);
-    ``options`` are the task's (``older_than``, ``config``, ``format``, ...).
+    ``options`` are the task's (``older_than``, ``config``, ``format``, ``shards=16``: in local
+    processes of the worker that runs it, or with ``on_celery=True`` as tasks on the workers of
+    ``queue``, default celery_archive, which this task then waits for: give it a slot of its own).
     ``verify_schedule`` (the same kinds) also schedules ``celery_archive.verify`` of ``sink``,
     with ``verify_options`` (``max_duration="1h"``: the least recently verified files first,
     so successive verifies rotate through the archive; or ``subset="1/7"``)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the servers the tests need (PostgreSQL, MariaDB, Redis) when they are not running,
+# Start the servers the tests need (PostgreSQL, MariaDB, Redis, RabbitMQ) when they are not running,
 # installing them from Debian's packages when they are missing. Commands from
 # ../shared/notes/services.md. Idempotent.
 set -euo pipefail
@@ -8,6 +8,7 @@ need_install=()
 command -v pg_ctlcluster >/dev/null || need_install+=(postgresql)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_install+=(mariadb-server)
 command -v redis-server >/dev/null || need_install+=(redis-server)
+[ -x /usr/sbin/rabbitmq-server ] || need_install+=(rabbitmq-server)  # the broker of the shard tests (acks late, redelivery)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing ${need_install[*]}"
   apt-get update -qq
@@ -39,4 +40,9 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_for Redis "redis-cli -h 127.0.0.1 -p 6379 ping"
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  echo "starting RabbitMQ"
+  rabbitmq-server -detached
+  wait_for RabbitMQ "bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'"
 fi

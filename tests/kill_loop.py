@@ -8,8 +8,10 @@ and as a field test with more rounds:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -58,15 +60,16 @@ def add_results(url: str, start: int, n: int) -> set[str]:
 
 
 def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = None, env: dict[str, str] | None = None,
-         per_round: int = 0) -> Outcome:
-    """``rounds`` runs, each killed (SIGKILL) at a random moment; with ``per_round``, that many
-    more results are written before each round. ``old`` grows with them."""
+         per_round: int = 0, extra: tuple[str, ...] = ()) -> Outcome:
+    """``rounds`` runs, each killed (SIGKILL, the run and its shard processes) at a random
+    moment; with ``per_round``, that many more results are written before each round. ``old``
+    grows with them. ``extra``: more options for every run (``--shards 4``)."""
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     next_id = len(old)
     archive = open_sink(sink)
     args = [EXE, "run", "--source", url, "--sink", sink, "--older-than", "30d", "--batch-size", "40",
-            "--max-file-size", "8KiB", "--lease-ttl", "1s", "--json"]
+            "--max-file-size", "8KiB", "--lease-ttl", "1s", "--json", *extra]
     lost: set[str] = set()
     killed = 0
     if per_round:  # one round run to its end: how long a run takes here, so the kills land inside runs
@@ -82,13 +85,15 @@ def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = Non
         if per_round:
             old |= add_results(url, next_id, per_round)
             next_id += per_round
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                start_new_session=True)
         time.sleep(watch + rng.uniform(0.05, 0.9 * span))  # in start-up, extraction, commit or purge
         watch = 0.0
         if proc.poll() is None:
             killed += 1
             watch = 1.2
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # (none left when it finished first)
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
         proc.wait()
         lost |= old - in_source(url) - set(committed_ids(archive))
     final = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)

@@ -91,3 +91,9 @@ def test_sql_growth_benchmark_runs_and_prints_its_ratio() -> None:
 def test_redis_growth_benchmark_runs_and_prints_its_ratio() -> None:
     text = run_bench("benchmarks/bench_redis.py", "--growth", "2000", "6000", "--repeats", "1")
     assert "ratio per-result time 6,000 / 2,000 = " in text
+
+
+def test_scale_benchmark_runs_and_prints_its_speedups() -> None:
+    text = run_bench("benchmarks/bench_scale.py", "--rows", "4000")
+    for line in ("1 shard", "2 local shards", "4 local shards", "4 shards, 1 worker (-c 4)", "speedup vs 1 shard"):
+        assert line in text

@@ -52,6 +52,24 @@ def list_runs(sink_url: str) -> list[RunInfo]:
     return out
 
 
+def running(sink_url: str) -> list[dict[str, Any]]:
+    """The run holding the archive's lease, if it has not committed yet: its id, who holds
+    the lease, and the data files it (its shards) stored so far."""
+    from celery_archive.archive.layout import DATA, run_id_of
+    from celery_archive.pipeline.lease import Lease
+
+    sink = open_sink(sink_url)
+    cur = Lease(sink, "runs").latest()
+    if cur is None or cur.free or not cur.body.get("run_id"):
+        return []
+    run_id = str(cur.body["run_id"])
+    if run_id in set(mf.committed_runs(sink)):
+        return []
+    files = [o for o in sink.list(DATA) if run_id_of(o.key) == run_id]
+    return [{"run_id": run_id, "state": "running", "held_by": cur.describe(), "files_so_far": len(files),
+             "bytes_so_far": sum(o.size for o in files)}]
+
+
 @dataclass
 class ArchiveVerifyReport:
     sink: str

@@ -86,8 +86,14 @@ def lease_key(version: int) -> str:
     return f"{LEASE_PREFIX}{version:012d}.json"
 
 
-def delta_key(run_id: str) -> str:
-    return f"{INDEX_LOG}run-{run_id}.parquet"
+def delta_key(run_id: str, part: str | None = None) -> str:
+    """A run's log file of the restore index; a run finished in parts (shards) has one a part."""
+    return f"{INDEX_LOG}run-{run_id}{'' if part is None else '.' + part}.parquet"
+
+
+def run_of_delta(key: str) -> str:
+    """The run whose log file ``key`` is (``delta_key``'s inverse)."""
+    return key.rsplit("/", 1)[-1].removeprefix("run-").removesuffix(".parquet").split(".", 1)[0]
 
 
 def pack_marker_key(gen: int, buckets: int) -> str:

@@ -119,12 +119,14 @@ def runs(sink: str, as_json: bool) -> None:
     \b
     celery-archive runs --sink /var/archive
     """
-    from celery_archive.archive.catalog import list_runs
+    from celery_archive.archive.catalog import list_runs, running
 
-    infos = list_runs(sink)
+    infos, now = list_runs(sink), running(sink)
     if as_json:
-        emit({"command": "runs", "sink": sink, "runs": [i.to_json() for i in infos]})
+        emit({"command": "runs", "sink": sink, "runs": [i.to_json() for i in infos], "running": now})
         return
+    for r in now:
+        click.echo(f"running: {r['run_id']}, {r['files_so_far']} data file(s) stored so far, not committed yet ({r['held_by']})")
     if not infos:
         click.echo(f"no committed runs in {sink}; `celery-archive run --sink {sink} ...` makes one")
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,22 @@ from celery_archive.cli.base import (
 @opt("--lease-ttl", key="lease_ttl", default="60s", show_default=True, metavar="AGE",
      help="The archive's lease goes stale after this long without renewal (the run renews it every sixth of it); "
           "a run that finds a stale-looking lease watches it this long before taking it over.")
+@opt("--shards", key="shards", type=click.IntRange(1, 1024), default=None, metavar="N",
+     help="Split the run into N disjoint shards run side by side (local processes; with --on-celery, Celery tasks); "
+          "the run commits once, when every shard has verified, then the shards purge in parallel.")
+@opt("--on-celery", key="on_celery", is_flag=True, default=None,
+     help="Run the shards as Celery tasks on the app's workers (-A; workers run `-I celery_archive.tasks -Q celery_archive`), "
+          "and wait for them; this process holds the lease and commits.")
+@click.option("--no-wait", is_flag=True, help="With --shards or --on-celery: go on in the background, print the run's id once its "
+              "shards are fixed and exit; `celery-archive runs --sink ...` shows it running, then committed.")
+@opt("--queue", key="queue", default=None, metavar="NAME", help="The workers' queue for --on-celery's tasks (default: celery_archive).")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived (by kind, status, task name, day, bytes); change nothing.")
 @opt("--no-delete", key="no_delete", is_flag=True, help="Archive and verify only; leave the results in the backend.")
 @opt("--spool-dir", key="spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
      help="Where data files are staged before they are stored (default: .tmp-spool in a local sink, else the system temp dir).")
 @json_option
 @handle_errors("run", heavy=True)
-def run(config: Path | None, as_json: bool, **values: Any) -> None:
+def run(config: Path | None, as_json: bool, no_wait: bool, **values: Any) -> None:
     """Archive expired results, verify the archive, then delete them from the backend.
 
     \b
@@ -65,6 +75,15 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     from celery_archive.settings import run_config
 
     cfg = run_config(values, click.get_current_context().meta.get("celery_archive.file"))
+    if no_wait:
+        _in_background(cfg, as_json)
+        return
+    announce = os.environ.pop(_ANNOUNCE, None)
+
+    def on_start(run_id: str) -> None:
+        if announce:
+            Path(announce).write_text(run_id)
+
     with progress_reporter(as_json) as show, stop_on_signals() as stop, frozen_once_started() as started:
 
         def progress(n: int) -> None:
@@ -72,7 +91,7 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
             show(n)
 
         report = run_archive(cfg, progress=progress, stop=stop, on_wait=lambda msg: click.echo(f"celery-archive: {msg}", err=True),
-                             warn=lambda note: click.echo(f"warning: {note}", err=True))
+                             warn=lambda note: click.echo(f"warning: {note}", err=True), runner=_runner(cfg), on_start=on_start)
     if as_json:
         emit(report.to_json())
         return
@@ -86,6 +105,9 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
         return
     if report.resumed or report.orphans_removed:
         click.echo(f"finished {len(report.resumed)} interrupted run(s), removed {report.orphans_removed} file(s) of runs that never committed")
+    if report.shards:
+        click.echo(f"run {report.run_id} in {len(report.shards)} shard(s) ({report.ran_on}): "
+                   + ", ".join(f"#{s['shard']} {s['archived']:,}" for s in report.shards))
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
     counts = report.source_counts
@@ -111,6 +133,54 @@ def run(config: Path | None, as_json: bool, **values: Any) -> None:
     if report.lost_manifests:
         click.echo(f"warning: {len(report.lost_manifests)} run(s) have data files but no manifest ({', '.join(report.lost_manifests[:5])}); "
                    f"they are kept: `celery-archive manifest rebuild --sink {report.sink}` makes their manifests again", err=True)
+
+
+_ANNOUNCE = "CELERY_ARCHIVE_ANNOUNCE_RUN"  # where a --no-wait run's background process writes its id
+
+
+def _in_background(cfg: Any, as_json: bool) -> None:
+    """The same command without --no-wait, in a session of its own (its output to a log file);
+    returns once it says its run id, or fails with its log if it ended first."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from celery_archive.errors import ArchiveError, ConfigError
+
+    if cfg.shards <= 1 and not cfg.on_celery:
+        raise ConfigError("--no-wait goes with --shards N or --on-celery (a run in shards); without them, run it in the background yourself")
+    fd, log = tempfile.mkstemp(prefix="celery-archive-run-", suffix=".log")
+    announce = Path(log).with_suffix(".id")
+    argv = [sys.executable, "-m", "celery_archive.cli", *[a for a in sys.argv[1:] if a != "--no-wait"]]
+    proc = subprocess.Popen(argv, stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, _ANNOUNCE: str(announce)})
+    os.close(fd)
+    while not announce.exists() or not announce.read_text():
+        if proc.poll() is not None:
+            raise ArchiveError(f"the run ended before it started its shards (exit {proc.returncode}): {Path(log).read_text()[-2000:]}")
+        time.sleep(0.1)
+    run_id = announce.read_text()
+    announce.unlink()
+    if as_json:
+        emit({"command": "run", "run_id": run_id, "waiting": False, "pid": proc.pid, "log": log, "sink": cfg.sink})
+        return
+    click.echo(f"run {run_id} goes on in the background (pid {proc.pid}, log {log}); "
+               f"`celery-archive runs --sink {cfg.sink}` shows it running, then committed")
+
+
+def _runner(cfg: Any) -> Any:
+    """Celery's workers for --on-celery (the -A app's), else None (local processes, if --shards)."""
+    if not cfg.on_celery or cfg.dry_run:
+        return None
+    from celery_archive.errors import ConfigError
+    from celery_archive.pipeline.sharded import CeleryRunner
+    from celery_archive.settings import load_app
+
+    spec = click.get_current_context().find_root().params.get("app")
+    if not spec:
+        raise ConfigError("--on-celery sends the shards to the app's workers: give the app with -A (celery-archive -A proj run ...)")
+    return CeleryRunner(load_app(spec), cfg.queue)
 
 
 def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:

@@ -58,13 +58,14 @@ class ArchiveWriter:
     each finished file to the sink. ``close()`` returns the committed files' entries."""
 
     def __init__(self, sink: Sink, run_id: str, fmt: str, compression: str | None,
-                 max_file_bytes: int, spool_dir: Path, on_put: Callable[[FileEntry], None] | None = None) -> None:
+                 max_file_bytes: int, spool_dir: Path, on_put: Callable[[FileEntry], None] | None = None,
+                 first_seq: int = 0) -> None:
         self.sink, self.run_id, self.fmt, self.on_put = sink, run_id, fmt, on_put
         self.compression = compression or DEFAULT_COMPRESSION[fmt]
         self.max_file_bytes, self.spool_dir = max_file_bytes, spool_dir
         self.entries: list[FileEntry] = []
         self._open: dict[dt.date, _OpenFile] = {}
-        self._seq = 0
+        self._seq = first_seq  # a shard's files are numbered from its own base (pipeline/shards.py)
         self._kind: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-write")
         self._finishing: list[Future[FileEntry]] = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of
+from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of, run_of_delta
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import index_schema
@@ -133,7 +133,7 @@ def referenced_runs(sink: Sink) -> set[str]:
     import pyarrow.compute as pc
 
     st = state(sink)
-    runs = {key[len(LOG) + len("run-"):-len(".parquet")] for key in st.deltas}
+    runs = {run_of_delta(key) for key in st.deltas}
     for key in _pack_keys(st):
         try:
             keys = _read_columns(sink, key, ["key"]).column("key")
@@ -141,6 +141,16 @@ def referenced_runs(sink: Sink) -> set[str]:
             continue  # replaced by a compaction meanwhile; its entries are in the next generation
         runs.update(run_id_of(k) for k in pc.unique(keys).to_pylist())
     return runs
+
+
+def indexed_files(sink: Sink, run_id: str) -> set[str]:
+    """The data files of ``run_id`` its log files in the index already hold entries of (the
+    parts, say shards, of a run finished before it was interrupted)."""
+    out: set[str] = set()
+    for key in state(sink).deltas:
+        if run_of_delta(key) == run_id:
+            out.update(_read_columns(sink, key, ["key"]).column("key").unique().to_pylist())
+    return out
 
 
 def _read_columns(sink: Sink, key: str, columns: list[str]) -> pa.Table:
@@ -158,12 +168,12 @@ class DeltaWriter:
     as they are verified, staged in the spool, and put by ``commit``. A run file already in
     the log (a resumed run wrote it) is left as it is."""
 
-    def __init__(self, sink: Sink, run_id: str, spool: Path) -> None:
+    def __init__(self, sink: Sink, run_id: str, spool: Path, part: str | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.sink, self.run_id, self.entries = sink, run_id, 0
-        self._path = spool / f"index-{run_id}.parquet"
+        self.sink, self.run_id, self.part, self.entries = sink, run_id, part, 0
+        self._path = spool / f"index-{run_id}-{part or 'all'}.parquet"
         # task ids are unique and random: no dictionary and no statistics for them (half the
         # time, a third smaller); lookups read these files whole
         self._out = pa.BufferedOutputStream(pa.OSFile(str(self._path), "wb"), buffer_size=1 << 20)
@@ -181,7 +191,8 @@ class DeltaWriter:
     def commit(self) -> None:
         self._close()
         try:
-            self.sink.put(delta_key(self.run_id), self._path)
+            if self.part is None or self.entries:
+                self.sink.put(delta_key(self.run_id, self.part), self._path)
         except ObjectExistsError:
             pass
         finally:

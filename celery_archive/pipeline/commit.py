@@ -14,7 +14,7 @@ from celery_archive.archive import manifest as mf
 from celery_archive.archive.manifest import FileEntry, Manifest, RunRecord, Totals
 from celery_archive.config import RunConfig, format_duration
 from celery_archive.errors import ObjectNotFoundError, VerifyError
-from celery_archive.index.packs import DeltaWriter
+from celery_archive.index.packs import DeltaWriter, indexed_files
 from celery_archive.pipeline.purge import purge_verified
 from celery_archive.pipeline.verify import Verifier, VerifyReport, discard
 from celery_archive.schemas import MANIFEST_VERSION, RECORD_VERSION
@@ -22,6 +22,8 @@ from celery_archive.times import iso
 from celery_archive.version import __version__
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from celery_archive.backends import Source
     from celery_archive.sinks import Sink
 
@@ -30,9 +32,15 @@ class Checks:
     """A run's verification and its restore index entries, begun before its manifest exists:
     each data file is verified as soon as it is put, while extraction goes on."""
 
-    def __init__(self, sink: Sink, run_id: str, spool: Path, cfg: RunConfig, workers: int = 1) -> None:
-        self.delta = DeltaWriter(sink, run_id, spool)
-        self.verifier = Verifier(sink, run_id, spool, keep=cfg.delete, on_located=self.delta.add, workers=workers)
+    def __init__(self, sink: Sink, run_id: str, spool: Path, cfg: RunConfig, workers: int = 1,
+                 part: str | None = None, indexed: set[str] | None = None) -> None:
+        self.delta = DeltaWriter(sink, run_id, spool, part)
+        self.indexed = indexed or set()  # files whose entries the index holds already: not added again
+        self.verifier = Verifier(sink, run_id, spool, keep=cfg.delete, on_located=self._located, workers=workers)
+
+    def _located(self, table: pa.Table) -> None:
+        if not self.indexed or table.num_rows == 0 or table["key"][0].as_py() not in self.indexed:
+            self.delta.add(table)
 
     def abandon(self) -> None:
         self.verifier.abandon()
@@ -63,11 +71,15 @@ def _still_stored(sink: Sink, report: VerifyReport) -> list[str]:
 
 
 def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: RunConfig,
-           checks: Checks | None = None, fence: Callable[[], None] | None = None) -> tuple[int, int, int]:
+           checks: Checks | None = None, fence: Callable[[], None] | None = None, part: str | None = None) -> tuple[int, int, int]:
     """Verify a committed run (its files not checked yet by ``checks``), write its restore
     index entries and, if asked, purge it (``fence`` before each batch); writes its report.
-    (verified, deleted, skipped)."""
-    checks = checks or Checks(sink, manifest.run_id, spool, cfg, workers=2)
+    With ``part`` (a shard: ``manifest`` then lists its files only) the index entries go to that
+    part's log file and the run's report is left to the run. (verified, deleted, skipped)."""
+    if checks is None:
+        indexed = indexed_files(sink, manifest.run_id)  # parts (shards) of it finished before an interruption
+        resumed = None if part is not None or not indexed else f"r{len(indexed)}"
+        checks = Checks(sink, manifest.run_id, spool, cfg, workers=2, part=part or resumed, indexed=indexed)
     try:
         report = checks.verifier.report(manifest)
     except BaseException:
@@ -90,6 +102,8 @@ def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: Run
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)
+    if part is not None:
+        return report.rows, deleted, skipped
     mf.write_report(sink, RunRecord(manifest.run_id, dt.datetime.now(dt.timezone.utc).isoformat(), report.rows, deleted,
                                     skipped, cfg.delete))
     if cfg.delete:

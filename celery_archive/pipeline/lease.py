@@ -298,11 +298,15 @@ class Lease:
             self.version = None
 
 
+class Fence(Protocol):
+    def check(self) -> None: ...  # raises LeaseLostError unless the run still holds the lease
+
+
 class FencedSink:
     """A sink as a lease holder writes to it: every put and delete checks the lease first, so a
     run that lost it changes nothing more in the archive."""
 
-    def __init__(self, sink: Sink, lease: Lease) -> None:
+    def __init__(self, sink: Sink, lease: Fence) -> None:
         self.inner, self.lease = sink, lease
 
     @property

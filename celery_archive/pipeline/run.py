@@ -36,8 +36,8 @@ from celery_archive.spool import spool_dir
 from celery_archive.times import iso
 
 if TYPE_CHECKING:
-
     from celery_archive.pipeline.rules import Applied
+    from celery_archive.pipeline.sharded import Runner
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class RunReport:
     iceberg_runs: list[str] = field(default_factory=list)  # runs appended to the Iceberg table
     dates: dict[str, Any] = field(default_factory=dict)  # per kind: how stored date_done became UTC
     warnings: list[str] = field(default_factory=list)  # doubts about the dates, said before any delete
+    shards: list[dict[str, Any]] = field(default_factory=list)  # a sharded run: each shard's ranges and counts
+    ran_on: str | None = None  # a sharded run: local (processes) or celery (workers)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -132,14 +134,17 @@ def _delete_by_rules(source: Source, applied: Applied, cfg: RunConfig, fence: Ca
 
 def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event | None = None,
         on_wait: Callable[[str], None] | None = None, warn: Warn | None = None,
-        now: dt.datetime | None = None) -> RunReport | DryRunReport:
+        now: dt.datetime | None = None, runner: Runner | None = None,
+        on_start: Callable[[str], None] | None = None) -> RunReport | DryRunReport:
     """Archive what ``cfg`` selects; returns what was selected, archived, verified, deleted.
     ``progress`` is called after each batch with the number of results taken so far; once
     ``stop`` is set the run takes nothing more and finishes what it took (a safe stop);
     ``on_wait`` hears why the run waits (a held lease being watched); ``warn`` each doubt
     about the stored dates, before anything is taken or deleted. ``now`` is the instant the
     run counts ages from (aware, or naive UTC; default: the system clock's), so tests and
-    replays select by a known clock instead of waiting for one."""
+    replays select by a known clock instead of waiting for one. With ``cfg.shards`` > 1 or a
+    ``runner`` (Celery's workers) the run goes in shards (sharded.py); ``on_start`` then hears
+    the run's id once its shards are fixed."""
     cfg.check()
     started = time.perf_counter()
     if now is None:
@@ -166,7 +171,12 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
             tables = ",".join(f"{k}={v}" for k, v in sorted(source.describe().items()))
             with source_lock.held(cfg.source, tables, {"run_id": run_id, "sink": archive.url}, redis), \
                     spool_dir(cfg.spool_dir or archive.spool_root()) as tmp:
-                report = _locked_run(fenced, lease, source, cfg, run_id, now, cutoff, Path(tmp), progress, stop, started, swept)
+                if runner is None and cfg.shards > 1:
+                    from celery_archive.pipeline.sharded import LocalRunner
+
+                    runner = LocalRunner(cfg.shards)
+                report = _locked_run(fenced, lease, source, cfg, run_id, now, cutoff, Path(tmp), progress, stop, started, swept,
+                                     runner, on_start)
         if cfg.metrics_file:
             write_metrics(cfg.metrics_file, report)
         return report
@@ -176,19 +186,33 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
 
 def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, run_id: str, now: dt.datetime,
                 cutoff: dt.datetime, spool: Path, progress: Progress | None, stop: threading.Event | None,
-                started: float, swept: int) -> RunReport:
+                started: float, swept: int, runner: Runner | None, on_start: Callable[[str], None] | None) -> RunReport:
     """The run proper, with the lease held: recover, extract and write, commit, finish."""
-    recovered = recover(sink, source, spool, cfg, run_id, lease.check)
-    checks = Checks(sink, run_id, spool, cfg)
-    applied = None
-    if cfg.policy is not None:
-        from celery_archive.pipeline.rules import Applied
+    if runner is not None:
+        from celery_archive.pipeline.sharded import check
 
-        applied = Applied(cfg.policy, now, spool, source.purge_columns, cfg.expiring_within)
-    written = write_and_commit(sink, source, cfg, run_id, now, cutoff, spool, checks, batches(
-        source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
-    manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
-    verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
+        check(cfg)  # before anything is changed
+    recovered = recover(sink, source, spool, cfg, run_id, lease.check)
+    applied = None
+    shards: list[dict[str, Any]] = []
+    counts = dict(source.counts)
+    if runner is not None:
+        from celery_archive.pipeline.sharded import sharded_run
+
+        done = sharded_run(sink, lease, source, cfg, run_id, now, cutoff, runner, on_start)
+        manifest, selected, stopped_by, shards = done.manifest, done.selected, done.stopped_by, done.shards
+        entries, counts = list(manifest.files), {**counts, **done.counts}
+        verified, deleted, skipped = done.verified, done.deleted, done.skipped
+    else:
+        checks = Checks(sink, run_id, spool, cfg)
+        if cfg.policy is not None:
+            from celery_archive.pipeline.rules import Applied
+
+            applied = Applied(cfg.policy, now, spool, source.purge_columns, cfg.expiring_within)
+        written = write_and_commit(sink, source, cfg, run_id, now, cutoff, spool, checks, batches(
+            source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
+        manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
+        verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
         audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
@@ -202,9 +226,10 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                      verified, deleted, skipped, len(entries), manifest.totals.bytes, cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
-                     source_counts=dict(source.counts), source_examples=dict(source.examples),
+                     source_counts=counts, source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
                      rewrites_finished=recovered.rewrites,
-                     swept=swept, dates=source.describe_dates(), warnings=date_notes(source) + recovered.damaged)
+                     swept=swept, dates=source.describe_dates(), warnings=date_notes(source) + recovered.damaged,
+                     shards=shards, ran_on=runner.where if runner is not None else None)

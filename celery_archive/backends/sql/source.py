@@ -23,7 +23,9 @@ from celery_archive.ahead import ahead
 from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.dates import Naive, celery_rule, parse_version
 from celery_archive.backends.records import build_records
+from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql.dates import StoredDates, check_dates, newest
+from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
 from celery_archive.backends.sql.url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
 from celery_archive.errors import SourceError, scrubbed
 
@@ -61,11 +63,6 @@ def _sa_type(t: pa.DataType) -> Any:
     return sa.String()
 
 
-def _last(values: Any) -> Any:
-    v = values[-1]
-    return v.as_py() if hasattr(v, "as_py") else v
-
-
 class SqlSource:
     """Celery's own tables; a subclass reading others so (django/source.py) sets the class attributes, overrides columns, build, _format, _not_found."""
 
@@ -93,6 +90,7 @@ class SqlSource:
         self.dates = StoredDates(self.dialect.name, {}, {})
         self.warnings: list[str] = []
         self.examples: dict[str, list[str]] = {}
+        self.shard: Shard | None = None  # restrict(): only this shard's id ranges
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> SourceError:
@@ -233,17 +231,18 @@ class SqlSource:
         rows = conn.execute(stmt).all()
         return dict(zip(names, zip(*rows))) if rows else {}
 
-    def _after(self, table: sa.Table, last: tuple[Any, Any]) -> sa.ColumnElement[bool]:
-        dd, pk = table.c.date_done, table.c.id
-        if self.dialect.name in ("mysql", "mariadb"):
-            return sa.or_(dd > last[0], sa.and_(dd == last[0], pk > last[1]))
-        return sa.tuple_(dd, pk) > sa.tuple_(*last)
-
     def _selected(self, kind: str, table: sa.Table, cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
         conds = [table.c.date_done.is_not(None), *self.dates.older(kind, table.c.date_done, cutoff)]
         if kind == "task":
             conds.append(table.c.status.in_(FINISHED))
-        return conds
+        return conds + in_shard(self.shard, kind, table)
+
+    def shards(self, cutoff: dt.datetime, n: int) -> list[Shard]:
+        """At most ``n`` shards of the rows under ``cutoff`` (keys.py)."""
+        return split_ids(self, cutoff, n)
+
+    def restrict(self, shard: Shard) -> None:
+        self.shard = shard
 
     # -- extract --------------------------------------------------------------------------
     def _pages(self, kind: str, table: sa.Table, names: list[str], cutoff: dt.datetime, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -253,7 +252,7 @@ class SqlSource:
         base = base.order_by(table.c.date_done, table.c.id).limit(batch_size)
 
         def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
-            stmt = base if last is None else base.where(self._after(table, last))
+            stmt = base if last is None else base.where(after_key(self.dialect.name, table, last))
             try:
                 with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
                     return self._query(stmt, conn)
@@ -266,7 +265,7 @@ class SqlSource:
                 yield page
                 if len(page["id"]) < batch_size:
                     return
-                page = fetch((_last(page["date_done"]), _last(page["id"])))
+                page = fetch((last_value(page["date_done"]), last_value(page["id"])))
 
         yield from ahead(pages(), "celery-archive-extract")
 
@@ -361,7 +360,7 @@ class SqlSource:
     def _range_delete(self, batch: PurgeBatch, table: sa.Table) -> int | None:
         key = sa.tuple_(table.c.date_done, table.c.id)
         lo, hi = batch.bounds()  # the batch is sorted by (date_done, id): these bound all of it
-        delete = sa.delete(table).where(key >= sa.tuple_(*lo), key <= sa.tuple_(*hi))
+        delete = sa.delete(table).where(key >= sa.tuple_(*lo), key <= sa.tuple_(*hi), *in_shard(self.shard, batch.kind, table))
         if batch.kind == "task":
             delete = delete.where(table.c.status.in_(FINISHED))
         stmt = delete.returning(*(table.c.id.label("source_id") if k == "source_id" else table.c[k] for k in batch.keys))

@@ -1,0 +1,166 @@
+"""A run in shards (``--shards N``, ``--on-celery``), under the run's lease held here.
+
+The selection is split when the run starts (backends/shard.py); every shard extracts, writes
+and verifies its own files in parallel (pipeline/shards.py); once all have verified, this
+process checks the lease and commits the run, one manifest listing every shard's files, the
+commit point as for any run (chain.commit). Then the shards verify, index and purge their
+files in parallel, and the run's report is written. A shard that fails or dies means no commit
+and nothing deleted: the next run abandons the files (recover.py), as for a crash of any run.
+A shard dying after the commit leaves the run committed and not purged: the next run finishes
+it (verify, index what no shard indexed, purge).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from celery_archive import errors
+from celery_archive.archive import audit, chain
+from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import DATA, day_of, run_id_of
+from celery_archive.archive.manifest import Manifest, RunRecord
+from celery_archive.backends import Source
+from celery_archive.backends.shard import split
+from celery_archive.config import RunConfig
+from celery_archive.errors import ArchiveError, ConfigError
+from celery_archive.pipeline.commit import manifest_of
+from celery_archive.pipeline.lease import FencedSink, Lease
+from celery_archive.pipeline.shards import ShardJob, ShardResult, config_json, entries_of
+
+
+class Runner(Protocol):
+    where: str
+
+    def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+class LocalRunner:
+    """Each job in a process of its own (``python -m celery_archive.pipeline.shards``: a fresh
+    interpreter, which also works where multiprocessing cannot, as in a Celery prefork child)."""
+
+    where = "local"
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+
+    def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(max_workers=min(self.processes, len(jobs)), thread_name_prefix="celery-archive-shard") as pool:
+            return list(pool.map(lambda job: _in_process(step, job), jobs))
+
+
+def _in_process(step: str, job: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "celery_archive.pipeline.shards", step], input=json.dumps(job),
+                          capture_output=True, text=True)
+    if proc.returncode < 0:
+        raise ArchiveError(f"a {step} process died (signal {-proc.returncode}) before it finished: nothing of it counts; "
+                           "the next run cleans up or finishes this one")
+    try:
+        answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ArchiveError(f"a {step} process failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}") from None
+    if "error" in answer:
+        cls = getattr(errors, str(answer.get("class")), ArchiveError)
+        raise (cls if isinstance(cls, type) and issubclass(cls, ArchiveError) else ArchiveError)(answer["error"])
+    return answer
+
+
+@dataclass(frozen=True)
+class Sharded:
+    manifest: Manifest
+    selected: int
+    stopped_by: str | None
+    verified: int
+    deleted: int
+    skipped: int
+    shards: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+def check(cfg: RunConfig) -> None:
+    if cfg.policy is not None:
+        raise ConfigError("--shards and --on-celery do not take [[rules]] or [hold] yet: run without them")
+
+
+def sharded_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, run_id: str, now: dt.datetime,
+                cutoff: dt.datetime, runner: Runner, on_start: Callable[[str], None] | None = None) -> Sharded:
+    check(cfg)
+    shards = split(source, cutoff, cfg.shards)
+    base = ShardJob(run_id, lease.token, shards[0], config_json(cfg), now.isoformat(), cutoff.isoformat())
+    jobs = [replace(base, shard=s) for s in shards]
+    lease.check()
+    if on_start is not None:
+        on_start(run_id)
+    written = [ShardResult.from_json(r) for r in runner.map("shard", [j.to_json() for j in jobs])]
+    entries = entries_of(written)
+    selected = sum(r.selected for r in written)
+    stopped = next((r.stopped_by for r in written if r.stopped_by), None)
+    manifest = manifest_of(run_id, now, cutoff, source, cfg, entries, selected, None)
+    lease.check()
+    manifest, sha = chain.commit(sink, manifest)  # the commit point: every shard verified
+    audit.record(sink, "run", run_id=run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
+                 files=len(entries), results=sum(e.rows for e in entries), bytes=manifest.totals.bytes, selected=selected,
+                 source=manifest.source, delete=cfg.delete, shards=len(shards))
+    _remove_strays(sink, manifest)
+    purge_jobs = [replace(j, files=tuple(e["key"] for e in r.entries)).to_json() for j, r in zip(jobs, written)]
+    purged = [ShardResult.from_json(r) for r in runner.map("purge", purge_jobs)]
+    verified, deleted = sum(p.verified for p in purged), sum(p.deleted for p in purged)
+    skipped = sum(p.skipped_changed for p in purged)
+    mf.write_report(sink, RunRecord(run_id, dt.datetime.now(dt.timezone.utc).isoformat(), verified, deleted, skipped, cfg.delete))
+    if cfg.delete:
+        audit.record(sink, "purge", run_id=run_id, manifest_sha256=mf.manifest_sha256(manifest), verified=verified,
+                     deleted=deleted, skipped_changed=skipped)
+    counts: dict[str, int] = {}
+    for r in written:
+        for k, n in r.counts.items():
+            counts[k] = counts.get(k, 0) + n
+    per = [{"shard": w.shard, "ranges": [list(x) for x in s.ranges], "selected": w.selected, "archived": w.archived,
+            "files": len(w.entries), "verified": p.verified, "deleted": p.deleted, "skipped_changed": p.skipped_changed,
+            "seconds": round(w.seconds + p.seconds, 3)} for s, w, p in zip(shards, written, purged)]
+    return Sharded(manifest, selected, stopped, verified, deleted, skipped, per, counts)
+
+
+def _remove_strays(sink: FencedSink, manifest: Manifest) -> None:
+    """Files of this run its manifest does not list: those of a shard attempt whose result was
+    not the one committed (a redelivered shard's first attempt)."""
+    listed = {e.key for e in manifest.files}
+    for day in sorted({day_of(k) for k in listed}):
+        for obj in sink.list(f"{DATA}date={day}/{manifest.run_id}-"):
+            if obj.key not in listed and run_id_of(obj.key) == manifest.run_id:
+                sink.delete(obj.key)
+
+
+class CeleryRunner:
+    """Each job a task on the app's workers (celery_archive/tasks.py), on ``queue``; waits for
+    all of them, then forgets their results."""
+
+    where = "celery"
+
+    def __init__(self, app: Any, queue: str) -> None:
+        if not app.conf.result_backend:
+            raise ConfigError("--on-celery hears from its shards through the app's result backend: "
+                              "the app has no result_backend; set one, or run with --shards N alone (local processes)")
+        self.app, self.queue = app, queue
+
+    def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from celery.result import allow_join_result
+
+        sent = [self.app.send_task(f"celery_archive.{step}", args=[job], queue=self.queue) for job in jobs]
+        out: list[dict[str, Any]] = []
+        try:
+            with allow_join_result():  # also when the run is itself a task (setup_beat)
+                for result in sent:
+                    out.append(result.get(propagate=True, disable_sync_subtasks=False))
+        except Exception as exc:
+            raise ArchiveError(f"a {step} task on the workers of queue {self.queue!r} failed: {type(exc).__name__}: {exc}; "
+                               "nothing of this run was deleted that it did not archive: the next run cleans up or finishes it") from exc
+        finally:
+            for result in sent:
+                result.forget()
+        return out

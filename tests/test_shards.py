@@ -1,0 +1,132 @@
+"""A run in shards (--shards N, local processes) on PostgreSQL: the same results archived once
+and the same purge as a run in one piece; one manifest; a shard killed means no commit and
+nothing deleted, and the next run finishes the work; a kill -9 loop loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import age_rows, celery_app, db_url, table_rows
+from helpers import wait_for, write_sql_results
+from kill_loop import loop
+from test_lease_processes import EXE, committed_ids
+
+from celery_archive.archive import manifest as mf
+from celery_archive.backends import open_source
+from celery_archive.backends.shard import split
+from celery_archive.config import RunConfig, parse_duration
+from celery_archive.index.packs import lookup
+from celery_archive.sinks import open_sink
+
+
+def seed(url: str) -> set[str]:
+    """Results of every kind (Celery's own backend), 300 more successes, then a young one;
+    returns the ids an archive run over 30d takes."""
+    app = celery_app(url)
+    kinds = write_sql_results(app)
+    for i in range(120):
+        app.backend.store_result(f"bulk-{i:04d}", {"i": i, "pad": "x" * 50}, "SUCCESS")
+    age_rows(url, 40)
+    age_rows(url, 40, table="celery_tasksetmeta")
+    app.backend.store_result("young-0", {"i": -1}, "SUCCESS")
+    return {t for t, k in kinds.items() if k != "started"} | {f"bulk-{i:04d}" for i in range(120)} | {"group-0"}
+
+
+def cli_run(url: str, sink: Path, *extra: str) -> dict[str, Any]:
+    proc = subprocess.run([EXE, "run", "--source", url, "--sink", str(sink), "--older-than", "30d", "--batch-size", "50",
+                           "--max-file-size", "8KiB", "--json", *extra], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return out
+
+
+def test_a_sharded_run_equals_a_run_in_one_piece(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = db_url(request, "postgresql", tmp_path)
+    taken = seed(url)
+    whole = cli_run(url, tmp_path / "one")
+    left_whole = {t: r["status"] for t, r in table_rows(url).items()}
+    url = db_url(request, "postgresql", tmp_path)  # the same results again, in a fresh database
+    assert seed(url) == taken
+    cfg = RunConfig(source=url, sink=str(tmp_path / "four"), older_than=parse_duration("30d"), shards=4)
+    source = open_source(cfg)
+    cutoff = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - cfg.older_than
+    shards = split(source, cutoff, 4)
+    source.close()
+    assert len(shards) == 4 and all(s.count == 4 for s in shards)
+    sharded = cli_run(url, tmp_path / "four", "--shards", "4")
+    assert {t: r["status"] for t, r in table_rows(url).items()} == left_whole  # the same purge
+    assert set(left_whole) == {"started-0", "young-0"}
+    for report in (whole, sharded):
+        assert (report["selected"], report["archived"], report["verified"], report["deleted"]) == (len(taken),) * 4
+    assert sharded["ran_on"] == "local" and [s["shard"] for s in sharded["shards"]] == [0, 1, 2, 3]
+    assert sum(s["archived"] for s in sharded["shards"]) == len(taken)
+    assert all(s["archived"] > 20 for s in sharded["shards"])  # sized by row counts
+    sink = open_sink(str(tmp_path / "four"))
+    assert mf.committed_runs(sink) == [sharded["run_id"]]  # one commit: one manifest for the four shards
+    ids = Counter(committed_ids(sink))
+    assert set(ids) == taken and set(ids.values()) == {1}
+    assert Counter(committed_ids(open_sink(str(tmp_path / "one")))) == ids
+    # every archived result is found once through the restore index (each shard wrote its part of it)
+    found = lookup(sink, sorted(taken))
+    assert {t: len(v) for t, v in found.items()} == dict.fromkeys(taken, 1)
+
+
+def test_a_shard_killed_means_no_commit_and_the_next_run_finishes(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = db_url(request, "postgresql", tmp_path)
+    taken = seed(url)
+    sink = tmp_path / "archive"
+    # throttled, so that the shards are mid-way when one of them is killed
+    proc = subprocess.Popen([EXE, "run", "--source", url, "--sink", str(sink), "--older-than", "30d", "--batch-size", "10",
+                             "--max-file-size", "4KiB", "--shards", "3", "--max-rate", "15", "--lease-ttl", "2s", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = _wait_children(proc.pid, 3)
+    wait_for(lambda: len(list((sink / "data").rglob("*.parquet"))) >= 3, 60, "shard files")
+    os.kill(children[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "died" in out + err, out + err
+    archive = open_sink(str(sink))
+    assert mf.committed_runs(archive) == []
+    assert set(table_rows(url)) | set(table_rows(url, "celery_tasksetmeta")) >= taken  # nothing deleted
+    again = cli_run(url, sink, "--shards", "3")
+    assert again["orphans_removed"] > 0 and again["deleted"] == len(taken)
+    ids = Counter(committed_ids(archive))
+    assert set(ids) == taken and set(ids.values()) == {1}
+
+
+def _wait_children(pid: int, n: int, timeout: float = 60) -> list[int]:
+    """The shard processes of run ``pid`` (``python -m celery_archive.pipeline.shards``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    stat = (p / "stat").read_text()
+                    cmd = (p / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"celery_archive.pipeline.shards" in cmd:
+                    kids.append(int(p.name))
+        if len(kids) >= n:
+            return sorted(kids)
+        time.sleep(0.05)
+    raise AssertionError(f"run {pid} did not start {n} shard processes")
+
+
+def test_kill_9_loop_of_a_run_in_four_shards_loses_and_duplicates_nothing(request: pytest.FixtureRequest,
+                                                                           tmp_path: Path) -> None:
+    url = db_url(request, "postgresql", tmp_path)
+    old: set[str] = set()
+    out = loop(url, str(tmp_path / "archive"), old, 3, per_round=100, extra=("--shards", "4"))
+    assert len(old) == 100 * 4
+    assert (out.lost, out.duplicated, out.left_in_source) == (0, 0, 0), out
+    assert out.killed >= 1, out
