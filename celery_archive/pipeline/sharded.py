@@ -151,7 +151,10 @@ class CeleryRunner:
     def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from celery.result import allow_join_result
 
-        sent = [self.app.send_task(f"celery_archive.{step}", args=[job], queue=self.queue) for job in jobs]
+        # the job holds the source URL with its password: events, Flower and worker logs show argsrepr instead
+        sent = [self.app.send_task(f"celery_archive.{step}", args=[job], queue=self.queue, kwargsrepr="{}",
+                                   argsrepr=f"[{step} of run {job['run_id']}, shard {i + 1} of {len(jobs)}]")
+                for i, job in enumerate(jobs)]
         out: list[dict[str, Any]] = []
         try:
             with allow_join_result():  # also when the run is itself a task (setup_beat)
