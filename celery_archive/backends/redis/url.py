@@ -102,7 +102,7 @@ def connect(url: str, master_name: str | None = None) -> Any:
     import redis
 
     p = urlsplit(url.split(";")[0])
-    if p.scheme not in REDIS_SCHEMES:
+    if p.scheme not in REDIS_SCHEMES or p.scheme.endswith("+cluster"):  # a cluster's: cluster/__init__.py
         raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
     password = unquote(p.password) if p.password else None
     username = unquote(p.username) if p.username else None

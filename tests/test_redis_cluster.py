@@ -1,0 +1,192 @@
+"""A Redis Cluster as a source and a restore target, on a real 3-primary cluster the tests start
+(the redis_cluster fixture).
+
+Celery has no Redis Cluster result backend, so the results are written by Celery's own
+RedisBackend pointed at the primary that serves each key's slot (redis://127.0.0.1:PORT/0):
+the exact keys and values Celery writes, spread over the cluster's nodes as a cluster-aware
+client would spread them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import subprocess
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli
+from helpers import after_extract, archive, read_archive, redis_app
+from redis.cluster import RedisCluster
+
+from celery_archive.errors import ConfigError, SourceError
+
+
+class Cluster:
+    """The test cluster under a key prefix of this test's own, with a Celery app per primary."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.prefix = f"cac{secrets.token_hex(4)}_"
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2]) + "/0"
+        self.client = RedisCluster(host="127.0.0.1", port=ports[0])
+        self._apps: dict[tuple[str, Any], Any] = {}
+
+    def key(self, tid: str, kind: str = "task") -> str:
+        return f"{self.prefix}celery-{'task' if kind == 'task' else 'taskset'}-meta-{tid}"
+
+    def port_of(self, key: str) -> int:
+        self.client.nodes_manager.initialize()
+        return int(self.client.get_node_from_key(key).port)
+
+    def app(self, tid: str, kind: str = "task", **conf: Any) -> Any:
+        """A Celery app whose RedisBackend writes to the primary that serves ``tid``'s key."""
+        port = self.port_of(self.key(tid, kind))
+        at = (f"127.0.0.1:{port}", tuple(sorted(conf.items())))
+        if at not in self._apps:
+            self._apps[at] = redis_app(self.prefix, url=f"redis://127.0.0.1:{port}/0", **conf)
+        return self._apps[at]
+
+    def keys(self) -> dict[str, bytes]:
+        """Every key of this test on any primary -> its value."""
+        out = {}
+        for node in self.client.get_primaries():
+            conn = self.client.get_redis_connection(node)
+            out.update({k.decode(): conn.get(k) for k in conn.scan_iter(match=f"{self.prefix}*")})
+        return out
+
+    def by_node(self) -> dict[int, int]:
+        """port -> how many of this test's keys that primary holds."""
+        out: dict[int, int] = {}
+        for node in self.client.get_primaries():
+            conn = self.client.get_redis_connection(node)
+            out[int(node.port)] = sum(1 for _ in conn.scan_iter(match=f"{self.prefix}*"))
+        return out
+
+    def clear(self) -> None:
+        import gc
+
+        self._apps.clear()
+        gc.collect()  # AsyncResults unsubscribe as they go: while the cluster still runs
+        for key in self.keys():
+            self.client.delete(key)
+        self.client.close()
+
+
+@pytest.fixture
+def cl(redis_cluster: list[int]) -> Iterator[Cluster]:
+    c = Cluster(redis_cluster)
+    yield c
+    c.clear()
+
+
+def write(cl: Cluster, n: int = 45) -> dict[str, Any]:
+    """Celery results on every primary: successes, a failure, a revocation, a saved group an
+    hour old and an unfinished task; returns task id -> what get() gives for the finished ones."""
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    out: dict[str, Any] = {}
+    for i in range(n):
+        tid = f"ok-{i}"
+        cl.app(tid).backend.store_result(tid, {"n": i, "pair": [1, 2]}, "SUCCESS",
+                                         request=Context(id=tid, task="shop.checkout", args=[i], kwargs={}, hostname="w1"))
+        out[tid] = {"n": i, "pair": [1, 2]}
+    try:
+        raise ValueError("card declined", 7)
+    except ValueError as exc:
+        cl.app("fail-0").backend.mark_as_failure("fail-0", exc, traceback=traceback.format_exc())
+    out["fail-0"] = ValueError
+    cl.app("revoked-0").backend.mark_as_revoked("revoked-0", "terminated")
+    out["revoked-0"] = None
+    group = cl.app("group-0", "group", result_expires=dt.timedelta(hours=23))  # an hour old: see helpers.hour_old
+    group.backend.save_group("group-0", GroupResult("group-0", [AsyncResult("ok-0", app=group)], app=group))
+    cl.app("started-0").backend.store_result("started-0", {"pid": 1}, "STARTED")
+    return out
+
+
+def run_at(cl: Cluster, sink: Path, **kw: Any) -> Any:
+    return archive(cl.url, sink, older_than="1s", now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2),
+                   key_prefix=cl.prefix, **kw)
+
+
+def test_cluster_archive_purge_restore_round_trip(cl: Cluster, tmp_path: Path) -> None:
+    expected = write(cl)
+    spread = cl.by_node()
+    assert len(spread) == 3 and all(n >= 5 for n in spread.values()), spread  # every primary holds results
+    before = cl.keys()
+    sink = tmp_path / "archive"
+
+    report = run_at(cl, sink)
+
+    records = read_archive(sink)  # fails if any id was archived twice
+    assert set(records) == set(expected) | {"group-0"}
+    assert report.deleted == report.verified == len(records) and report.skipped_changed == 0
+    assert report.source_counts.get("moved", 0) == 0 and report.source_counts["unfinished"] == 1
+    assert set(cl.keys()) == {cl.key("started-0")}
+    for rec in records.values():
+        assert rec["raw_value"] == before[rec["source_table"]] and rec["storage_format"] == "celery-redis"
+    assert run_at(cl, tmp_path / "again").verified == 0  # nothing left to take
+
+    ids = sorted(records)
+    proc = cli("restore", *ids, "--sink", str(sink), "--into", cl.url, "--ttl", "2h", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["restored"] == len(ids)
+    for tid in ids:
+        key = cl.key(tid, "group" if tid == "group-0" else "task")
+        assert cl.client.get(key) == before[key]  # the original key and bytes, on the node of its slot
+        assert 7_100 < cl.client.ttl(key) <= 7_200
+    for tid, value in expected.items():
+        result = cl.app(tid).AsyncResult(tid)
+        if value is ValueError:
+            with pytest.raises(ValueError, match="card declined"):
+                result.get(timeout=5)
+        elif value is None:
+            assert result.state == "REVOKED"
+        else:
+            assert result.get(timeout=5) == value
+    again = cli("restore", "ok-1", "--sink", str(sink), "--into", cl.url, "--on-conflict", "fail", "--json")
+    assert again.returncode == 6 and json.loads(again.stdout)["error_type"] == "ConflictError"
+
+
+def test_cluster_key_changed_after_read_is_not_deleted(cl: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(cl, n=6)
+    after_extract(monkeypatch, lambda: cl.app("fail-0").backend.store_result("fail-0", "fixed on retry", "SUCCESS"))
+
+    report = run_at(cl, tmp_path / "archive")
+
+    assert report.skipped_changed == 1 and report.deleted == report.verified - 1
+    assert cl.app("fail-0").AsyncResult("fail-0").get(timeout=5) == "fixed on retry"
+    assert read_archive(tmp_path / "archive")["fail-0"]["status"] == "FAILURE"
+    assert set(cl.keys()) == {cl.key("fail-0"), cl.key("started-0")}
+
+
+def test_bad_cluster_urls_name_the_problem(redis_cluster: list[int], tmp_path: Path) -> None:
+    from celery_archive import RunConfig, parse_duration, run
+
+    def attempt(url: str) -> Exception:
+        with pytest.raises((ConfigError, SourceError)) as got:
+            run(RunConfig(source=url, sink=str(tmp_path / "a"), older_than=parse_duration("1d")))
+        assert "s3cret" not in str(got.value)
+        return got.value
+
+    assert "is not host:port" in str(attempt("redis+cluster://:s3cret@127.0.0.1/0"))
+    assert "database 0 only" in str(attempt(f"redis+cluster://:s3cret@127.0.0.1:{redis_cluster[0]}/3"))
+    assert "unknown option 'bogus'" in str(attempt(f"redis+cluster://:s3cret@127.0.0.1:{redis_cluster[0]}/0?bogus=1"))
+    down = attempt("redis+cluster://:s3cret@127.0.0.1:1,127.0.0.1:2/0")
+    assert isinstance(down, SourceError) and "connecting to the Redis Cluster" in str(down) and ":***@" in str(down)
+    single = attempt("redis+cluster://127.0.0.1:6379/0")  # a server without cluster-enabled
+    assert isinstance(single, SourceError) and "cluster" in str(single).lower()
+    proc = cli("run", "--source", "redis+cluster://:s3cret@127.0.0.1:1/0", "--sink", str(tmp_path / "b"), "--older-than", "1d")
+    assert proc.returncode == 1 and "connecting to the Redis Cluster" in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def reshard(port: int, source: str, target: str, slots: int) -> None:
+    """Move ``slots`` slots, with their keys, from node ``source`` to ``target`` (ids): redis-cli's own resharding."""
+    done = subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{port}", "--cluster-from", source, "--cluster-to", target,
+                           "--cluster-slots", str(slots), "--cluster-yes"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
