@@ -294,7 +294,8 @@ def prefix(redis_server: str) -> Iterator[str]:
     client.close()
 
 
-BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis")
+BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis",
+                 "redis-cluster")
 """Every result backend the contract suites run against (tests/backends.py)."""
 
 
@@ -305,7 +306,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
     if request.param == "redis":
         request.getfixturevalue("redis_server")
-    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param))
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
+    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param), cluster)
 
 
 @pytest.fixture

@@ -42,6 +42,10 @@ class Cluster:
         self.client.nodes_manager.initialize()
         return int(self.client.get_node_from_key(key).port)
 
+    def port_of_slot(self, slot: int) -> int:
+        self.client.nodes_manager.initialize()
+        return int(self.client.nodes_manager.get_node_from_slot(slot).port)
+
     def app(self, tid: str, kind: str = "task", **conf: Any) -> Any:
         """A Celery app whose RedisBackend writes to the primary that serves ``tid``'s key."""
         port = self.port_of(self.key(tid, kind))
@@ -190,3 +194,72 @@ def reshard(port: int, source: str, target: str, slots: int) -> None:
     done = subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{port}", "--cluster-from", source, "--cluster-to", target,
                            "--cluster-slots", str(slots), "--cluster-yes"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def move_slots(cl: Cluster, slots: set[int], to_port: int) -> None:
+    """Resharding as redis-cli does it, for chosen slots: IMPORTING on the target, MIGRATING on
+    the owner, MIGRATE of the slot's keys, then the slot assigned to the target on every node."""
+    import redis
+
+    nodes = {int(n.port): redis.Redis(port=int(n.port)) for n in cl.client.get_primaries()}
+    ids = {port: c.execute_command("CLUSTER", "MYID").decode() for port, c in nodes.items()}
+    for slot in slots:
+        src = cl.port_of_slot(slot)
+        if src == to_port:
+            continue
+        nodes[to_port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+        nodes[src].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])
+        while keys := nodes[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            nodes[src].execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for c in (nodes[to_port], nodes[src], *nodes.values()):
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
+    for c in nodes.values():
+        c.close()
+
+
+def test_resharding_during_a_run_counts_moved_keys_and_loses_none(cl: Cluster, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots move twice during a run: while the first primary is being scanned (its keys in those
+    slots move to the primary scanned last, and keys of that one move to it), and after the
+    extraction, before the purge. Every result is archived once over two runs, and none is lost."""
+    from redis.crc import key_slot
+
+    import celery_archive.backends.redis.cluster.source as cluster_source
+
+    expected = write(cl, n=90)
+    ids = set(expected) | {"group-0"}
+    ports = sorted(cl.by_node())
+    first, middle, last = ports
+    on = {p: [tid for tid in sorted(expected) if cl.port_of(cl.key(tid)) == p] for p in ports}
+    while_scanning = {key_slot(cl.key(t).encode()) for t in on[first][:6]}
+    into_first = {key_slot(cl.key(t).encode()) for t in on[last][:4]}
+    before_purge = {key_slot(cl.key(t).encode()) for t in on[middle][:5]}
+    real_load = cluster_source.RedisClusterSource._load
+    moves: list[str] = []
+
+    def load(self: Any, client: Any, batch: list[bytes]) -> Any:
+        if not moves:  # the first batch SCAN listed, of the first primary: move slots now
+            moves.append("scan")
+            move_slots(cl, while_scanning, last)
+            move_slots(cl, into_first, first)
+        return real_load(self, client, batch)
+
+    monkeypatch.setattr(cluster_source.RedisClusterSource, "_load", load)
+    after_extract(monkeypatch, lambda: move_slots(cl, before_purge, last))
+    sink = tmp_path / "archive"
+
+    one = run_at(cl, sink, batch_size=10)
+
+    assert moves == ["scan"]
+    taken = set(read_archive(sink))
+    left = {k.split("-meta-", 1)[1] for k in cl.keys()} - {"started-0"}
+    assert taken.isdisjoint(left) and taken | left == ids  # each result in the archive or in the cluster, never in neither
+    assert one.source_counts["moved"] >= len(while_scanning) + len(into_first) and len(left) >= 6
+    assert one.source_counts["moved_at_purge"] >= 5 and one.deleted == one.verified == len(taken)
+    assert {t for t in on[middle][:5]} <= taken  # moved after they were read: deleted on their new node
+
+    two = run_at(cl, sink, batch_size=10)
+
+    assert two.source_counts.get("moved", 0) == 0 and two.verified == two.deleted == len(left)
+    assert set(read_archive(sink)) == ids  # every result archived once, over the two runs
+    assert set(cl.keys()) == {cl.key("started-0")}

@@ -26,16 +26,21 @@ class RedisClusterSource(RedisSource):
 
     def _connect(self) -> Any:
         self._owner: dict[int, str] = {}
-        return cluster.connect(self.config.url)
+        return None  # RedisCluster reads the slot map when made: open() makes it
 
     def open(self) -> None:
         import redis
 
+        self.client = cluster.connect(self.config.url)
         for host, port in self.primaries():
             try:
                 self.client.get_redis_connection(self.client.get_node(host, port)).ping()
             except redis.RedisError as exc:
                 raise self._error(f"connecting to the primary {host}:{port} of", exc) from exc
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
     def primaries(self) -> list[tuple[str, int]]:
         """(host, port) of every primary: a run SCANs each; a shard may cover one (or part of one)."""

@@ -18,13 +18,23 @@ class RedisClusterTarget(RedisTarget):
         from redis.exceptions import RedisClusterException
 
         self._errors = (*self._errors, RedisClusterException)
-        return cluster.connect(self.cfg.url)
+        return None  # RedisCluster reads the slot map when made: made on first use
+
+    def _cluster(self) -> Any:
+        if self._client is None:
+            self._client = cluster.connect(self.cfg.url)
+        return self._client
 
     def _exists(self, keys: list[bytes]) -> list[int]:
-        return [int(n) for n in cluster.run_script(self._client, _EXISTS, [(key, ()) for key in keys])]
+        return [int(n) for n in cluster.run_script(self._cluster(), _EXISTS, [(key, ()) for key in keys])]
 
     def _put_each(self, items: list[tuple[bytes, bytes]], ttl_ms: int, mode: str) -> list[int]:
-        return [int(n) for n in cluster.run_script(self._client, PUT, [(key, (value, ttl_ms, mode)) for key, value in items])]
+        calls = [(key, (value, ttl_ms, mode)) for key, value in items]
+        return [int(n) for n in cluster.run_script(self._cluster(), PUT, calls)]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def from_config(cfg: TargetConfig) -> RedisClusterTarget:
