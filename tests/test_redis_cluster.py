@@ -263,3 +263,28 @@ def test_resharding_during_a_run_counts_moved_keys_and_loses_none(cl: Cluster, t
     assert two.source_counts.get("moved", 0) == 0 and two.verified == two.deleted == len(left)
     assert set(read_archive(sink)) == ids  # every result archived once, over the two runs
     assert set(cl.keys()) == {cl.key("started-0")}
+
+
+def test_readme_cluster_examples_run_as_written(cl: Cluster, tmp_path: Path) -> None:
+    """The README's Redis Cluster examples, on the test cluster (its ports and this test's key
+    prefix in place of the README's), on results Redis would expire within the hour."""
+    import shlex
+
+    from test_cli import readme_examples
+
+    lines = readme_examples(cluster=True)
+    assert len(lines) == 2
+    for i in range(4):
+        tid = f"ok-{i}"
+        cl.app(tid, result_expires=1800).backend.store_result(tid, {"n": i}, "SUCCESS")
+    seeds = ",".join(f"127.0.0.1:{p}" for p in cl.ports[:2])
+    for line in lines:
+        args = shlex.split(line.replace("127.0.0.1:7000,127.0.0.1:7001", seeds).replace("ca_cluster_", cl.prefix))[1:]
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
+        if args[0] == "run":
+            report = json.loads(out.stdout)
+            assert report["command"] == "run" and report["deleted"] == report["verified"] == 4
+            assert set(cl.keys()) == set()
+    assert cl.app("ok-1").AsyncResult("ok-1").get(timeout=5) == {"n": 1}
+    assert 7_100 < cl.client.ttl(cl.key("ok-1")) <= 7_200 and set(cl.keys()) == {cl.key("ok-1")}

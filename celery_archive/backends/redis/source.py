@@ -65,6 +65,7 @@ LEFT_ALONE = {  # source_counts of keys a run neither archives nor deletes, and 
     "malformed": "have a field of a type Celery never writes (a task name that is a number, ...)",
     "undated": "are finished results with neither a date_done nor a TTL: their age cannot be known",
     "groups_undated": "are saved groups without a TTL: Celery stores no date for them, so their age cannot be known",
+    "moved": "were on a Redis Cluster slot that moved during the run (resharding; counted where seen): the next run takes them",
 }
 _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
 
