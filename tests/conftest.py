@@ -317,67 +317,12 @@ def backend(served: Any) -> Any:
     return served
 
 
-def _cluster_ports(n: int) -> list[int]:
-    """``n`` ports of 127.0.0.1 that are free, each with its cluster bus port (port + 10000) free too."""
-    import random
-    import socket
-
-    out: list[int] = []
-    while len(out) < n:
-        port = random.randrange(20_000, 50_000)
-        try:
-            for p in (port, port + 10_000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        out.append(port)
-    return out
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """A real Redis Cluster of 3 primaries (no replicas) on free ports of 127.0.0.1, started for
     the session (redis-server --cluster-enabled yes, redis-cli --cluster create) and shut down
     after; its ports. Tests work under a key prefix of their own and may move slots about."""
-    import time
+    from helpers import redis_cluster_started
 
-    import redis
-
-    where = tmp_path_factory.mktemp("redis-cluster")
-    ports = _cluster_ports(3)
-    procs = []
-    for port in ports:
-        node = where / str(port)
-        node.mkdir()
-        procs.append(subprocess.Popen(["redis-server", "--cluster-enabled", "yes", "--port", str(port), "--bind", "127.0.0.1",
-                                       "--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node), "--save", "",
-                                       "--appendonly", "no", "--cluster-node-timeout", "5000"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-    clients = [redis.Redis(port=port) for port in ports]
-    try:
-        deadline = time.monotonic() + 20
-        for client in clients:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        pytest.fail("redis-server --cluster-enabled did not start")
-                    time.sleep(0.05)
-        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                                  "--cluster-yes"], capture_output=True, text=True, timeout=60)
-        assert created.returncode == 0, created.stdout + created.stderr
-        while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
-            if time.monotonic() > deadline + 30:
-                pytest.fail("the Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
+    with redis_cluster_started(tmp_path_factory.mktemp("redis-cluster")) as ports:
         yield ports
-    finally:
-        for client in clients:
-            client.close()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
