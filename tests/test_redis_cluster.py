@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+import ssl
 import subprocess
 import traceback
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from conftest import cli
 from helpers import after_extract, archive, read_archive, redis_app
 from redis.cluster import RedisCluster
 
+from celery_archive.backends.redis.cluster import parse
 from celery_archive.errors import ConfigError, SourceError
 
 
@@ -180,6 +182,12 @@ def test_bad_cluster_urls_name_the_problem(redis_cluster: list[int], tmp_path: P
     assert "is not host:port" in str(attempt("redis+cluster://:s3cret@127.0.0.1/0"))
     assert "database 0 only" in str(attempt(f"redis+cluster://:s3cret@127.0.0.1:{redis_cluster[0]}/3"))
     assert "unknown option 'bogus'" in str(attempt(f"redis+cluster://:s3cret@127.0.0.1:{redis_cluster[0]}/0?bogus=1"))
+    tls_option = f"127.0.0.1:{redis_cluster[0]}/0?ssl_cert_reqs=none"
+    assert "needs a TLS connection: use rediss+cluster://" in str(attempt(f"redis+cluster://:s3cret@{tls_option}"))
+    assert parse(f"rediss+cluster://:s3cret@{tls_option}")[1] | {"password": None} == {
+        "ssl": True, "ssl_cert_reqs": ssl.CERT_NONE, "password": None, "username": None}
+    assert parse("redis+cluster://u:p%40ss@[::1]:7000,10.0.0.2:7001/0") == (
+        [("::1", 7000), ("10.0.0.2", 7001)], {"password": "p@ss", "username": "u"})
     down = attempt("redis+cluster://:s3cret@127.0.0.1:1,127.0.0.1:2/0")
     assert isinstance(down, SourceError) and "connecting to the Redis Cluster" in str(down) and ":***@" in str(down)
     single = attempt("redis+cluster://127.0.0.1:6379/0")  # a server without cluster-enabled

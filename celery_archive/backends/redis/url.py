@@ -88,7 +88,8 @@ def _options(url: str, query: str, allowed: dict[str, Callable[[str], Any]]) -> 
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in allowed:
             if name in SSL_OPTIONS:
-                raise _bad(url, f"{name} needs a TLS connection: use rediss:// (as Celery requires)")
+                tls = "rediss+cluster" if url.startswith("redis+cluster:") else "rediss"
+                raise _bad(url, f"{name} needs a TLS connection: use {tls}:// (as Celery requires)")
             raise _bad(url, f"unknown option {name!r}; known: {', '.join(sorted(allowed))}")
         try:
             out[name] = allowed[name](value)
