@@ -70,3 +70,9 @@ def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
     for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
                  "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
         assert line in text
+
+
+def test_cluster_benchmark_runs_and_prints_its_ratio() -> None:
+    text = run_bench("benchmarks/bench_cluster.py", "--results", "2000", "--repeats", "1")
+    for line in ("one server", "cluster (3 primaries)", "ratio cluster / one server"):
+        assert line in text

@@ -70,7 +70,12 @@ class RedisClusterSource(RedisSource):
     def _load(self, client: Any, batch: list[bytes]) -> list[tuple[bytes, bytes | None, int]]:
         """Value and TTL of each key: one READ call per key, pipelined per node; a key whose
         slot moved since SCAN listed it is left out (counted)."""
-        replies = cluster.run_script(self.client, READ, [(key, ()) for key in batch], follow=False, on_moved=self._moved)
+        from redis.exceptions import RedisClusterException
+
+        try:
+            replies = cluster.run_script(self.client, READ, [(key, ()) for key in batch], follow=False, on_moved=self._moved)
+        except RedisClusterException as exc:  # a slot no primary serves now, ...: redis-py's own, outside RedisError
+            raise self._error("reading results from", exc) from exc
         return [(key, reply[0], reply[1]) for key, reply in zip(batch, replies) if reply is not cluster.MOVED]
 
     def purge(self, batch: PurgeBatch) -> tuple[int, int]:
