@@ -289,6 +289,80 @@ class RedisBackend(Backend):
         client.close()
 
 
+class _ByKey:
+    """Celery's backend calls (store_result(tid, ...), mark_as_failure(tid, ...), forget(tid)...)
+    made through the RedisBackend of the cluster primary that serves the id's key."""
+
+    def __init__(self, of: Any) -> None:
+        self._of = of
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda tid, *a, **kw: getattr(self._of(tid).backend, name)(tid, *a, **kw)
+
+
+class RedisClusterBackend(RedisBackend):
+    """Celery's RedisBackend keys on the test Redis Cluster: Celery has no cluster backend, so
+    each result is written by a RedisBackend pointed at the primary that serves its key's slot."""
+
+    def __init__(self, ports: list[int]) -> None:
+        from redis.cluster import RedisCluster
+
+        self.kind, self.where = "redis-cluster", "celery-task-meta-*"
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/0"
+        self.ports = ports
+        self.prefix = f"ca{secrets.token_hex(4)}_"
+        self.client = RedisCluster(host="127.0.0.1", port=ports[0])
+        self.app = type("ByKey", (), {"backend": _ByKey(self.node_app)})()
+
+    def node_app(self, tid: str, **conf: Any) -> Any:
+        key = f"{self.prefix}celery-task-meta-{tid}" if tid != GROUP else f"{self.prefix}celery-taskset-meta-{tid}"
+        self.client.nodes_manager.initialize()
+        return redis_app(self.prefix, url=f"redis://127.0.0.1:{self.client.get_node_from_key(key).port}/0", **conf)
+
+    def group(self, gid: str, children: list[str]) -> None:
+        from celery.result import AsyncResult, GroupResult
+
+        app = self.node_app(gid, result_expires=dt.timedelta(hours=23))  # an hour old: see RedisBackend.group
+        app.backend.save_group(gid, GroupResult(gid, [AsyncResult(c, app=app) for c in children], app=app))
+
+    def get(self, tid: str) -> tuple[str, Any]:
+        return _get(self.node_app(tid), tid)
+
+    def group_children(self, gid: str) -> list[str] | None:
+        g = self.node_app(gid).GroupResult.restore(gid)
+        return None if g is None else [r.id for r in g.results]
+
+    def snapshot(self) -> dict[str, Any]:
+        out = {}
+        for node in self.client.get_primaries():
+            out.update(keys(self.prefix, f"redis://127.0.0.1:{node.port}/0"))
+        return out
+
+    def held(self) -> set[str]:
+        return {k.rsplit("-meta-", 1)[1] for k in self.snapshot()}
+
+    def connections(self) -> int:
+        return sum(own_connections(port=p) for p in self.ports)
+
+    def with_password(self) -> str:
+        return f"redis+cluster://:{SECRET}@127.0.0.1:{self.ports[0]}/0"
+
+    def unreachable(self) -> str:
+        return f"redis+cluster://:{SECRET}@127.0.0.1:1/0"
+
+    def no_results_here(self) -> tuple[RunConfig, str]:
+        cfg = RunConfig(source="redis+cluster://127.0.0.1:6379/0", sink="unused", older_than=parse_duration("1s"))
+        return cfg, "cluster-enabled"  # a Redis server that is no cluster node
+
+    def odd(self) -> tuple[str, str]:
+        self.client.setex(f"{self.prefix}celery-task-meta-not-ours", 86400, b"\x00\x01 some other application's value")
+        return "not_celery", "not-ours"
+
+    def close(self) -> None:
+        for key in self.snapshot():
+            self.client.delete(key)
+
+
 def _request(tid: str, name: str) -> Any:
     from celery.app.task import Context
 
@@ -326,11 +400,12 @@ def write_standard(b: Backend) -> dt.datetime:
     return cutoff
 
 
-def open_backend(kind: str, tmp: Path) -> Iterator[Backend]:
-    """A backend of ``kind`` for a whole test module, on databases of its own (dropped after)."""
+def open_backend(kind: str, tmp: Path, cluster: list[int] | None = None) -> Iterator[Backend]:
+    """A backend of ``kind`` for a whole test module, on databases of its own (dropped after);
+    ``cluster``: the ports of the test Redis Cluster, for redis-cluster."""
     family, _, dialect = kind.partition("-")
     if family == "redis":
-        b: Backend = RedisBackend()
+        b: Backend = RedisClusterBackend(cluster or []) if dialect == "cluster" else RedisBackend()
         yield b
         b.close()
         return

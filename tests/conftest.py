@@ -309,7 +309,8 @@ def prefix(redis_server: str) -> Iterator[str]:
     client.close()
 
 
-BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis")
+BACKEND_KINDS = ("sql-sqlite", "sql-postgresql", "sql-mysql", "django-sqlite", "django-postgresql", "django-mysql", "redis",
+                 "redis-cluster")
 """Every result backend the contract suites run against (tests/backends.py)."""
 
 
@@ -320,7 +321,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
     if request.param == "redis":
         request.getfixturevalue("redis_server")
-    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param))
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
+    yield from open_backend(request.param, tmp_path_factory.mktemp(request.param), cluster)
 
 
 @pytest.fixture
@@ -328,3 +330,14 @@ def backend(served: Any) -> Any:
     """Each result backend, emptied for this test."""
     served.reset()
     return served
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """A real Redis Cluster of 3 primaries (no replicas) on free ports of 127.0.0.1, started for
+    the session (redis-server --cluster-enabled yes, redis-cli --cluster create) and shut down
+    after; its ports. Tests work under a key prefix of their own and may move slots about."""
+    from helpers import redis_cluster_started
+
+    with redis_cluster_started(tmp_path_factory.mktemp("redis-cluster")) as ports:
+        yield ports

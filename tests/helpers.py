@@ -8,7 +8,8 @@ import decimal
 import os
 import secrets
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,69 @@ def hour_old(app: Any) -> Any:
     conf = app.conf
     return redis_app(conf.result_backend_transport_options["global_keyprefix"], conf.result_backend, conf.result_serializer,
                      result_expires=dt.timedelta(hours=23))
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """``n`` ports of 127.0.0.1 that are free, each with its cluster bus port (port + 10000) free too."""
+    import random
+    import socket
+
+    out: list[int] = []
+    while len(out) < n:
+        port = random.randrange(20_000, 50_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        out.append(port)
+    return out
+
+
+@contextmanager
+def redis_cluster_started(where: Path, primaries: int = 3) -> Iterator[list[int]]:
+    """A real Redis Cluster (no replicas) on free ports of 127.0.0.1, its files under ``where``:
+    redis-server --cluster-enabled yes per node, redis-cli --cluster create, cluster_state:ok on
+    every node; its ports while the block runs, the servers stopped after."""
+    import subprocess
+    import time
+
+    import redis
+
+    ports = _cluster_ports(primaries)
+    procs = []
+    for port in ports:
+        node = where / str(port)
+        node.mkdir()
+        procs.append(subprocess.Popen(["redis-server", "--cluster-enabled", "yes", "--port", str(port), "--bind", "127.0.0.1",
+                                       "--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node), "--save", "",
+                                       "--appendonly", "no", "--cluster-node-timeout", "5000"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+    clients = [redis.Redis(port=port) for port in ports]
+    try:
+        deadline = time.monotonic() + 20
+        for client in clients:
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        pytest.fail("redis-server --cluster-enabled did not start")
+                    time.sleep(0.05)
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                                  "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stdout + created.stderr
+        while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+            if time.monotonic() > deadline + 30:
+                pytest.fail("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        yield ports
+    finally:
+        for client in clients:
+            client.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)

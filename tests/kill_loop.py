@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +61,13 @@ def add_results(url: str, start: int, n: int) -> set[str]:
 
 
 def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = None, env: dict[str, str] | None = None,
-         per_round: int = 0, extra: tuple[str, ...] = ()) -> Outcome:
+         per_round: int = 0, extra: tuple[str, ...] = (), add: Callable[[str, int, int], set[str]] | None = None,
+         held: Callable[[str], set[str]] | None = None) -> Outcome:
     """``rounds`` runs, each killed (SIGKILL, the run and its shard processes) at a random
     moment; with ``per_round``, that many more results are written before each round. ``old``
-    grows with them. ``extra``: more options for every run (``--shards 4``)."""
+    grows with them. ``extra``: more options for every run (``--shards 4``). ``add`` and ``held``
+    write results and list the ids the backend holds (default: a SQL backend's)."""
+    add_results, in_source = add or globals()["add_results"], held or globals()["in_source"]
     seed = seed if seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     next_id = len(old)

@@ -97,3 +97,9 @@ def test_scale_benchmark_runs_and_prints_its_speedups() -> None:
     text = run_bench("benchmarks/bench_scale.py", "--rows", "4000")
     for line in ("1 shard", "2 local shards", "4 local shards", "4 shards, 1 worker (-c 4)", "speedup vs 1 shard"):
         assert line in text
+
+
+def test_cluster_benchmark_runs_and_prints_its_ratio() -> None:
+    text = run_bench("benchmarks/bench_cluster.py", "--results", "2000", "--repeats", "1")
+    for line in ("one server", "cluster (3 primaries)", "ratio cluster / one server"):
+        assert line in text

@@ -18,13 +18,16 @@ README = (ROOT / "README.md").read_text()
 COMMANDS = sorted(main.commands)
 
 
-def readme_examples() -> list[str]:
+def readme_examples(cluster: bool = False) -> list[str]:
+    """The README's console examples; those on a Redis Cluster (``+cluster://``) only with
+    ``cluster`` (tests/test_redis_cluster.py runs them on the test cluster's ports)."""
     blocks = re.findall(r"```console\n(.*?)```", README, re.S)
-    return [line for block in blocks for line in block.splitlines() if line.startswith("celery-archive ")]
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith("celery-archive ")]
+    return [line for line in lines if ("+cluster://" in line) == cluster]
 
 
 def test_every_command_has_help_and_a_readme_example() -> None:
-    examples = readme_examples()
+    examples = readme_examples() + readme_examples(cluster=True)
     for name in COMMANDS:
         out = cli(name, "--help")
         assert out.returncode == 0 and "Usage:" in out.stdout and len(out.stdout) > 200

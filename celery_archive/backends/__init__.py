@@ -53,12 +53,14 @@ class StorageFormat(StrEnum):
 # The one registry of result backends: a URL's start -> the package (here) holding the backend's
 # source.py (``from_config(RunConfig) -> Source``) and target.py (``from_config(TargetConfig) ->
 # Target``), imported only when used. First match wins; "" (every other URL) is SQLAlchemy's.
+# Redis Cluster (redis/cluster/) has no scheme in Celery: Celery has no cluster result backend.
 REGISTRY: tuple[tuple[str, str], ...] = (
+    ("redis+cluster://", "redis.cluster"), ("rediss+cluster://", "redis.cluster"),
     ("redis://", "redis"), ("rediss://", "redis"), ("redis+socket://", "redis"), ("sentinel://", "redis"),
     ("django+", "django"),
     ("", "sql"),
 )
-REDIS_SCHEMES = tuple(start[:-3] for start, name in REGISTRY if name == "redis")  # Celery's Redis result_backend URLs
+REDIS_SCHEMES = tuple(start[:-3] for start, name in REGISTRY if name.split(".")[0] == "redis")  # Redis URLs, cluster's too
 
 
 def backend_of(url: str) -> str:

@@ -213,6 +213,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
             source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
         manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
         verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
+        counts = dict(source.counts)  # what extraction and purge counted
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
         audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)

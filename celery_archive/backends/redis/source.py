@@ -17,6 +17,7 @@ from celery_archive.ahead import ahead
 from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.codec import SERIALIZERS, TooLarge, UnsafePayload, decode_value, split_compressed, to_json_text
 from celery_archive.backends.records import assemble, utc_naive
+from celery_archive.backends.redis.scripts import CAS, CAS_CHUNK, READ, READ_CHUNK, WRONG_TYPE
 from celery_archive.backends.redis.url import connect, redact
 from celery_archive.errors import ConfigError, SourceError, scrubbed
 
@@ -27,33 +28,6 @@ from celery_archive.schemas import arrow_schema
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 TASK_PREFIX, GROUP_PREFIX = "celery-task-meta-", "celery-taskset-meta-"
 CHORD_SUFFIXES = (b".j", b".t", b".s", b".d", b".c")  # chord bookkeeping on group keys: never touched
-_CAS = """
-local deleted = 0
-for i, key in ipairs(KEYS) do
-  if redis.pcall('GET', key) == ARGV[i] then  -- pcall: a key that is no string now is simply not equal
-    redis.call('DEL', key)
-    deleted = deleted + 1
-  end
-end
-return deleted
-"""
-_CAS_CHUNK = 2000
-_READ = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' then  -- WRONGTYPE: a hash, list, set, zset or stream; its type, PTTL -3
-    out[2 * i - 1] = redis.call('TYPE', key)['ok']
-    out[2 * i] = -3
-  else
-    out[2 * i - 1] = value
-    out[2 * i] = redis.call('PTTL', key)
-  end
-end
-return out
-"""
-WRONG_TYPE = -3  # the PTTL _READ gives a key that holds no string (Redis's own are -1 and -2)
-_READ_CHUNK = 2000  # keys per script call: a few milliseconds of Redis time each
 
 
 @dataclass(frozen=True)
@@ -91,6 +65,7 @@ LEFT_ALONE = {  # source_counts of keys a run neither archives nor deletes, and 
     "malformed": "have a field of a type Celery never writes (a task name that is a number, ...)",
     "undated": "are finished results with neither a date_done nor a TTL: their age cannot be known",
     "groups_undated": "are saved groups without a TTL: Celery stores no date for them, so their age cannot be known",
+    "moved": "were on a Redis Cluster slot that moved during the run (resharding; counted where seen): the next run takes them",
 }
 _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
 
@@ -109,7 +84,7 @@ def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
 class RedisSource:
     storage_format = StorageFormat.CELERY_REDIS
     purge_columns: tuple[str, ...] = ("source_table", "raw_key", "raw_value")
-    # compare-and-delete goes _CAS_CHUNK keys a call whatever the batch: a bigger batch would
+    # compare-and-delete goes CAS_CHUNK keys a call whatever the batch: a bigger batch would
     # only hold more archived values in memory (50,000 of them and the next batch read ahead:
     # ~55 MiB of a run's peak)
     purge_rows: int | None = 10_000
@@ -122,11 +97,14 @@ class RedisSource:
         self._secrets = [unquote(p.password) for p in map(urlsplit, config.url.split(";")) if p.password]
         self.prefixes = key_prefixes(config.key_prefix)
         self.prefix = self.prefixes[0]
-        self.client = connect(config.url, config.master_name)
+        self.client = self._connect()
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}  # reason -> the first few keys left alone for it
         self.warnings: list[str] = []
         self._newest: dict[dt.datetime | None, tuple[str, str, dt.datetime] | None] = {}
+
+    def _connect(self) -> Any:
+        return connect(self.config.url, self.config.master_name)
 
     def describe_dates(self) -> dict[str, object]:
         return {"task": {"zone": None, "known": True, "rule": "ISO text in the value, with its offset (Celery 5.4+: +00:00, "
@@ -168,36 +146,43 @@ class RedisSource:
 
     # -- reading ----------------------------------------------------------------------------
     def _scan(self, kind: str, batch_size: int) -> Iterator[list[tuple[bytes, bytes | None, int]]]:
-        """(key, value, pttl) in batches: SCAN, then one pipelined GET and PTTL per batch."""
+        """(key, value, pttl) in batches: SCAN of each node, then pipelined GET and PTTL per batch."""
         import redis
 
         patterns = [f"{p}{TASK_PREFIX if kind == 'task' else GROUP_PREFIX}*" for p in self.prefixes]
-        keys: list[bytes] = []
-
-        read = self.client.register_script(_READ)
-
-        def load(batch: list[bytes]) -> list[tuple[bytes, bytes | None, int]]:
-            # GET and PTTL of each key, in one script call per chunk, the calls pipelined
-            pipe = self.client.pipeline(transaction=False)
-            for i in range(0, len(batch), _READ_CHUNK):
-                read(keys=batch[i : i + _READ_CHUNK], client=pipe)
-            replies = [item for reply in pipe.execute() for item in reply]
-            return list(zip(batch, replies[0::2], replies[1::2]))
-
         try:
-            for pattern in patterns:
-                for key in self.client.scan_iter(match=pattern, count=max(batch_size, 1000)):
-                    if kind == "group" and key.endswith(CHORD_SUFFIXES):
-                        self.counts["chord_keys_skipped"] += 1
-                        continue
-                    keys.append(key)
-                    if len(keys) >= batch_size:
-                        yield load(keys)
-                        keys = []
-            if keys:
-                yield load(keys)
+            for node, client in self._nodes():
+                keys: list[bytes] = []
+                for pattern in patterns:
+                    for key in client.scan_iter(match=pattern, count=max(batch_size, 1000)):
+                        if kind == "group" and key.endswith(CHORD_SUFFIXES):
+                            self.counts["chord_keys_skipped"] += 1
+                        elif self._takes(node, key):
+                            keys.append(key)
+                        if len(keys) >= batch_size:
+                            yield self._load(client, keys)
+                            keys = []
+                if keys:
+                    yield self._load(client, keys)
         except redis.RedisError as exc:
             raise self._error("reading results from", exc) from exc
+
+    def _nodes(self) -> list[tuple[str, Any]]:
+        """(name, client) of each node whose keys SCAN lists: the one server here."""
+        return [("", self.client)]
+
+    def _takes(self, node: str, key: bytes) -> bool:
+        """Whether ``key``, listed by ``node``'s SCAN, is read there (always, on one server)."""
+        return True
+
+    def _load(self, client: Any, batch: list[bytes]) -> list[tuple[bytes, bytes | None, int]]:
+        """GET and PTTL of each key, in one script call per chunk, the calls pipelined."""
+        read = client.register_script(READ)
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(batch), READ_CHUNK):
+            read(keys=batch[i : i + READ_CHUNK], client=pipe)
+        replies = [item for reply in pipe.execute() for item in reply]
+        return list(zip(batch, replies[0::2], replies[1::2]))
 
     def _skip(self, reason: str, key: bytes, what: str = "") -> None:
         """Count a key left alone for ``reason`` (source_counts) and keep a few of them to name."""
@@ -356,12 +341,12 @@ class RedisSource:
         import redis
 
         table = batch.table
-        script = self.client.register_script(_CAS)
+        script = self.client.register_script(CAS)
         deleted = 0
         try:
             pipe = self.client.pipeline(transaction=False)
-            for i in range(0, table.num_rows, _CAS_CHUNK):
-                chunk = table.slice(i, _CAS_CHUNK)  # Python objects for a chunk at a time only
+            for i in range(0, table.num_rows, CAS_CHUNK):
+                chunk = table.slice(i, CAS_CHUNK)  # Python objects for a chunk at a time only
                 script(keys=_keys(chunk).to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
                 if len(pipe) >= 8:  # a few thousand keys in flight: client memory stays small
                     deleted += sum(int(n) for n in pipe.execute())

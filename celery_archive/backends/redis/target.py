@@ -12,7 +12,7 @@ from celery_archive.errors import ConflictError
 
 # SET with the TTL (or none), then PUBLISH on the key's channel as Celery's own set() does;
 # with mode 'skip' an existing key is left alone. 0 skipped, 1 restored, 2 overwritten.
-_PUT = """
+PUT = """
 local existed = redis.call('EXISTS', KEYS[1])
 if existed == 1 and ARGV[3] == 'skip' then return 0 end
 if tonumber(ARGV[2]) > 0 then
@@ -33,8 +33,11 @@ class RedisTarget:
         self.cfg = cfg
         self.display_url = redact(cfg.url)
         self._secret = _secret(cfg.url)
-        self._client = connect(cfg.url, cfg.master_name)
-        self._errors = (redis.RedisError, OSError)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self._client = self._connect()
+
+    def _connect(self) -> Any:
+        return connect(self.cfg.url, self.cfg.master_name)
 
     def _value(self, rec: dict[str, Any]) -> bytes:
         if rec["storage_format"] == StorageFormat.CELERY_REDIS:
@@ -54,20 +57,13 @@ class RedisTarget:
         report = PutReport()
         try:
             if on_conflict == "fail":
-                pipe = self._client.pipeline(transaction=False)
-                for key, _v in items:
-                    pipe.exists(key)
-                taken = [k for (k, _v), n in zip(items, pipe.execute()) if n]
+                taken = [k for (k, _v), n in zip(items, self._exists([k for k, _v in items])) if n]
                 if taken:
                     raise ConflictError(f"{len(taken)} result(s) already in {self.display_url} (first: {taken[0].decode('utf-8', 'backslashreplace')}); "
                                         "nothing was restored: use --on-conflict skip or overwrite")
-            script = self._client.register_script(_PUT)
             mode = "overwrite" if on_conflict == "overwrite" else "skip"
             for i in range(0, len(items), _CHUNK):
-                pipe = self._client.pipeline(transaction=False)
-                for key, value in items[i:i + _CHUNK]:
-                    script(keys=[key], args=[value, ttl_ms, mode], client=pipe)
-                for outcome in pipe.execute():
+                for outcome in self._put_each(items[i:i + _CHUNK], ttl_ms, mode):
                     if outcome == 0:
                         report.skipped += 1
                     else:
@@ -76,6 +72,20 @@ class RedisTarget:
         except self._errors as exc:
             raise backend_error(self.display_url, "restoring into", exc, self._secret) from exc
         return report
+
+    def _exists(self, keys: list[bytes]) -> list[int]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        return [int(n) for n in pipe.execute()]
+
+    def _put_each(self, items: list[tuple[bytes, bytes]], ttl_ms: int, mode: str) -> list[int]:
+        """PUT of each (key, value), pipelined: 0 skipped, 1 restored, 2 overwritten."""
+        script = self._client.register_script(PUT)
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in items:
+            script(keys=[key], args=[value, ttl_ms, mode], client=pipe)
+        return [int(n) for n in pipe.execute()]
 
     def close(self) -> None:
         self._client.close()

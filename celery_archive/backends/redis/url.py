@@ -88,7 +88,8 @@ def _options(url: str, query: str, allowed: dict[str, Callable[[str], Any]]) -> 
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in allowed:
             if name in SSL_OPTIONS:
-                raise _bad(url, f"{name} needs a TLS connection: use rediss:// (as Celery requires)")
+                tls = "rediss+cluster" if url.startswith("redis+cluster:") else "rediss"
+                raise _bad(url, f"{name} needs a TLS connection: use {tls}:// (as Celery requires)")
             raise _bad(url, f"unknown option {name!r}; known: {', '.join(sorted(allowed))}")
         try:
             out[name] = allowed[name](value)
@@ -102,7 +103,7 @@ def connect(url: str, master_name: str | None = None) -> Any:
     import redis
 
     p = urlsplit(url.split(";")[0])
-    if p.scheme not in REDIS_SCHEMES:
+    if p.scheme not in REDIS_SCHEMES or p.scheme.endswith("+cluster"):  # a cluster's: cluster/__init__.py
         raise ConfigError(f"not a Celery Redis backend URL: {redact(url)!r} (expected redis://, rediss://, redis+socket:// or sentinel://)")
     password = unquote(p.password) if p.password else None
     username = unquote(p.username) if p.username else None
