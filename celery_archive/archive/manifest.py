@@ -87,9 +87,13 @@ class FileEntry:
     min_date_done: str
     max_date_done: str
     kinds: dict[str, int]
+    encryption_key: str | None = None  # keys/...: the object holding its wrapped data key (crypto/); None: not encrypted
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "format": str(self.format)}
+        out = {**asdict(self), "format": str(self.format)}
+        if self.encryption_key is None:  # an unencrypted file's entry stays the JSON it always was
+            del out["encryption_key"]
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "a manifest entry") -> FileEntry:
@@ -100,7 +104,8 @@ class FileEntry:
             raise DamagedObjectError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
         with _typed(where):
             return cls(_text(f("key")), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), _text(f("sha256")),
-                       _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")))
+                       _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")),
+                       None if obj.get("encryption_key") is None else _text(obj["encryption_key"]))
 
 
 @dataclass(frozen=True)
