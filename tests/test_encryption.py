@@ -67,6 +67,15 @@ def test_encrypted_run_verify_restore(tmp_path: Path, fmt: str, compression: str
     assert proc.returncode == 0, proc.stderr
     assert '"n": 4' in proc.stdout or '"n":4' in proc.stdout
 
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = cli("query", "--sink", sink, "select name, count(*) as n from results where kind = 'task' group by name order by name",
+               "--json", env={"TMPDIR": str(tmp)})  # decrypted as read: in memory, no plaintext copy on disk
+    assert proc.returncode == 0, proc.stderr
+    counts = {r["name"]: r["n"] for r in map(json.loads, proc.stdout.splitlines())}
+    assert counts["shop.checkout"] == 25 and counts["shop.charge"] == 3
+    assert not list(tmp.rglob("*"))
+
 
 def test_wrong_or_missing_key_material_is_named(tmp_path: Path) -> None:
     _url, _sink, root = archived(tmp_path)
@@ -83,3 +92,13 @@ def test_wrong_or_missing_key_material_is_named(tmp_path: Path) -> None:
     short.write_bytes(b"x" * 16)
     proc = cli("verify", "--sink", f"file://{root}?encrypt=keyfile:{short}")
     assert proc.returncode == 2 and "holds 16 bytes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_archive_backend_reads_an_encrypted_archive(tmp_path: Path, fmt: str) -> None:
+    url, sink, _root = archived(tmp_path, fmt)
+    app = celery_app("archive+" + url, archive_sink=sink)  # the same sink URL, with its key
+    assert app.AsyncResult("ok-3").get(timeout=5)["n"] == 3
+    assert app.AsyncResult("fail-1").state == "FAILURE"
+    with pytest.raises(ValueError, match="card declined"):
+        app.AsyncResult("fail-1").get(timeout=5)

@@ -137,6 +137,27 @@ class Encryption:
                                    f"the sink URL gives encrypt={self.value}")
         return Cipher(data_key, name, self.master.unwrap(wrapped, data_key))
 
+    def dataset_decryption(self, sink: Sink) -> Any:
+        """pyarrow.dataset's ParquetDecryptionConfig for this archive's encrypted Parquet files:
+        each file names its key object (its footer key id), whose key this master opens."""
+        import pyarrow.dataset as ds
+        import pyarrow.parquet.encryption as pe
+
+        enc, opened = self, dict[str, Cipher]()
+
+        class _Resolver(pe.KmsClient):  # type: ignore[misc]
+            def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+                raise KeyMaterialError("reading an archive never encrypts")
+
+            def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+                name = master_key_identifier
+                if name not in opened:
+                    opened[name] = enc.cipher(sink, name[len(KEYS):].removesuffix(".json"))
+                return opened[name].open(base64.b64decode(wrapped_key), 0)
+
+        factory = pe.CryptoFactory(lambda _config: _Resolver())
+        return ds.ParquetDecryptionConfig(factory, pe.KmsConnectionConfig(), pe.DecryptionConfiguration())
+
     def destroy(self, sink: Sink, data_key: str) -> str:
         """Erase the file's key object (every version): no copy of the file opens again. Returns its name."""
         name = key_name(data_key)

@@ -106,8 +106,9 @@ class KmsMaster:
         if isinstance(exc, NoCredentialsError):
             return KeyMaterialError(f"no AWS credentials to call KMS for key {self.key_id} ({permission}): set AWS_PROFILE, "
                                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role")
-        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-        if code in ("AccessDeniedException", "AccessDenied"):
+        code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(exc, ClientError) else None
+        if code in ("AccessDeniedException", "AccessDenied", "403") or status == 403:
             return KeyMaterialError(f"KMS denied {permission} on key {self.key_id} (for {file}): grant {permission} on that "
                                     "key to the identity running celery-archive")
         if code in ("NotFoundException", "DisabledException", "KMSInvalidStateException"):

@@ -130,6 +130,11 @@ def _sealed(f: BinaryIO, compression: str | None, cipher: Cipher) -> Iterator[tu
         pos += 4 + n
 
 
+def decrypted(f: BinaryIO, key: str, cipher: Cipher) -> bytes:
+    """The JSONL text of an encrypted file, read from ``f`` (named ``key``), in memory."""
+    return b"".join(b"".join(lines) for _o, _n, lines in _sealed(f, compression_of(key), cipher))
+
+
 def _frame_lines(data: bytes, compression: str | None) -> list[bytes]:
     if compression == "zstd":
         data = _decompressor("zstd").decompress(data)
