@@ -82,7 +82,7 @@ class KeyMaterialError(ArchiveError):
     """An encrypted archive's key material is missing, wrong or refused (a keyfile that is not
     the master key, a data key destroyed by forget, KMS access denied); nothing was changed."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 class ConversionError(ArchiveError):

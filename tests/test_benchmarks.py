@@ -70,3 +70,10 @@ def test_backend_benchmark_runs_and_prints_its_ratios() -> None:
     for line in ("live read, plain backend", "ratio archive+ / plain, live read", "archived read, local sink: first lookup",
                  "no row-group cache", "unknown id: object reads per lookup max", "archived read, S3 emulator (moto server)"):
         assert line in text
+
+
+def test_encrypt_benchmark_runs_and_prints_its_ratios() -> None:
+    text = run_bench("benchmarks/bench_encrypt.py", "--rows", "3000", "--repeats", "1")
+    for line in ("parquet unencrypted", "parquet encrypted", "jsonl encrypted", "ratio encrypted / unencrypted (parquet)",
+                 "ratio encrypted / unencrypted (jsonl)", "target <= 1.2x"):
+        assert line in text

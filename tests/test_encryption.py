@@ -5,10 +5,14 @@ in clear (manifests, index, keys) names ids and places, never a result."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import age_rows, celery_app, cli
+from conftest import ROOT, age_rows, celery_app, cli
 from helpers import archive, write_sql_results
 
 SECRET_TEXTS = [b"shop.checkout", b"card declined", b"worker1@host", b"billing"]
@@ -16,7 +20,7 @@ SECRET_TEXTS = [b"shop.checkout", b"card declined", b"worker1@host", b"billing"]
 
 def master_key(tmp_path: Path, name: str = "master.key") -> Path:
     path = tmp_path / name
-    path.write_bytes(__import__("os").urandom(32))
+    path.write_bytes(os.urandom(32))
     return path
 
 
@@ -84,7 +88,7 @@ def test_wrong_or_missing_key_material_is_named(tmp_path: Path) -> None:
     for wrong, says in ((plain, "is encrypted: give the sink URL with its key"), (other, "does not open with the master key")):
         for args in (("restore", "ok-3"), ("verify",)):
             proc = cli(*args, "--sink", wrong)
-            assert proc.returncode == (3 if args == ("verify",) else 7)  # verify names it among its problems
+            assert proc.returncode == (3 if args == ("verify",) else 8)  # verify names it among its problems
             assert "Traceback" not in proc.stderr
             out = proc.stdout + proc.stderr
             assert says in out and "data/date=" in out, out
@@ -102,3 +106,26 @@ def test_archive_backend_reads_an_encrypted_archive(tmp_path: Path, fmt: str) ->
     assert app.AsyncResult("fail-1").state == "FAILURE"
     with pytest.raises(ValueError, match="card declined"):
         app.AsyncResult("fail-1").get(timeout=5)
+
+
+def readme_blocks() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("### Encrypted archives", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+def run_block(block: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    assert cli("demo", "--dir", str(cwd / "celery-archive-demo"), "--json").returncode == 0
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_readme_keyfile_example_runs_as_written(tmp_path: Path) -> None:
+    out = run_block(readme_blocks()[0], tmp_path)
+    forgot = json.loads(out.strip().splitlines()[-1])
+    assert forgot["ok"] and forgot["results"] >= 1 and len(forgot["keys_destroyed"]) == 1
+    assert (tmp_path / "master.key").stat().st_size == 32
+    files = [p for p in (tmp_path / "encrypted" / "data").rglob("*.parquet")]
+    assert files and all(p.read_bytes().endswith(b"PARE") for p in files)
+    assert "SUCCESS" in out and "FAILURE" in out  # the query's counts, decrypted

@@ -118,3 +118,20 @@ def test_kms_access_denied_names_key_and_permission(tmp_path: Path, iam_kms: str
     files = {str(p.relative_to(root)) for p in (root / "data").rglob("*") if p.is_file()}
     assert keys == {f"keys/{f}.json" for f in files}
     assert list(table_rows(url)) == ["started-0"]  # a task still running is never archived
+
+
+def test_the_readme_kms_example_runs_as_written(on_localstack: str, tmp_path: Path) -> None:
+    from test_encryption import readme_blocks, run_block
+
+    kms, s3 = boto3.client("kms"), s3_client(on_localstack, key="test", secret="test-secret")
+    if not [a for a in kms.list_aliases()["Aliases"] if a["AliasName"] == "alias/celery-archive"]:
+        kms.create_alias(AliasName="alias/celery-archive", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    if "archive" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="archive", ObjectLockEnabledForBucket=True)
+    out = run_block(readme_blocks()[1], tmp_path)
+    forgot = next(json.loads(line) for line in out.splitlines() if line.startswith('{"command":"forget"'))
+    assert forgot["results"] == 1 and len(forgot["keys_destroyed"]) == 1
+    key = forgot["keys_destroyed"][0]
+    assert not s3.list_object_versions(Bucket="archive", Prefix=f"prod/{key}").get("Versions")
+    locked = s3.list_object_versions(Bucket="archive", Prefix="prod/" + key.removeprefix("keys/").removesuffix(".json"))
+    assert locked.get("Versions")  # the old data file: kept by COMPLIANCE, its key gone
