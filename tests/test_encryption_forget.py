@@ -5,6 +5,7 @@ version stays, and nothing the archive holds decrypts it any more (crypto-shredd
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,18 +21,28 @@ from test_encryption import master_key
 from celery_archive.archive import audit
 from celery_archive.crypto import Cipher
 from celery_archive.errors import KeyMaterialError
+from celery_archive.formats.jsonl import decrypted
 from celery_archive.index.packs import lookup
 from celery_archive.sinks import open_sink
 
 
-def test_forget_shreds_a_compliance_locked_file(sqlite_url: str, s3_endpoint: str, tmp_path: Path) -> None:
+def opened(data: bytes, file: str, cipher: Cipher) -> int:
+    """Rows of the stored bytes ``data`` of ``file``, decrypted with ``cipher`` (raises if it cannot)."""
+    if file.endswith(".parquet"):
+        return int(pq.ParquetFile(pa.BufferReader(data), decryption_properties=cipher.parquet_read()).read().num_rows)
+    return len(decrypted(io.BytesIO(data), file, cipher).splitlines())
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_forget_shreds_a_compliance_locked_file(sqlite_url: str, s3_endpoint: str, tmp_path: Path, fmt: str) -> None:
     s3 = s3_client(s3_endpoint)
     bucket = new_bucket(s3, lock=True)
     sink = f"s3://{bucket}/enc?object_lock=COMPLIANCE&retain=1d&encrypt=keyfile:{master_key(tmp_path)}"
-    ids = make_archive(sqlite_url, sink, again=())
+    ids = make_archive(sqlite_url, sink, fmt, again=())
     s = open_sink(sink)
     holder = lookup(s, ["r-033"])["r-033"][0]["key"]
     assert s.retention(holder) is not None  # COMPLIANCE: the file itself cannot go
+    destroyed = s.encryption.cipher(s, holder)  # type: ignore[union-attr]  # kept by the test only
 
     proc = cli("forget", "r-033", "--sink", sink, "--reason", "erasure 118", "--json")
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -59,9 +70,10 @@ def test_forget_shreds_a_compliance_locked_file(sqlite_url: str, s3_endpoint: st
         secret = master.unwrap(base64.b64decode(body["wrapped"]), body["file"])
         for as_file in (holder, body["file"]):
             with pytest.raises(KeyMaterialError, match="does not decrypt with its data key"):
-                pq.ParquetFile(pa.BufferReader(locked), decryption_properties=Cipher(as_file, v["Key"][4:], secret).parquet_read()).read()
+                opened(locked, holder, Cipher(as_file, f"keys/{holder}.json", secret))
             tried += 1
     assert tried >= 4
+    assert opened(locked, holder, destroyed) > 0  # the control: with the key forget destroyed, it would open
 
     proc = cli("restore", "r-033", "--sink", sink)
     assert proc.returncode == 5 and "not in the archive" in proc.stderr, proc.stderr
