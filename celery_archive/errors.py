@@ -78,6 +78,13 @@ class ConflictError(ArchiveError):
     exit_code = 6
 
 
+class KeyMaterialError(ArchiveError):
+    """An encrypted archive's key material is missing, wrong or refused (a keyfile that is not
+    the master key, a data key destroyed by forget, KMS access denied); nothing was changed."""
+
+    exit_code = 8
+
+
 class ConversionError(ArchiveError):
     """A result cannot be put into this kind of backend without unpickling it."""
 

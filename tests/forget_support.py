@@ -42,6 +42,7 @@ def make_archive(url: str, sink: str, fmt: str = "parquet", n: int = N, again: t
 
 def archived_ids(sink: str) -> list[str]:
     """Task ids in the files the manifests name, with repeats (what a query sees)."""
+    from celery_archive.crypto import cipher_of
     from celery_archive.formats import read_tables
 
     s = open_sink(sink)
@@ -51,7 +52,7 @@ def archived_ids(sink: str) -> list[str]:
         for e in mf.committed_files(s):
             with s.open(e.key) as f:
                 path.write_bytes(f.read())
-            out += [t for tb in read_tables(path, e.format, e.compression, ["task_id"]) for t in tb.column("task_id").to_pylist()]
+            out += [t for tb in read_tables(path, e.format, e.compression, ["task_id"], cipher=cipher_of(s, e)) for t in tb.column("task_id").to_pylist()]
     return out
 
 

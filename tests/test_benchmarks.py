@@ -103,3 +103,10 @@ def test_cluster_benchmark_runs_and_prints_its_ratio() -> None:
     text = run_bench("benchmarks/bench_cluster.py", "--results", "2000", "--repeats", "1")
     for line in ("one server", "cluster (3 primaries)", "ratio cluster / one server"):
         assert line in text
+
+
+def test_encrypt_benchmark_runs_and_prints_its_ratios() -> None:
+    text = run_bench("benchmarks/bench_encrypt.py", "--rows", "3000", "--repeats", "1")
+    for line in ("parquet unencrypted", "parquet encrypted", "jsonl encrypted", "ratio encrypted / unencrypted (parquet)",
+                 "ratio encrypted / unencrypted (jsonl)", "target <= 1.2x"):
+        assert line in text

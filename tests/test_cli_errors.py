@@ -98,9 +98,12 @@ def test_a_good_redis_url_with_options_still_works(tmp_path: Path) -> None:
 def test_unknown_options_of_a_local_sink(demo: Path, tmp_path: Path) -> None:
     db = f"db+sqlite:///{demo / 'results.db'}"
     archive = demo / "archive"
-    for sink in (f"file://{archive}?encrypt=aes256", f"file://{archive}?bogus=1", f"{archive}?bogus=1"):
+    for sink in (f"file://{archive}?bogus=1", f"{archive}?bogus=1"):
         for args in (["run", "--source", db, "--older-than", "3d", "--dry-run"], ["verify"], ["query", "select 1"]):
-            fails(*args, "--sink", sink, code=RUNS, says=("unknown option", "a local sink takes none", "%3F"))
+            fails(*args, "--sink", sink, code=RUNS, says=("unknown option 'bogus'", "known: encrypt", "%3F"))
+    # encrypt= is known (every sink takes it), and a value that names no master key is refused
+    fails("verify", "--sink", f"file://{archive}?encrypt=aes256", code=RUNS,
+          says=("encrypt='aes256'", "encrypt=keyfile:/path/to/master.key", "encrypt=kms:alias/NAME"))
     # a directory whose name holds a '?' is used as it is, and reached by file:// with %3F
     odd = tmp_path / "arch?ive=1"
     shutil.copytree(archive, odd)

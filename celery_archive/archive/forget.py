@@ -1,6 +1,8 @@
 """``forget``: named results taken out of the archive for good (an erasure request). Every
 data file holding one is rewritten without it, its run gets a new manifest revision, the
-restore index is made again, then the old files are erased (rewrite.py does each step)."""
+restore index is made again, then the old files are erased (rewrite.py does each step). In an
+encrypted archive the old files' data keys are destroyed too: a file that S3 Object Lock keeps
+is then unreadable, so its retention no longer stands in the way (crypto-shredding)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class ForgetReport:
     files_removed: int = 0
     runs: list[str] = field(default_factory=list)
     rewrite_id: str | None = None
+    keys_destroyed: list[str] = field(default_factory=list)  # encrypted: the old files' data keys (keys/...)
     finished_earlier: list[str] = field(default_factory=list)  # plans a crash left, finished first
 
     def to_json(self) -> dict[str, Any]:
@@ -40,7 +43,8 @@ class ForgetReport:
 
 def forget(sink: Sink, spool: Path, task_ids: Sequence[str], reason: str, dry_run: bool = False) -> ForgetReport:
     """Take ``task_ids`` out of the archive (``sink`` fenced by the lease unless ``dry_run``).
-    Refuses, changing nothing, when a file to remove cannot be deleted (Object Lock)."""
+    Refuses, changing nothing, when a file to remove cannot be deleted (Object Lock) and is not
+    encrypted (an encrypted one is erased by destroying its data key)."""
     if not reason.strip():
         raise ConfigError("--reason is required: say why these results are erased (it goes into the audit log)")
     ids = list(dict.fromkeys(t.strip() for t in task_ids if t.strip()))
@@ -52,14 +56,14 @@ def forget(sink: Sink, spool: Path, task_ids: Sequence[str], reason: str, dry_ru
             report.finished_earlier.append(done.plan.rewrite_id)
             hashes, salt = done.plan.drop.id_hashes, done.plan.drop.salt
             report.forgotten += [t for t in ids if salt and rewrite.hash_id(salt, t) in hashes]
-    current = {e.key for e in mf.committed_files(sink)}
+    current = {e.key: e for e in mf.committed_files(sink)}
     entries = lookup(sink, ids)
     files = sorted({e["key"] for es in entries.values() for e in es if e["key"] in current})
     found = [t for t in ids if any(e["key"] in current for e in entries.get(t, []))]
     report.missing = [t for t in ids if t not in found and t not in report.forgotten]
     report.results = sum(1 for t in found for e in entries[t] if e["key"] in current)
     report.runs = sorted({mf.run_id_of(k) for k in files})
-    held = [why for key in files if (why := sink.retention(key)) is not None]
+    held = [why for key in files if current[key].encryption_key is None and (why := sink.retention(key)) is not None]
     if held:
         raise RetainedError(f"{len(held)} data file(s) holding these results cannot be deleted: {'; '.join(held[:3])}"
                             f"{' ...' if len(held) > 3 else ''}. Nothing was changed. Forget them once the retention has "
@@ -72,5 +76,6 @@ def forget(sink: Sink, spool: Path, task_ids: Sequence[str], reason: str, dry_ru
     rewrite.record(sink, p)
     done = rewrite.execute(sink, spool, p)
     report.rewrite_id, report.files_rewritten, report.files_removed = p.rewrite_id, done.files_rewritten, done.files_removed
+    report.keys_destroyed = list(p.extra.get("keys_destroyed", []))
     report.results = done.results
     return report

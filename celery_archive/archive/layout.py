@@ -18,6 +18,8 @@
     audit/<YYYYMMDDTHHMMSS.ffffffZ>-<hex>.json     one audit event each (archive/audit.py): create-only, never removed
     chain/<seq>.json                               the hash chain's positions (archive/chain.py): create-only, never removed
     verified/<sha256(key)[:32]>/<UTC time>.json     when verify last read a data file (archive/rotation.py): create-only
+    keys/<data file key>.json                      an encrypted data file's wrapped data key (crypto/): never
+                                                   Object-Locked; forget destroys it to erase every copy of the file
 
 Run ids are ``YYYYMMDDTHHMMSSZ-uuuuuu`` and sort in the order the runs started.
 """
@@ -31,6 +33,7 @@ LEASE_PREFIX, LEGACY_LOCK = "locks/lease-", "locks/run.lock"
 INDEX_LOG, INDEX_PACKS = "index/log/", "index/packs/"
 REWRITES = "rewrites/"
 AUDIT, CHAIN, VERIFIED = "audit/", "chain/", "verified/"
+KEYS = "keys/"
 
 
 def new_run_id(now: dt.datetime) -> str:

@@ -1,9 +1,6 @@
-"""The archive's small JSON objects, typed: outcomes (each run's one decision, committed or
-abandoned), manifests (the committed run's files, as readers find them), run reports (written
-once a run's purge is done). Their keys are in layout.py, the lease in pipeline/lease.py, the
-restore index in index/packs.py.
-
-(Their keys: layout.py.)
+"""The archive's small JSON objects, typed: outcomes (each run's one decision, committed or abandoned),
+manifests (the committed run's files, as readers find them), run reports (written once a run's purge
+is done). Their keys are in layout.py, the lease in pipeline/lease.py, the restore index in index/packs.py.
 
 A run commits by creating its outcome ``committed``; a later run that finds a dead run's data
 files with no outcome creates ``abandoned`` for it before it removes a single file. Both are
@@ -87,9 +84,11 @@ class FileEntry:
     min_date_done: str
     max_date_done: str
     kinds: dict[str, int]
+    encryption_key: str | None = None  # keys/...: the object holding its wrapped data key (crypto/); None: not encrypted
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "format": str(self.format)}
+        out = {**asdict(self), "format": str(self.format)}  # an unencrypted file's entry: the JSON it always was
+        return {k: v for k, v in out.items() if k != "encryption_key" or v is not None}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "a manifest entry") -> FileEntry:
@@ -100,7 +99,8 @@ class FileEntry:
             raise DamagedObjectError(f"{where}: format {obj['format']!r} is neither parquet nor jsonl") from exc
         with _typed(where):
             return cls(_text(f("key")), fmt, obj.get("compression"), int(f("rows")), int(f("bytes")), _text(f("sha256")),
-                       _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")))
+                       _text(f("ids_sha256")), f("min_date_done"), f("max_date_done"), dict(f("kinds")),
+                       None if obj.get("encryption_key") is None else _text(obj["encryption_key"]))
 
 
 @dataclass(frozen=True)

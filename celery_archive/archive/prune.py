@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive import manifest as mf
 from celery_archive.archive import rewrite
+from celery_archive.crypto import cipher_of
 from celery_archive.formats import read_tables
 from celery_archive.sinks import download
 from celery_archive.times import iso
@@ -89,7 +90,8 @@ def _count(sink: Sink, spool: Path, entry: mf.FileEntry, drop: rewrite.Drop) -> 
     go = older = 0
     try:
         download(sink, entry.key, path)
-        for t in read_tables(path, entry.format, entry.compression, ["task_id", "name", "date_done"]):
+        for t in read_tables(path, entry.format, entry.compression, ["task_id", "name", "date_done"],
+                             cipher=cipher_of(sink, entry)):
             go += pc.sum(drop.mask(t)).as_py() or 0
             dd = t.column("date_done")
             before = pa.scalar(dt.datetime.fromisoformat((drop.before or "").replace("Z", "+00:00")).replace(tzinfo=None), dd.type)

@@ -17,6 +17,7 @@ from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import manifest_key
 from celery_archive.archive.manifest import FileEntry, Format, Manifest, RunRecord, Totals
 from celery_archive.backends.codec import SERIALIZERS
+from celery_archive.crypto import JSONL_MAGIC, Cipher, cipher_at
 from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
 from celery_archive.formats.entries import ids_digest
@@ -42,17 +43,26 @@ class RebuildReport:
         return {"command": "manifest rebuild", **asdict(self)}
 
 
-def _format(key: str, path: Path) -> tuple[str, str | None, int]:
+def _cipher(sink: Sink, key: str, path: Path) -> Cipher | None:
+    """The key of a data file whose bytes say it is encrypted (an encrypted footer, a header)."""
+    with open(path, "rb") as f:
+        head = f.read(len(JSONL_MAGIC))
+        f.seek(max(f.seek(0, 2) - 4, 0))
+        tail = f.read(4)
+    return cipher_at(sink, key, encrypted=tail == b"PARE" if key.endswith(".parquet") else head == JSONL_MAGIC)
+
+
+def _format(key: str, path: Path, cipher: Cipher | None) -> tuple[str, str | None, int]:
     """(format, compression, record schema version) of a data file."""
     if key.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        meta = pq.ParquetFile(path).metadata
+        meta = pq.ParquetFile(path, decryption_properties=cipher and cipher.parquet_read()).metadata
         codec = meta.row_group(0).column(0).compression if meta.num_row_groups else "UNCOMPRESSED"
         version = int((meta.metadata or {}).get(b"celery_archive.record_version", RECORD_VERSION))
         return "parquet", _CODECS.get(str(codec).upper(), str(codec).lower()), version
     compression = "zstd" if key.endswith(".zst") else "gzip" if key.endswith(".gz") else None
-    names = set(module("jsonl").first_record(path, compression))  # JSONL: its fields tell (versions only add fields)
+    names = set(module("jsonl").first_record(path, compression, (), cipher))  # JSONL: its fields tell (versions only add fields)
     version = max((v for v in range(1, RECORD_VERSION + 1) if set(field_names(v)) <= names), default=1)
     return "jsonl", compression, version
 
@@ -62,14 +72,17 @@ def file_entry(sink: Sink, key: str, dest: Path) -> tuple[FileEntry, dict[str, A
     import pyarrow.compute as pc
 
     size, sha = download(sink, key, dest)
-    fmt, compression, version = _format(key, dest)
-    located = locate(dest, key, fmt, compression)
-    dates = [t.column("date_done") for t in read_tables(dest, fmt, compression, ["date_done"])]
+    cipher = _cipher(sink, key, dest)
+    fmt, compression, version = _format(key, dest, cipher)
+    located = locate(dest, key, fmt, compression, cipher)
+    dates = [t.column("date_done") for t in read_tables(dest, fmt, compression, ["date_done"], cipher=cipher)]
     lo = min(pc.min(d).as_py() for d in dates)
     hi = max(pc.max(d).as_py() for d in dates)
-    first = next(read_tables(dest, fmt, compression, ["source", "source_table", "kind", "content_type", "storage_format"], 1))
+    first = next(read_tables(dest, fmt, compression, ["source", "source_table", "kind", "content_type", "storage_format"], 1,
+                             cipher))
     entry = FileEntry(key, Format(fmt), compression, located.num_rows, size, sha, ids_digest(located["kind"], located["task_id"]),
-                      iso(lo), iso(hi), dict(Counter(located["kind"].to_pylist())))
+                      iso(lo), iso(hi), dict(Counter(located["kind"].to_pylist())),
+                      None if cipher is None else cipher.name)
     return entry, {**first.slice(0, 1).to_pylist()[0], "schema_version": version}, located
 
 

@@ -9,7 +9,9 @@ then carried out in steps that each can be repeated after a crash:
    supersedes. Until then readers see the old file, afterwards the new one: never both;
 2. the restore index is made again without the old files' entries (nor the ids that go),
    with the new files' entries (one compaction; the old index objects are retired with it);
-3. the old files are erased (every version the store keeps), then the plan is removed.
+3. the old files are erased (every version the store keeps), and the wrapped data keys of the
+   old files of an encrypted archive are destroyed (crypto-shredding: an old file that S3 Object
+   Lock keeps cannot be erased, but nothing can read it any more), then the plan is removed.
 
 A plan that is still there when the next ``forget``, ``prune`` or ``run`` takes the lease is
 finished by it. The plan holds no result and no task id: the ids that go are salted hashes.
@@ -31,7 +33,8 @@ import orjson
 
 from celery_archive.archive import audit, chain, layout
 from celery_archive.archive import manifest as mf
-from celery_archive.errors import DamagedObjectError, ObjectNotFoundError
+from celery_archive.crypto import cipher_of, encryption_of, key_name
+from celery_archive.errors import DamagedObjectError, KeyMaterialError, ObjectNotFoundError
 from celery_archive.formats import locate, module, read_tables
 from celery_archive.formats.entries import feed_ids
 from celery_archive.schemas import MANIFEST_VERSION, conform, field_names
@@ -41,6 +44,7 @@ from celery_archive.times import iso
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from celery_archive.crypto import Cipher
     from celery_archive.sinks import Sink
 
 
@@ -159,7 +163,18 @@ def plan(sink: Sink, command: str, reason: str, drop: Drop, old_keys: Iterable[s
         seqs[rid] += 1
         ext = old.rsplit("/", 1)[-1].split(".", 1)[1]
         files.append(FilePlan(old, f"{old.rsplit('/', 1)[0]}/{rid}-{seqs[rid]:05d}.{ext}"))
+    keys = [key_name(f.old) for f in files if _exists(sink, key_name(f.old))]
+    if keys:  # the audit event names every data key it destroys
+        extra = {**extra, "keys_destroyed": keys}
     return Plan(f"{layout.new_run_id(now)}-{command}", command, reason, audit.who(), iso(now), drop, tuple(files), extra)
+
+
+def _exists(sink: Sink, key: str) -> bool:
+    try:
+        sink.stat(key)
+    except ObjectNotFoundError:
+        return False
+    return True
 
 
 def _seq(key: str) -> tuple[str, int]:
@@ -204,8 +219,13 @@ def execute(sink: Sink, spool: Path, p: Plan) -> Done:
     for run_id in p.runs:
         _revise(sink, spool, p, run_id, done)
     _reindex(sink, spool, p)
+    shredded = set(p.extra.get("keys_destroyed", []))
     for f in p.files:
-        sink.erase(f.old)
+        if key_name(f.old) in shredded and sink.retention(f.old) is not None:
+            sink.delete(f.old)  # Object Lock keeps its bytes (it must); no key to read them remains
+        else:
+            sink.erase(f.old)
+        sink.erase(key_name(f.old))  # its data key: every copy of the old file is unreadable now
     # a crash between the two records the event again on the re-run, with the same rewrite_id
     audit.record(sink, p.command, reason=p.reason, requested_by=p.by, requested_at=p.at, rewrite_id=p.rewrite_id,
                  results=p.extra.get("results", done.results), runs=p.runs, files=len(p.files),
@@ -259,18 +279,34 @@ def _rewrite_file(sink: Sink, spool: Path, entry: mf.FileEntry, new: str, drop: 
     try:
         try:
             download(sink, new, new_path)  # written before a crash: complete (puts are all or nothing)
+            cipher = _new_cipher(sink, entry, new)
         except ObjectNotFoundError:
-            if not _write_without(sink, spool, entry, new_path, drop):
+            cipher = _new_cipher(sink, entry, new)
+            if not _write_without(sink, spool, entry, new_path, drop, cipher):
                 return None, entry.rows
             sink.put(new, new_path, _sha256(new_path))
-        kept = _entry(new, new_path, entry)
+        kept = _entry(new, new_path, entry, cipher)
         return kept, entry.rows - kept.rows
     finally:
         new_path.unlink(missing_ok=True)
 
 
-def _write_without(sink: Sink, spool: Path, entry: mf.FileEntry, dest: Path, drop: Drop) -> int:
-    """The old file's rows that stay, written to ``dest`` in its format; how many."""
+def _new_cipher(sink: Sink, entry: mf.FileEntry, new: str) -> Cipher | None:
+    """The new file's own data key, when the old one is encrypted (again: the one stored before a crash)."""
+    if entry.encryption_key is None:
+        return None
+    enc = encryption_of(sink)
+    if enc is None:
+        raise KeyMaterialError(f"{entry.key} in {sink.url} is encrypted: give the sink URL with its key (encrypt=...) "
+                               "to rewrite it")
+    if _exists(sink, key_name(new)):
+        return enc.cipher(sink, new)
+    return enc.new_cipher(sink, new)
+
+
+def _write_without(sink: Sink, spool: Path, entry: mf.FileEntry, dest: Path, drop: Drop, cipher: Cipher | None) -> int:
+    """The old file's rows that stay, written to ``dest`` in its format (under ``cipher``, the
+    new file's own key, if encrypted); how many."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.compute as pc
@@ -284,9 +320,9 @@ def _write_without(sink: Sink, spool: Path, entry: mf.FileEntry, dest: Path, dro
                                      f"sha256 {sha256[:12]}...): nothing was changed; `celery-archive verify --sink {sink.url}` "
                                      "names the damage")
         with ThreadPoolExecutor(max_workers=1) as pool:
-            writer = module(entry.format).FileWriter(dest, entry.compression or "none", pool)
+            writer = module(entry.format).FileWriter(dest, entry.compression or "none", pool, cipher)
             try:
-                for t in read_tables(src, entry.format, entry.compression, field_names()):
+                for t in read_tables(src, entry.format, entry.compression, field_names(), cipher=cipher_of(sink, entry)):
                     t = t.filter(pc.invert(drop.mask(t)))
                     if t.num_rows:
                         writer.write(conform(t))
@@ -306,14 +342,14 @@ def _sha256(path: Path) -> str:
     return file_sha256(path)
 
 
-def _entry(key: str, path: Path, old: mf.FileEntry) -> mf.FileEntry:
+def _entry(key: str, path: Path, old: mf.FileEntry, cipher: Cipher | None) -> mf.FileEntry:
     """A manifest entry for the new file, from its bytes (it is read back whole)."""
     import pyarrow.compute as pc
 
     ids, kinds, rows = hashlib.sha256(), Counter[str](), 0
     lo: dt.datetime | None = None
     hi: dt.datetime | None = None
-    for t in read_tables(path, old.format, old.compression, ["kind", "task_id", "date_done"]):
+    for t in read_tables(path, old.format, old.compression, ["kind", "task_id", "date_done"], cipher=cipher):
         feed_ids(ids, t.column("kind"), t.column("task_id"))
         kinds.update(t.column("kind").to_pylist())
         rows += t.num_rows
@@ -322,7 +358,7 @@ def _entry(key: str, path: Path, old: mf.FileEntry) -> mf.FileEntry:
         hi = b if hi is None or (b is not None and b > hi) else hi
     return dataclasses.replace(old, key=key, rows=rows, bytes=path.stat().st_size, sha256=_sha256(path), ids_sha256=ids.hexdigest(),
                                min_date_done=iso(lo) if lo else old.min_date_done, max_date_done=iso(hi) if hi else old.max_date_done,
-                               kinds=dict(kinds))
+                               kinds=dict(kinds), encryption_key=None if cipher is None else cipher.name)
 
 
 def _reindex(sink: Sink, spool: Path, p: Plan) -> None:
@@ -337,7 +373,7 @@ def _reindex(sink: Sink, spool: Path, p: Plan) -> None:
                 path = spool / "rewrite-locate.data"
                 try:
                     download(sink, e.key, path)
-                    added.append(locate(path, e.key, e.format, e.compression))
+                    added.append(locate(path, e.key, e.format, e.compression, cipher_of(sink, e)))
                 finally:
                     path.unlink(missing_ok=True)
     rewrite(sink, spool, {f.old for f in p.files}, added, None if p.drop.before is not None else p.drop.ids_mask)

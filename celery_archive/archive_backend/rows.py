@@ -51,21 +51,22 @@ class RowCache:
 
     def _metadata(self, entry: dict[str, Any]) -> Any:
         def load() -> tuple[Any, int]:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            from celery_archive.formats.parquet import footer_metadata
 
             footer = self.sink.read(entry["key"], entry["footer_offset"], entry["footer_length"])
-            return pq.read_metadata(pa.BufferReader(b"PAR1" + footer)), 4 * len(footer)
+            # (metadata, decryption properties: an encrypted file's, its key read once here)
+            return footer_metadata(self.sink, entry["key"], footer), 4 * len(footer)
 
         return self._footers.get_or_load(entry["key"], load)
 
     def _load(self, entry: dict[str, Any]) -> tuple[pa.Table, int]:
         import pyarrow.parquet as pq
 
-        metadata = self._metadata(entry)
+        metadata, decryption = self._metadata(entry)
         data = self.sink.read(entry["key"], entry["offset"], entry["length"])
         size = entry["footer_offset"] + entry["footer_length"]
-        pf = pq.ParquetFile(RangeReader(size, _served(entry["offset"], data)), metadata=metadata, pre_buffer=False)
+        pf = pq.ParquetFile(RangeReader(size, _served(entry["offset"], data)), metadata=metadata, pre_buffer=False,
+                            decryption_properties=decryption)
         present = [c for c in COLUMNS if c in pf.schema_arrow.names]  # a file of an earlier record version
         table = pf.read_row_group(entry["block"], columns=present, use_threads=False)
         self.loads += 1

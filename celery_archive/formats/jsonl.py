@@ -1,7 +1,13 @@
 """JSONL data files: one JSON object a line (binary columns base64, timestamps RFC 3339 UTC).
 Compressed files are a series of independent zstd frames or gzip members of at most
 ``FRAME_ROWS`` lines each (a valid .zst / .gz file for any reader): the index points at a
-line's byte range, or at the frame holding it, so that restore decompresses one small frame."""
+line's byte range, or at the frame holding it, so that restore decompresses one small frame.
+
+An encrypted file (a ``cipher``) starts with ``crypto.JSONL_MAGIC`` and a JSON header line
+naming its key object, then frames of at most ``FRAME_ROWS`` lines (compressed first, if the
+file is), each a 4-byte big-endian length and ``Cipher.seal`` of it (authenticated, bound to
+the file and the frame's offset). Its index entries point at a frame, and their
+``footer_offset``/``footer_length`` at the header (that is how restore knows it is encrypted)."""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from celery_archive.crypto import Cipher
     from celery_archive.sinks import Sink
 
 FRAME_ROWS = 1000  # lines per zstd frame / gzip member of a compressed JSONL file
@@ -48,8 +55,11 @@ def _types() -> dict[str, str]:
 class FileWriter:
     _binary = tuple(f["name"] for f in record_fields() if f["type"] == "binary")
 
-    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor, cipher: Cipher | None = None) -> None:
         self._out = open(path, "wb")
+        self._cipher = cipher
+        if cipher is not None:
+            self._out.write(_header(cipher))
         self._compress: Callable[[bytes], bytes] | None = None
         if compression == "zstd":
             import zstandard
@@ -68,11 +78,17 @@ class FileWriter:
         opt = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
         names = table.column_names
         lines = [orjson.dumps(dict(zip(names, row)), option=opt) + b"\n" for row in zip(*columns)]
-        if self._compress is None:
+        if self._compress is None and self._cipher is None:
             self._out.write(b"".join(lines))
             return
         for i in range(0, len(lines), FRAME_ROWS):
-            self._out.write(self._compress(b"".join(lines[i:i + FRAME_ROWS])))
+            frame = b"".join(lines[i:i + FRAME_ROWS])
+            if self._compress is not None:
+                frame = self._compress(frame)
+            if self._cipher is not None:
+                frame = self._cipher.seal(frame, self._out.tell())
+                frame = len(frame).to_bytes(4, "big") + frame
+            self._out.write(frame)
 
     def size(self) -> int:
         return self._out.tell()
@@ -81,6 +97,60 @@ class FileWriter:
         self._out.flush()
         os.fsync(self._out.fileno())
         self._out.close()
+
+
+def _header(cipher: Cipher) -> bytes:
+    from celery_archive.crypto import JSONL_MAGIC
+
+    return JSONL_MAGIC + orjson.dumps({"key": cipher.name, "algorithm": "AES-256-GCM", "frame_rows": FRAME_ROWS}) + b"\n"
+
+
+def _skip_header(f: BinaryIO, cipher: Cipher) -> int:
+    """Past an encrypted file's header (checked against ``cipher``): its length."""
+    from celery_archive.crypto import JSONL_MAGIC
+
+    magic = f.read(len(JSONL_MAGIC))
+    if magic != JSONL_MAGIC:
+        raise SinkError(f"{cipher.file}: its manifest says encrypted but it does not start as an encrypted JSONL file")
+    line = f.readline()
+    if orjson.loads(line).get("key") != cipher.name:
+        raise SinkError(f"{cipher.file}: its header names another key than {cipher.name}")
+    return len(magic) + len(line)
+
+
+def _sealed(f: BinaryIO, compression: str | None, cipher: Cipher) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(offset, length, lines) of each encrypted frame."""
+    pos = _skip_header(f, cipher)
+    while head := f.read(4):
+        n = int.from_bytes(head, "big")
+        body = f.read(n)
+        if len(head) < 4 or len(body) < n:
+            raise SinkError(f"{cipher.file}: truncated encrypted frame at byte {pos}")
+        yield pos, 4 + n, _frame_lines(cipher.open(body, pos), compression)
+        pos += 4 + n
+
+
+def decrypted(f: BinaryIO, key: str, cipher: Cipher) -> bytes:
+    """The JSONL text of an encrypted file, read from ``f`` (named ``key``), in memory."""
+    return b"".join(b"".join(lines) for _o, _n, lines in _sealed(f, compression_of(key), cipher))
+
+
+def _frame_lines(data: bytes, compression: str | None) -> list[bytes]:
+    if compression == "zstd":
+        data = _decompressor("zstd").decompress(data)
+    elif compression == "gzip":
+        data = gzip.decompress(data)
+    return [ln for ln in data.splitlines(keepends=True) if ln.strip()]
+
+
+def _text_lines(path: Path, compression: str | None, cipher: Cipher | None) -> Iterator[bytes]:
+    if cipher is None:
+        with _open_text(path, compression) as f:
+            yield from f
+        return
+    with open(path, "rb") as raw:
+        for _offset, _length, lines in _sealed(raw, compression, cipher):
+            yield from lines
 
 
 def _open_text(path: Path, compression: str | None) -> BinaryIO:
@@ -104,7 +174,8 @@ def _value(kind: str, value: Any) -> Any:
     return value
 
 
-def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
+def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int,
+                cipher: Cipher | None = None) -> Iterator[pa.Table]:
     import pyarrow as pa
 
     schema, types = arrow_schema(), _types()
@@ -112,28 +183,27 @@ def read_tables(path: Path, compression: str | None, columns: Sequence[str], bat
     def table(out: dict[str, list[Any]]) -> pa.Table:
         return naive(pa.table({c: pa.array(v, schema.field(c).type) for c, v in out.items()}))
 
-    with _open_text(path, compression) as f:
-        out: dict[str, list[Any]] = {c: [] for c in columns}
-        for line in f:
-            if not line.strip():
-                continue
-            row = orjson.loads(line)
-            for c in columns:
-                out[c].append(_value(types[c], row.get(c)))  # absent in earlier versions: null
-            if len(out[columns[0]]) >= batch_rows:
-                yield table(out)
-                out = {c: [] for c in columns}
-        if out[columns[0]]:
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    for line in _text_lines(path, compression, cipher):
+        if not line.strip():
+            continue
+        row = orjson.loads(line)
+        for c in columns:
+            out[c].append(_value(types[c], row.get(c)))  # absent in earlier versions: null
+        if len(out[columns[0]]) >= batch_rows:
             yield table(out)
+            out = {c: [] for c in columns}
+    if out[columns[0]]:
+        yield table(out)
 
 
-def first_record(path: Path, compression: str | None, columns: Sequence[str] = ()) -> dict[str, Any]:
+def first_record(path: Path, compression: str | None, columns: Sequence[str] = (),
+                 cipher: Cipher | None = None) -> dict[str, Any]:
     """The first record as parsed JSON (all of its fields: they tell the record version)."""
-    with _open_text(path, compression) as f:
-        for line in f:
-            if line.strip():
-                row: dict[str, Any] = orjson.loads(line)
-                return row
+    for line in _text_lines(path, compression, cipher):
+        if line.strip():
+            row: dict[str, Any] = orjson.loads(line)
+            return row
     return {}
 
 
@@ -145,20 +215,21 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table({f.name: pa.array([_value(types[f.name], r.get(f.name)) for r in rows], f.type) for f in schema}, schema=schema)
 
 
-def locate_batches(path: Path, key: str, compression: str | None) -> Iterator[pa.Table]:
+def locate_batches(path: Path, key: str, compression: str | None, cipher: Cipher | None = None) -> Iterator[pa.Table]:
     """Tables of about ``LOCATE_ROWS`` index entries (whole frames: a frame's lines stay together)."""
     from celery_archive.formats import LOCATE_ROWS
 
     names = [f.name for f in index_schema()]
     cols: dict[str, list[Any]] = {name: [] for name in names}
+    header = 0 if cipher is None else len(_header(cipher))
     with open(path, "rb") as f:
-        blocks = _lines(f) if not compression else frames(f, compression)
+        blocks = _sealed(f, compression, cipher) if cipher else _lines(f) if not compression else frames(f, compression)
         for offset, length, lines in blocks:
             for row, line in enumerate(lines):
                 rec = orjson.loads(line)
                 for name, value in (("task_id", rec["task_id"]), ("kind", rec["kind"]), ("key", key), ("block", 0),
                                     ("offset", offset), ("length", length), ("row", row),
-                                    ("footer_offset", 0), ("footer_length", 0)):
+                                    ("footer_offset", 0), ("footer_length", header)):
                     cols[name].append(value)
             if len(cols["task_id"]) >= LOCATE_ROWS:
                 yield entries(cols)
@@ -212,13 +283,14 @@ def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
     by_block: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for e in found:
         by_block.setdefault((e["offset"], e["length"]), []).append(e)
+    from celery_archive.crypto import cipher_at
+
+    cipher = cipher_at(sink, key, encrypted=bool(found[0]["footer_length"]))  # it points at the header
     lines: list[bytes] = []
     for (offset, length), group in by_block.items():
         data = sink.read(key, offset, length)
-        if compression == "zstd":
-            data = _decompressor("zstd").decompress(data)
-        elif compression == "gzip":
-            data = gzip.decompress(data)
-        block_lines = [ln for ln in data.splitlines() if ln.strip()]
+        if cipher is not None:
+            data = cipher.open(data[4:], offset)
+        block_lines = _frame_lines(data, compression)
         lines.extend(block_lines[e["row"]] for e in group)
     return rows_to_table([orjson.loads(ln) for ln in lines])

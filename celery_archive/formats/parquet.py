@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from celery_archive.crypto import Cipher
     from celery_archive.sinks import Sink
 
 # dictionary-encode only low-cardinality columns, and keep statistics where queries and the
@@ -34,9 +35,10 @@ def extension(compression: str | None) -> str:
 
 class FileWriter:
     """Row groups are encoded and compressed on a writer thread (pyarrow releases the GIL),
-    while the next batch is converted to Arrow; at most one row group is in flight."""
+    while the next batch is converted to Arrow; at most one row group is in flight. With a
+    ``cipher`` the footer and every column are encrypted (Parquet modular encryption)."""
 
-    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, path: Path, compression: str, pool: ThreadPoolExecutor, cipher: Cipher | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -44,7 +46,8 @@ class FileWriter:
         # buffered: the writer asks where it is (tell) and writes each page, a system call each
         self._out = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
         self._writer = pq.ParquetWriter(self._out, arrow_schema(), compression=compression,
-                                        use_dictionary=_DICTIONARY, write_statistics=_STATISTICS)
+                                        use_dictionary=_DICTIONARY, write_statistics=_STATISTICS,
+                                        encryption_properties=None if cipher is None else cipher.parquet_write())
         self._pending: Future[None] | None = None
         self._queued = 0  # bytes of Arrow data handed to the writer thread, not yet on disk
 
@@ -68,12 +71,18 @@ class FileWriter:
         self._out.close()
 
 
-def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
-    import pyarrow as pa
+def _open(path: Path, cipher: Cipher | None) -> Any:
     import pyarrow.parquet as pq
 
+    return pq.ParquetFile(path, decryption_properties=None if cipher is None else cipher.parquet_read())
+
+
+def read_tables(path: Path, compression: str | None, columns: Sequence[str], batch_rows: int,
+                cipher: Cipher | None = None) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
     schema = arrow_schema()
-    pf = pq.ParquetFile(path)
+    pf = _open(path, cipher)
     present = [c for c in columns if c in pf.schema_arrow.names]
     # a row group at a time (a batch as the run wrote it), sliced: iter_batches keeps buffers of
     # every row group it has read until it ends (a purge's memory grew ~65 bytes a result of a
@@ -87,19 +96,18 @@ def read_tables(path: Path, compression: str | None, columns: Sequence[str], bat
             yield naive(t)
 
 
-def first_record(path: Path, compression: str | None, columns: Sequence[str]) -> dict[str, Any]:
-    for t in read_tables(path, compression, [c for c in columns], 1):
+def first_record(path: Path, compression: str | None, columns: Sequence[str], cipher: Cipher | None = None) -> dict[str, Any]:
+    for t in read_tables(path, compression, [c for c in columns], 1, cipher):
         rows: list[dict[str, Any]] = t.slice(0, 1).to_pylist()
         return rows[0] if rows else {}
     return {}
 
 
-def locate_batches(path: Path, key: str, compression: str | None) -> Iterator[pa.Table]:
+def locate_batches(path: Path, key: str, compression: str | None, cipher: Cipher | None = None) -> Iterator[pa.Table]:
     """One table of index entries per row group."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    pf = _open(path, cipher)
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(size - 8)
@@ -139,6 +147,20 @@ def _served(pieces: dict[int, bytes]) -> Callable[[int, int], bytes]:
     return read_at
 
 
+def footer_metadata(sink: Sink, key: str, footer: bytes) -> tuple[Any, Any]:
+    """(FileMetaData, decryption properties or None) from a file's footer bytes (its tail,
+    ending in the magic: ``PAR1``, or ``PARE`` when the footer is encrypted)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from celery_archive.crypto import cipher_at
+
+    magic = footer[-4:]
+    cipher = cipher_at(sink, key, encrypted=magic == b"PARE")
+    decryption = None if cipher is None else cipher.parquet_read()
+    return pq.read_metadata(pa.BufferReader(magic + footer), decryption_properties=decryption), decryption
+
+
 def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -146,13 +168,14 @@ def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
     e0 = found[0]
     footer = sink.read(key, e0["footer_offset"], e0["footer_length"])
     size = e0["footer_offset"] + e0["footer_length"]
-    metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+    metadata, decryption = footer_metadata(sink, key, footer)
     pieces = {e0["footer_offset"]: footer}
     parts = []
     for block in sorted({e["block"] for e in found}):
         first = next(e for e in found if e["block"] == block)
         pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
-        pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False)
+        pf = pq.ParquetFile(RangeReader(size, _served(pieces)), metadata=metadata, pre_buffer=False,
+                            decryption_properties=decryption)
         group = pf.read_row_group(block, use_threads=False)  # slices, not take(): that loads pyarrow.compute (~60 ms of a CLI restore)
         parts += [group.slice(e["row"], 1) for e in found if e["block"] == block]
         del pieces[first["offset"]]

@@ -48,6 +48,7 @@ class _OpenFile:
     writer: _FileWriter
     rows: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
+    encryption_key: str | None = None  # keys/...: its wrapped data key (an encrypted sink)
     ids_hash: Any = field(default_factory=hashlib.sha256)  # over kind:task_id lines, fed as rows go in
     min_dd: dt.datetime | None = None
     max_dd: dt.datetime | None = None
@@ -118,8 +119,10 @@ class ArchiveWriter:
         fmt = module(self.fmt)
         key = data_key(day, self.run_id, self._seq, fmt.extension(self.compression))
         path = self.spool_dir / key.rsplit("/", 1)[-1]
-        writer: _FileWriter = fmt.FileWriter(path, self.compression, self._pool)
-        f = self._open[day] = _OpenFile(key, path, writer)
+        # an encrypted sink: the file's own data key, stored (wrapped) before a byte of the file
+        cipher = None if self.sink.encryption is None else self.sink.encryption.new_cipher(self.sink, key)
+        writer: _FileWriter = fmt.FileWriter(path, self.compression, self._pool, cipher)
+        f = self._open[day] = _OpenFile(key, path, writer, encryption_key=None if cipher is None else cipher.name)
         return f
 
     def _finish(self, day: dt.date) -> None:
@@ -140,6 +143,7 @@ class ArchiveWriter:
                 rows=f.rows, bytes=info.size, sha256=sha256,
                 ids_sha256=f.ids_hash.hexdigest(),
                 min_date_done=iso(f.min_dd), max_date_done=iso(f.max_dd), kinds=dict(f.kinds),  # type: ignore[arg-type]
+                encryption_key=f.encryption_key,
             )
             if self.on_put is not None:
                 self.on_put(entry)  # e.g. verify it while the run goes on

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of, run_of_delta
+from celery_archive.crypto import cipher_of
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import index_schema
@@ -362,5 +363,5 @@ def _located(sink: Sink, spool: Path, files: list[mf.FileEntry]) -> Iterator[pa.
     path = spool / "index-rebuild.data"
     for entry in files:
         download(sink, entry.key, path)
-        yield from locate_batches(path, entry.key, entry.format, entry.compression)
+        yield from locate_batches(path, entry.key, entry.format, entry.compression, cipher_of(sink, entry))
         path.unlink()

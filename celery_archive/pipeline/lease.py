@@ -27,13 +27,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import orjson
 
 from celery_archive.archive.layout import LEASE_PREFIX, LEGACY_LOCK, lease_key
 from celery_archive.errors import ArchiveError, LeaseLostError, LockError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks import ObjectInfo, Sink
+
+if TYPE_CHECKING:
+    from celery_archive.crypto import Encryption
 
 PREFIX, LEGACY = LEASE_PREFIX, LEGACY_LOCK  # (LEGACY: celery-archive 0.1's lock, judged by its pid: never taken over)
 DEFAULT_TTL = 60.0
@@ -312,6 +315,10 @@ class FencedSink:
     @property
     def url(self) -> str:
         return self.inner.url
+
+    @property
+    def encryption(self) -> Encryption | None:
+        return self.inner.encryption
 
     def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo:
         self.lease.check()

@@ -40,7 +40,7 @@ def plan(files: Iterable[VerifiedFile], batch_size: int, columns: Sequence[str] 
     pending: list[pa.Table] = []
     size = 0
     for vf in files:
-        for table in read_tables(vf.path, vf.entry.format, vf.entry.compression, ("kind", *columns), batch_size):
+        for table in read_tables(vf.path, vf.entry.format, vf.entry.compression, ("kind", *columns), batch_size, vf.cipher):
             kinds = pc.unique(table["kind"]).to_pylist()
             for k in kinds:
                 # one kind per file is the rule: then no copy is made

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from celery_archive.archive import chain
 from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import DATA, KEYS, run_id_of
 from celery_archive.config import RunConfig
 from celery_archive.errors import ConfigError, SinkError
 from celery_archive.index.packs import referenced_runs
@@ -50,6 +51,10 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
     out = Recovered()
     committed = set(mf.committed_runs(sink))
     uncommitted = mf.uncommitted_files(sink, committed)
+    for o in sink.list(f"{KEYS}{DATA}"):  # an encrypted run's data keys go with its files (one may have no file yet)
+        rid = run_id_of(o.key[len(KEYS):].removesuffix(".json"))
+        if rid not in committed:
+            uncommitted.setdefault(rid, []).append(o.key)
     uncommitted.pop(run_id, None)
     if not uncommitted:
         return out
@@ -73,7 +78,7 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
             continue
         for key in keys:
             sink.delete(key)
-        out.orphans_removed += len(keys)
+        out.orphans_removed += sum(1 for k in keys if not k.startswith(KEYS))
     return out
 
 

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery_archive.archive.manifest import FileEntry, Manifest
-from celery_archive.errors import SinkError
+from celery_archive.crypto import cipher_of
+from celery_archive.errors import ArchiveError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import feed_ids, index_schema
 from celery_archive.sinks import Sink, download
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from celery_archive.crypto import Cipher
 
     OnLocated = Callable[[pa.Table], None]
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 class VerifiedFile:
     entry: FileEntry
     path: Path  # the verified local copy, read again by purge
+    cipher: Cipher | None = None  # its key, when it is encrypted
 
 
 @dataclass
@@ -58,8 +62,12 @@ def check_file(sink: Sink, entry: FileEntry, dest: Path) -> str | None:
 
     h, rows = hashlib.sha256(), 0
     try:
+        cipher = cipher_of(sink, entry)  # an encrypted file: its rows are checked decrypted, with its own key
+    except ArchiveError as exc:
+        return f"{key}: cannot be decrypted: {exc}"
+    try:
         with pa.OSFile(str(located_path(dest)), "wb") as out, pa.ipc.new_file(out, index_schema()) as spooled:
-            for table in locate_batches(dest, key, entry.format, entry.compression):
+            for table in locate_batches(dest, key, entry.format, entry.compression, cipher):
                 feed_ids(h, table["kind"], table["task_id"])
                 rows += table.num_rows
                 spooled.write_table(table)
@@ -139,7 +147,7 @@ class Verifier:
                 if problem:
                     report.problems.append(problem)
                 elif self.keep:
-                    report.verified.append(VerifiedFile(entry, dest))
+                    report.verified.append(VerifiedFile(entry, dest, cipher_of(self.sink, entry)))
         except BaseException:
             self.abandon()
             raise

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from celery_archive.archive.layout import run_id_of
-from celery_archive.errors import NotArchivedError, ObjectNotFoundError, SinkError
+from celery_archive.crypto import cipher_of
+from celery_archive.errors import ArchiveError, NotArchivedError, ObjectNotFoundError, SinkError
 from celery_archive.formats import fetch, read_tables
 from celery_archive.index.packs import lookup
 from celery_archive.schemas import field_names
@@ -88,7 +89,7 @@ def find(sink: Sink | str, task_ids: Sequence[str]) -> Found:
             table = fetch(counting, key, group)
         except ObjectNotFoundError as exc:
             raise missing_file(sink, key) from exc
-        except SinkError:
+        except ArchiveError:  # a storage failure, key material missing or refused: it says so itself
             raise
         except Exception as exc:
             raise damaged_file(sink, key, exc) from exc
@@ -139,8 +140,11 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
 
 
 def _tables(sink: Sink, entry: mf.FileEntry, path: Path) -> Iterator[pa.Table]:
+    cipher = cipher_of(sink, entry)
     try:
-        yield from read_tables(path, entry.format, entry.compression, field_names())
+        yield from read_tables(path, entry.format, entry.compression, field_names(), cipher=cipher)
+    except ArchiveError:
+        raise
     except Exception as exc:
         raise damaged_file(sink, entry.key, exc) from exc
 

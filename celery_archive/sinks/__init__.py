@@ -15,9 +15,29 @@ from celery_archive.sinks.base import ObjectInfo, RangeReader, Sink, download
 __all__ = ["LOCAL_OPTIONS", "ObjectInfo", "RangeReader", "Sink", "download", "local_options", "open_sink"]
 
 
-LOCAL_OPTIONS: dict[str, Callable[[str], Any]] = {}
-"""Query options a local sink (a path or file://) takes, name -> parser: none yet. An option
-not in this table is refused, so a typo is never silently ignored."""
+LOCAL_OPTIONS: dict[str, Callable[[str], Any]] = {"encrypt": str}
+"""Query options a local sink (a path or file://) takes, name -> parser: ``encrypt`` (every sink
+takes it: crypto/). An option not in this table is refused, so a typo is never silently ignored."""
+
+
+def _encrypted(sink: Any, value: str | None) -> Sink:
+    """``sink`` with the URL's ``encrypt=keyfile:PATH`` / ``encrypt=kms:KEY`` (None: not encrypted)."""
+    if value is not None:
+        from celery_archive.crypto import Encryption
+
+        sink.encryption = Encryption(value)
+    return sink  # type: ignore[no-any-return]
+
+
+def _split_encrypt(query: str) -> tuple[str | None, str]:
+    """(``encrypt`` option or None, the rest of the query)."""
+    from urllib.parse import urlencode
+
+    pairs = parse_qsl(query, keep_blank_values=True)
+    values = [v for k, v in pairs if k == "encrypt"]
+    if len(values) > 1:
+        raise ConfigError("sink option encrypt is given more than once: give one master key")
+    return (values[0] if values else None), urlencode([(k, v) for k, v in pairs if k != "encrypt"])
 
 
 def local_options(url: str, query: str) -> dict[str, Any]:
@@ -51,19 +71,20 @@ def open_sink(url: str) -> Sink:
         from celery_archive.sinks.s3 import S3Sink
         from celery_archive.sinks.s3_options import S3Options
 
-        return S3Sink(parts.netloc, unquote(parts.path), options=S3Options.from_query(parts.query))
+        encrypt, query = _split_encrypt(parts.query)
+        return _encrypted(S3Sink(parts.netloc, unquote(parts.path), options=S3Options.from_query(query)), encrypt)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file:// URL with host {parts.netloc!r}: use file:///absolute/path")
         if not parts.path:
             raise ConfigError(f"--sink {url!r} names no directory: use file:///absolute/path")
-        local_options(url, parts.query)
-        return LocalSink(Path(unquote(parts.path)))
+        opts = local_options(url, parts.query)
+        return _encrypted(LocalSink(Path(unquote(parts.path))), opts.get("encrypt"))
     if parts.scheme in ("", ) or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
         if "?" in url and not Path(url).expanduser().is_dir():
             path, _, query = url.partition("?")
-            local_options(url, query)
-            return LocalSink(Path(path))
+            opts = local_options(url, query)
+            return _encrypted(LocalSink(Path(path)), opts.get("encrypt"))
         return LocalSink(Path(url))
     raise ConfigError(
         f"unsupported sink scheme {parts.scheme!r}: use a directory path, file:///path or s3://bucket/prefix"

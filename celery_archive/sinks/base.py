@@ -22,6 +22,8 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 * ``retention(key)`` says why ``erase(key)`` would be refused now (an S3 Object Lock
   retain-until date, a legal hold), or None when nothing holds it (or the key is missing).
 * ``url`` is the sink's location for messages and manifests, with no secret in it.
+* ``encryption`` is the URL's ``encrypt=`` master key (``crypto.Encryption``), or None: data
+  files are then written in clear (and only files that are not encrypted can be read).
 * ``spool_root()`` names a directory on the sink's own filesystem where a run may stage
   files (so that ``put`` can link rather than copy), or None for a remote sink. Nothing
   under it is ever listed.
@@ -37,7 +39,10 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from celery_archive.crypto import Encryption
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class ObjectInfo:
 class Sink(Protocol):
     @property
     def url(self) -> str: ...
+
+    @property
+    def encryption(self) -> Encryption | None: ...
 
     def put(self, key: str, path: Path, sha256: str | None = None) -> ObjectInfo: ...
 

@@ -9,10 +9,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError, disk_error
 from celery_archive.sinks.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from celery_archive.crypto import Encryption
 
 _TMP_PREFIX = ".tmp-"
 
@@ -28,6 +31,7 @@ def _fsync_dir(path: Path) -> None:
 class LocalSink:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
+        self.encryption: Encryption | None = None  # the URL's encrypt= (sinks/__init__.py)
         for path in (self.root, *self.root.parents):  # the nearest that exists must be a directory
             if path.exists():
                 if not path.is_dir():

@@ -20,11 +20,14 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from celery_archive.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.sinks.base import ObjectInfo, RangeReader
 from celery_archive.sinks.s3_options import S3Options
+
+if TYPE_CHECKING:
+    from celery_archive.crypto import Encryption
 
 MULTIPART_BYTES = 64 << 20
 PART_BYTES = 8 << 20
@@ -52,6 +55,7 @@ class S3Sink:
             raise ConfigError("s3:// URL without a bucket: use s3://bucket/prefix")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.options = options or S3Options()
+        self.encryption: Encryption | None = None  # the URL's encrypt= (sinks/__init__.py)
         self._lock_checked = not self.options.locks
         if client is None:
             import boto3

@@ -2,14 +2,15 @@
 committed run (Parquet and JSONL alike), read in place through pyarrow's filesystems (local,
 or S3 with boto3's settings: ``AWS_ENDPOINT_URL``, region, credentials), with nothing downloaded
 first and no DuckDB extension needed. ``date`` is the Hive partition: a filter on it opens only
-that day's files.
+that day's files. Encrypted files (sink option ``encrypt=``) are decrypted as they are read, in
+memory: Parquet by pyarrow's decryption, JSONL frame by frame; no plaintext copy is written.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 
 from celery_archive.archive import manifest as mf
+from celery_archive.crypto import Cipher, encryption_of
 from celery_archive.errors import ConfigError, SinkError
 from celery_archive.schemas import arrow_schema
 from celery_archive.sinks import Sink, open_sink
@@ -34,16 +36,21 @@ class ArchiveFiles:
     base: str  # the data/ directory, as the filesystem names it
     parquet: list[str]
     jsonl: list[str]
+    encrypted: dict[str, str] = field(default_factory=dict)  # path -> data file key, of the encrypted files
 
 
 def archive_files(sink: Sink) -> ArchiveFiles:
     """The data files of committed runs only (a run counts once its manifest exists)."""
     parquet: list[str] = []
     jsonl: list[str] = []
+    encrypted: list[str] = []
     for f in mf.committed_files(sink):
         (parquet if f.format is mf.Format.PARQUET else jsonl).append(f.key)
+        if f.encryption_key is not None:
+            encrypted.append(f.key)
     fs, root = filesystem(sink)
-    return ArchiveFiles(fs, f"{root}/data", [f"{root}/{k}" for k in parquet], [f"{root}/{k}" for k in jsonl])
+    return ArchiveFiles(fs, f"{root}/data", [f"{root}/{k}" for k in parquet], [f"{root}/{k}" for k in jsonl],
+                        {f"{root}/{k}": k for k in encrypted})
 
 
 def filesystem(sink: Sink) -> tuple[pafs.FileSystem, str]:
@@ -60,11 +67,17 @@ def filesystem(sink: Sink) -> tuple[pafs.FileSystem, str]:
     raise ConfigError(f"querying {sink.url} is not supported")
 
 
-def parquet_dataset(files: ArchiveFiles) -> ds.Dataset | None:
-    """The Parquet files as one pyarrow dataset with the ``date`` partition (pruned on filters)."""
+def parquet_dataset(files: ArchiveFiles, sink: Sink | None = None) -> ds.Dataset | None:
+    """The Parquet files as one pyarrow dataset with the ``date`` partition (pruned on filters);
+    encrypted ones decrypted with their keys from ``sink``."""
     if not files.parquet:
         return None
-    return ds.dataset(files.parquet, schema=_with_date(arrow_schema()), format="parquet", filesystem=files.filesystem,
+    fmt: Any = "parquet"
+    enc = None if sink is None else encryption_of(sink)
+    if sink is not None and enc is not None and any(p in files.encrypted for p in files.parquet):
+        options = ds.ParquetFragmentScanOptions(decryption_config=enc.dataset_decryption(sink))
+        fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
+    return ds.dataset(files.parquet, schema=_with_date(arrow_schema()), format=fmt, filesystem=files.filesystem,
                       partitioning=ds.partitioning(PARTITION, flavor="hive"), partition_base_dir=files.base)
 
 
@@ -82,20 +95,46 @@ class JsonlFiles:
     stay base64 text). Each scan gets a fresh stream (the PyCapsule stream protocol), and a file
     is opened only when a scan reaches it: a scan that a filter prunes opens nothing."""
 
-    def __init__(self, fs: pafs.FileSystem, paths: list[str]) -> None:
-        self.fs, self.paths = fs, paths
+    def __init__(self, fs: pafs.FileSystem, paths: list[str], cipher: Callable[[str], Cipher | None] = lambda _p: None) -> None:
+        self.fs, self.paths, self.cipher = fs, paths, cipher
         self.schema = pa.schema([f.with_type(pa.string()) if pa.types.is_binary(f.type) else f for f in arrow_schema()])
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         options = pajson.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
         for path in self.paths:
-            with self.fs.open_input_stream(path, compression="detect") as f:
-                t = pajson.read_json(f, parse_options=options)
+            cipher = self.cipher(path)
+            if cipher is not None:  # its frames decrypted in memory
+                import io
+
+                from celery_archive.formats.jsonl import decrypted
+
+                with self.fs.open_input_file(path) as raw:
+                    text = decrypted(io.BytesIO(raw.read()), path, cipher)
+                t = pajson.read_json(pa.BufferReader(text), parse_options=options)
+            else:
+                with self.fs.open_input_stream(path, compression="detect") as f:
+                    t = pajson.read_json(f, parse_options=options)
             yield from pa.table({fl.name: t[fl.name] if fl.name in t.column_names else pa.nulls(t.num_rows, fl.type)
                                  for fl in self.schema}, schema=self.schema).to_batches()
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches()).__arrow_c_stream__(requested_schema)
+
+
+def _ciphers(sink: Sink, files: ArchiveFiles) -> Callable[[str], Cipher | None]:
+    enc = encryption_of(sink)
+
+    def cipher(path: str) -> Cipher | None:
+        key = files.encrypted.get(path)
+        if key is None:
+            return None
+        if enc is None:
+            from celery_archive.crypto import cipher_at
+
+            return cipher_at(sink, key, True)  # raises: the sink URL gives no key
+        return enc.cipher(sink, key)
+
+    return cipher
 
 
 def _with_date(schema: pa.Schema) -> pa.Schema:
@@ -115,7 +154,7 @@ def connect(sink_url: str) -> Any:
     names = ", ".join(f'"{f.name}"' for f in schema)
     parts = []
     try:
-        parquet = parquet_dataset(files)
+        parquet = parquet_dataset(files, sink)
     except FileNotFoundError as exc:
         raise SinkError(f"the query failed: a data file of a committed run is missing from {sink.url}: {exc}; "
                         f"`celery-archive verify --sink {sink.url}` lists what is missing or damaged") from exc
@@ -124,7 +163,7 @@ def connect(sink_url: str) -> Any:
         parts.append(f'SELECT {names}, "date" FROM _parquet')
     decoded = ", ".join(f'from_base64("{f.name}") AS "{f.name}"' if pa.types.is_binary(f.type) else f'"{f.name}"' for f in schema)
     for i, (day, paths) in enumerate(sorted(jsonl_days(files).items())):
-        con.register(f"_jsonl_{i}", JsonlFiles(files.filesystem, paths))
+        con.register(f"_jsonl_{i}", JsonlFiles(files.filesystem, paths, _ciphers(sink, files)))
         parts.append(f"SELECT {decoded}, DATE '{day}' AS \"date\" FROM _jsonl_{i}")
     if not parts:  # no committed run yet: an empty table with the schema
         con.register("_empty", pa.table({f.name: pa.array([], f.type) for f in _with_date(schema)}))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from celery_archive.errors import ObjectNotFoundError, SinkError
 
 if TYPE_CHECKING:
+    from celery_archive.crypto import Encryption
     from celery_archive.sinks import ObjectInfo, Sink
 
 
@@ -47,6 +48,10 @@ class CachedSink:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def encryption(self) -> Encryption | None:
+        return self.inner.encryption
 
     def forget_listings(self) -> None:
         with self._lock:
