@@ -98,6 +98,23 @@ def test_wrong_or_missing_key_material_is_named(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "holds 16 bytes" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_run_without_the_key_on_an_encrypted_archive_is_refused(tmp_path: Path) -> None:
+    """A nightly job whose sink URL lost its encrypt= option wrote the next run's results in
+    clear beside the encrypted ones; it is refused (exit 2) and nothing is taken."""
+    url, sink, root = archived(tmp_path)
+    app = celery_app(url)
+    app.backend.store_result("later-1", {"n": 1, "task": "shop.checkout"}, "SUCCESS")
+    age_rows(url, 40, "task_id = 'later-1'")
+    before = stored(root)
+    proc = cli("run", "--source", url, "--sink", str(root), "--older-than", "30d", "--json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "holds encrypted runs" in json.loads(proc.stdout)["error"] and "encrypt=" in json.loads(proc.stdout)["error"]
+    assert stored(root) == before and app.AsyncResult("later-1").state == "SUCCESS"
+    again = cli("run", "--source", url, "--sink", sink, "--older-than", "30d", "--json")  # with its key: taken, encrypted
+    assert again.returncode == 0 and json.loads(again.stdout)["deleted"] == 1, again.stdout + again.stderr
+
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_archive_backend_reads_an_encrypted_archive(tmp_path: Path, fmt: str) -> None:
     url, sink, _root = archived(tmp_path, fmt)

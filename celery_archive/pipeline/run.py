@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive import audit
 from celery_archive.archive import manifest as mf
+from celery_archive.archive.layout import KEYS
 from celery_archive.backends import REDIS_SCHEMES, PurgeBatch, Source, Tally, open_source
 from celery_archive.backends import lock as source_lock
 from celery_archive.config import RunConfig
@@ -162,6 +163,10 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
                 raise ConfigError("--dry-run counts by one age; with [[rules]] or [hold], "
                                   "`celery-archive rules check --config ...` shows what a run would take, rule by rule")
             return dry_run(source, cutoff, now)
+        if archive.encryption is None and next(iter(archive.list(KEYS)), None) is not None:
+            raise ConfigError(f"{archive.url} holds encrypted runs (their data keys are under {KEYS}): give the sink URL with its "
+                              "encrypt= option (encrypt=keyfile:PATH or encrypt=kms:KEY); without it this run would write its "
+                              "results in clear beside them")
         run_id = mf.new_run_id(now)
         lease = Lease(archive, run_id, cfg.lease_ttl, on_wait=on_wait)
         with lease.holding():
