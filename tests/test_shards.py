@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import age_rows, celery_app, db_url, table_rows
+from conftest import age_rows, celery_app, cli, db_url, table_rows
 from helpers import wait_for, write_sql_results
 from kill_loop import loop
 from test_lease_processes import EXE, committed_ids
@@ -130,3 +130,41 @@ def test_kill_9_loop_of_a_run_in_four_shards_loses_and_duplicates_nothing(reques
     assert len(old) == 100 * 4
     assert (out.lost, out.duplicated, out.left_in_source) == (0, 0, 0), out
     assert out.killed >= 1, out
+
+
+def test_the_commit_job_checks_the_token_and_a_redelivered_one_commits_once(tmp_path: Path) -> None:
+    """The commit step (a process, or the celery_archive.commit task) writes nothing for a run
+    whose lease token it was not given; run twice (redelivered), the run has one commit."""
+    import dataclasses
+
+    from celery_archive.archive import manifest as mf
+    from celery_archive.archive.chain import check
+    from celery_archive.config import RunConfig
+    from celery_archive.errors import LeaseLostError
+    from celery_archive.pipeline.lease import Lease
+    from celery_archive.pipeline.shards import commit_shards, config_json
+    from celery_archive.sinks import open_sink
+
+    url = f"db+sqlite:///{tmp_path / 'r.db'}"
+    app = celery_app(url)
+    for i in range(30):
+        app.backend.store_result(f"j{i}", i, "SUCCESS")
+    age_rows(url, 40)
+    done = cli("run", "--source", url, "--sink", str(tmp_path / "first"), "--older-than", "30d", "--no-delete", "--json")
+    assert done.returncode == 0, done.stderr
+    rid = json.loads(done.stdout)["run_id"]
+    manifest = dataclasses.replace(mf.load_manifest(open_sink(str(tmp_path / "first")), rid), chain=None)
+    sink = open_sink(str(tmp_path / "second"))
+    cfg = RunConfig(source=url, sink=str(tmp_path / "second"), older_than=dt.timedelta(days=30))
+    job = {"run_id": rid, "config": config_json(cfg), "manifest": manifest.to_json()}
+    lease = Lease(sink, rid, 30.0)
+    with lease.holding():
+        with pytest.raises(LeaseLostError):
+            commit_shards({**job, "token": "not-the-runs"})
+        assert mf.load_outcome(sink, rid) is None and not list(sink.list(mf.MANIFESTS))
+        first = commit_shards({**job, "token": lease.token})
+        again = commit_shards({**job, "token": lease.token})  # a redelivered commit task
+    assert first == again and mf.load_outcome(sink, rid) is not None
+    assert [o.key for o in sink.list(mf.MANIFESTS)] == [mf.manifest_key(rid)]
+    links = check(sink, None)
+    assert links.length == 1 and not links.problems and links.head == first["sha256"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -98,6 +99,9 @@ def test_on_celery_archives_every_result_once_and_never_its_own_tasks(worker: Wo
     report = finished(worker.run(tmp_path / "archive", "--shards", "4"))
     assert report["ran_on"] == "celery" and len(report["shards"]) == 4
     assert sum(s["archived"] for s in report["shards"]) == report["archived"] == report["deleted"]
+    log = (worker.root / "worker.log").read_text()
+    for task in ("celery_archive.shard", "celery_archive.commit", "celery_archive.purge"):  # each step a task on the worker
+        assert re.search(rf"Task {task}\[[-0-9a-f]+\] succeeded", log), task
     sink = open_sink(str(tmp_path / "archive"))
     ids = Counter(committed_ids(sink))
     assert taken <= set(ids) and set(ids.values()) == {1}

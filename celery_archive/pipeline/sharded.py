@@ -2,8 +2,9 @@
 
 The selection is split when the run starts (backends/shard.py); every shard extracts, writes
 and verifies its own files in parallel (pipeline/shards.py); once all have verified, this
-process checks the lease and commits the run, one manifest listing every shard's files, the
-commit point as for any run (chain.commit). Then the shards verify, index and purge their
+process checks the lease and a commit job (a process, or the ``celery_archive.commit`` task)
+commits the run under the lease's token: one manifest listing every shard's files, the commit
+point as for any run (chain.commit). Then the shards verify, index and purge their
 files in parallel, and the run's report is written. A shard that fails or dies means no commit
 and nothing deleted: the next run abandons the files (recover.py), as for a crash of any run.
 A shard dying after the commit leaves the run committed and not purged: the next run finishes
@@ -22,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from celery_archive import errors
-from celery_archive.archive import audit, chain
+from celery_archive.archive import audit
 from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import DATA, day_of, run_id_of
 from celery_archive.archive.manifest import Manifest, RunRecord
@@ -103,7 +104,10 @@ def sharded_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     stopped = next((r.stopped_by for r in written if r.stopped_by), None)
     manifest = manifest_of(run_id, now, cutoff, source, cfg, entries, selected, None)
     lease.check()
-    manifest, sha = chain.commit(sink, manifest)  # the commit point: every shard verified
+    commit = {"run_id": run_id, "token": lease.token, "config": base.config, "manifest": manifest.to_json()}
+    committed = runner.map("commit", [commit])[0]  # the commit point, every shard verified: a task checking the token
+    manifest, sha = Manifest.from_json(committed["manifest"]), str(committed["sha256"])
+    lease.check()
     audit.record(sink, "run", run_id=run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
                  files=len(entries), results=sum(e.rows for e in entries), bytes=manifest.totals.bytes, selected=selected,
                  source=manifest.source, delete=cfg.delete, shards=len(shards))

@@ -1,6 +1,6 @@
 """A shard's work, wherever it runs (a local process for ``--shards N``, a Celery worker for
 ``--on-celery``): before the commit, extract its part of the selection, write and verify its
-files (:func:`write_shard`); after the commit, verify them again, add their restore index
+files (:func:`write_shard`); the run's one commit (:func:`commit_shards`); after it, verify them again, add their restore index
 entries and purge them (:func:`purge_shard`). Jobs and results are JSON.
 
 A shard holds no lease of its own: it acts under the run's. Before every put, delete and
@@ -211,19 +211,43 @@ def purge_shard(job_json: dict[str, Any]) -> dict[str, Any]:
                        seconds=round(time.perf_counter() - started, 3)).to_json()
 
 
+def commit_shards(job: dict[str, Any]) -> dict[str, Any]:
+    """The run's one commit, once every shard verified (``job``: run_id, token, config and the
+    manifest of all the shards' files): under the run's lease, checked before every put, as a
+    shard's work is. Run again (a redelivered commit task), it finds the run's own commit and
+    finishes its registration and publication instead of committing twice; an abandoned run
+    (its lease taken over) is not committed. {"manifest", "sha256"} of the committed manifest."""
+    from celery_archive.archive import chain
+
+    cfg = config_of(job["config"])
+    archive = open_sink(cfg.sink)
+    watch = LeaseWatch(archive, job["run_id"], job["token"], cfg.lease_ttl, before_commit=False)
+    watch.check()
+    sink = FencedSink(archive, watch)
+    done = mf.load_outcome(archive, job["run_id"])
+    if done is None:
+        manifest, sha = chain.commit(sink, mf.Manifest.from_json(job["manifest"]))
+    elif done.manifest is None:
+        raise LeaseLostError(f"run {job['run_id']} was abandoned by {done.by or 'another run'}: it is not committed")
+    else:  # committed by an earlier attempt of this task
+        manifest, sha = done.manifest, chain.register(sink, done.manifest)
+        mf.publish(sink, manifest)
+    return {"manifest": manifest.to_json(), "sha256": sha}
+
+
 def entries_of(results: list[ShardResult]) -> list[FileEntry]:
     return [FileEntry.from_json(e) for r in results for e in r.entries]
 
 
 def main() -> None:
-    """``python -m celery_archive.pipeline.shards shard|purge``: the job (JSON) on stdin, its
+    """``python -m celery_archive.pipeline.shards shard|commit|purge``: the job (JSON) on stdin, its
     result on stdout, or {"error", "class"} (exit 1)."""
     import json
     import sys
 
     from celery_archive.errors import ArchiveError
 
-    step = {"shard": write_shard, "purge": purge_shard}[sys.argv[1]]
+    step = {"shard": write_shard, "commit": commit_shards, "purge": purge_shard}[sys.argv[1]]
     try:
         out = step(json.loads(sys.stdin.read()))
     except ArchiveError as exc:
