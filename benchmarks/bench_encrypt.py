@@ -17,11 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_sql import clone, drop, make_template, remaining, url_for
+from bench_sql import drop, make_template, url_for
 from common import measure, rotated
+from sqldbs import Db
 
 BIN = Path(sys.executable).parent
 
+
+PG = Db("postgresql")  # clone() and remaining() of a template that make_template() made
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,7 +43,7 @@ def main() -> None:
             for r in range(args.repeats):
                 for label in rotated(labels, r):
                     fmt, mode = label.split()
-                    db = clone(template)
+                    db = PG.clone(template)
                     try:
                         with tempfile.TemporaryDirectory() as tmp:
                             sink = f"file://{tmp}/archive" + (f"?encrypt=keyfile:{master}" if mode == "encrypted" else "")
@@ -51,7 +54,7 @@ def main() -> None:
                             assert report["archived"] == report["verified"] == report["deleted"] == args.rows, report
                             if mode == "encrypted":
                                 assert list(Path(tmp, "archive", "keys").rglob("*.json")), "no data key written"
-                        assert remaining(db) == 0, f"{label} left rows behind"
+                        assert PG.remaining(db) == 0, f"{label} left rows behind"
                         results[label].append(s)
                     finally:
                         drop(db)

@@ -24,12 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_sql import BIN, clone, drop, make_template, remaining, url_for
+from bench_sql import BIN, drop, make_template, url_for
 from common import measure, rotated
+from sqldbs import Db
 
 BROKER = os.environ.get("CA_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
 RESULTS = os.environ.get("CA_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 
+
+PG = Db("postgresql")  # clone() and remaining() of a template that make_template() made
 
 def start_worker(root: Path, queue: str, concurrency: int) -> subprocess.Popen[bytes]:
     (root / "scaleproj.py").write_text(f"from celery import Celery\napp = Celery('scaleproj', broker={BROKER!r}, backend={RESULTS!r})\n"
@@ -66,7 +69,7 @@ def main() -> None:
     try:
         for r in range(args.repeats):
             for label in rotated(list(contenders), r):
-                db = clone(template)
+                db = PG.clone(template)
                 try:
                     with tempfile.TemporaryDirectory() as tmp:
                         argv = [str(BIN / "celery-archive"), *(["-A", "scaleproj"] if "--on-celery" in contenders[label] else []),
@@ -81,7 +84,7 @@ def main() -> None:
                             os.chdir(old)
                         report = json.loads(out.splitlines()[-1])
                         assert report["archived"] == report["verified"] == report["deleted"] == args.rows, report
-                        assert remaining(db) == 0, f"{label} left rows behind"
+                        assert PG.remaining(db) == 0, f"{label} left rows behind"
                     times[label].append(s)
                 finally:
                     drop(db)
