@@ -168,3 +168,33 @@ def test_the_commit_job_checks_the_token_and_a_redelivered_one_commits_once(tmp_
     assert [o.key for o in sink.list(mf.MANIFESTS)] == [mf.manifest_key(rid)]
     links = check(sink, None)
     assert links.length == 1 and not links.problems and links.head == first["sha256"]
+
+
+def test_a_shard_of_a_run_that_lost_its_lease_writes_and_deletes_nothing(tmp_path: Path) -> None:
+    """A shard job whose token is not the lease's (the run was taken over, or its lease removed
+    and taken by another run) stops before its first put, and its purge before its first delete."""
+    from celery_archive.backends.shard import WHOLE
+    from celery_archive.config import RunConfig
+    from celery_archive.errors import LeaseLostError
+    from celery_archive.pipeline.lease import Lease
+    from celery_archive.pipeline.shards import ShardJob, config_json, purge_shard, write_shard
+    from celery_archive.sinks import open_sink
+
+    url = f"db+sqlite:///{tmp_path / 'r.db'}"
+    app = celery_app(url)
+    for i in range(20):
+        app.backend.store_result(f"l{i}", i, "SUCCESS")
+    age_rows(url, 40)
+    sink_dir = tmp_path / "archive"
+    sink = open_sink(str(sink_dir))
+    cfg = RunConfig(source=url, sink=str(sink_dir), older_than=dt.timedelta(days=30))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    job = ShardJob("20261203T000000Z-aaaaaa", "the-old-token", WHOLE, config_json(cfg), now.isoformat(),
+                   (now - dt.timedelta(days=30)).isoformat(), files=())
+    with Lease(sink, "20261203T000000Z-bbbbbb", 30.0).holding():  # another run holds the archive's lease
+        with pytest.raises(LeaseLostError):
+            write_shard(job.to_json())
+        with pytest.raises(LeaseLostError):
+            purge_shard(job.to_json())
+    assert not (sink_dir / "data").exists() or not list((sink_dir / "data").rglob("*"))
+    assert len(table_rows(url)) == 20
