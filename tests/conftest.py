@@ -267,6 +267,15 @@ def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     subprocess.run(["bash", str(ROOT / "localstack/stop.sh"), str(data)], check=True, timeout=30)
 
 
+@pytest.fixture
+def on_localstack(localstack: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's boto3 (in-process and in the commands it runs) pointed at LocalStack."""
+    for k, v in {"AWS_ENDPOINT_URL": localstack, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    return localstack
+
+
 def s3_client(endpoint: str, region: str = "us-east-1", **creds: str) -> Any:
     import boto3
 

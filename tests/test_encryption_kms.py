@@ -21,14 +21,6 @@ from forget_support import make_archive, restored
 from helpers import free_port, write_sql_results
 
 
-@pytest.fixture
-def on_localstack(localstack: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for k, v in {"AWS_ENDPOINT_URL": localstack, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    return localstack
-
-
 def test_kms_on_localstack_with_compliance_lock(sqlite_url: str, on_localstack: str) -> None:
     kms = boto3.client("kms")
     key = kms.create_key()["KeyMetadata"]

@@ -206,15 +206,6 @@ def test_forget_kill_9_at_random_points_loses_and_duplicates_nothing(sqlite_url:
     assert (out.lost, out.duplicated, out.unrestorable, out.verify_failed, out.left, out.bytes_left) == (0, 0, 0, 0, 0, 0), out
 
 
-@pytest.fixture
-def on_localstack(localstack: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """This test's boto3 (in-process and in the commands it runs) pointed at LocalStack."""
-    for k, v in {"AWS_ENDPOINT_URL": localstack, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    return localstack
-
-
 def test_forget_on_localstack_refuses_compliance_lock_then_erases_every_version(sqlite_url: str, on_localstack: str,
                                                                                 tmp_path: Path) -> None:
     s3 = s3_client(on_localstack, key="test", secret="test-secret")
