@@ -38,7 +38,11 @@ def sweep(root: Path, unmarked_age: float = UNMARKED_AGE) -> int:
         try:
             marker = open(path / IN_USE, "rb")
         except FileNotFoundError:
-            if time.time() - entry.stat(follow_symlinks=False).st_mtime > unmarked_age:
+            try:  # no marker: one made before markers, or its owner is removing it right now
+                old = time.time() - entry.stat(follow_symlinks=False).st_mtime > unmarked_age
+            except FileNotFoundError:
+                continue  # gone meanwhile (another process's directory, removed as it ended)
+            if old:
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
             continue
@@ -69,5 +73,5 @@ def spool_dir(root: Path | None) -> Iterator[str]:
         os.rename(marker.name, Path(tmp.name) / IN_USE)
     except OSError as exc:
         raise disk_error("creating a staging directory in", base, exc) from exc
-    with tmp as path, marker:
+    with marker, tmp as path:  # removed while still locked: no sweeper takes it from under its owner
         yield path

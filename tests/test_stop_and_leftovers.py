@@ -72,6 +72,34 @@ def test_what_killed_runs_leave_is_removed_by_the_next_run(sqlite_url: str, tmp_
     assert [p for p in spool.iterdir()] == [] and not partial.exists()
 
 
+def _stage_again_and_again(root: str, times: int) -> int:
+    """How many of ``times`` staging directories under ``root`` could not be made."""
+    from celery_archive.errors import SinkError
+    from celery_archive.spool import spool_dir
+
+    failed = 0
+    for _ in range(times):
+        try:
+            with spool_dir(Path(root)) as path:
+                (Path(path) / "part").write_bytes(b"x")
+        except SinkError:
+            failed += 1
+    return failed
+
+
+def test_staging_directories_made_and_removed_side_by_side_never_fail(tmp_path: Path) -> None:
+    """Two purge tasks of a run in shards on one worker (and any two commands on one archive)
+    stage under the same .tmp-spool: one's sweep met the other's directory as it was being
+    removed and failed with 'creating a staging directory ... No such file or directory' (about
+    5 of 100 starts with three processes at it); the background run then never finished."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(3) as pool:
+        failed = list(pool.map(_stage_again_and_again, [str(tmp_path / "spool")] * 3, [600] * 3))
+    assert failed == [0, 0, 0]
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
 def test_unfinished_multipart_uploads_are_aborted(sqlite_url: str, s3_bucket: str) -> None:
     import boto3
 
