@@ -128,8 +128,7 @@ def verify_archive(sink_url: str, run_id: str | None = None, subset: Subset | No
     report.notes += links.notes
     report.head, report.chain_length = links.head, links.length
     if run_id is None:
-        mf.reports(sink, damaged=report.problems)
-        _unnamed(sink, set(committed), report)
+        _unnamed(sink, set(committed), set(mf.reports(sink, damaged=report.problems)), report)
     recorder.event(ok=report.ok, runs=report.runs, files=report.files, rows=report.rows, problems=len(report.problems),
                    head=report.head, chain_length=report.chain_length, run_id=run_id, subset=report.subset,
                    max_duration=None if max_duration is None else max_duration.total_seconds(), left=report.left)
@@ -185,14 +184,14 @@ def _read_back(sink: Sink, chosen: list[tuple[str, FileEntry]], report: ArchiveV
     return len(todo)
 
 
-def _unnamed(sink: Sink, committed: set[str], report: ArchiveVerifyReport) -> None:
+def _unnamed(sink: Sink, committed: set[str], reported: set[str], report: ArchiveVerifyReport) -> None:
     """Data files no manifest names: a lost manifest is a problem, an uncommitted run is not."""
     from celery_archive.index.packs import referenced_runs
 
     uncommitted = mf.uncommitted_files(sink, committed)
     if not uncommitted:
         return
-    reported, indexed = set(mf.reports(sink, damaged=[])), referenced_runs(sink)  # damage: named by verify_archive
+    indexed = referenced_runs(sink)
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
         state = None if outcome is None else outcome.state

@@ -102,11 +102,22 @@ def finish(sink: Sink, source: Source, manifest: Manifest, spool: Path, cfg: Run
             deleted, skipped = pr.deleted, pr.skipped_changed
     finally:
         discard(report)
-    if part is not None:
-        return report.rows, deleted, skipped
-    mf.write_report(sink, RunRecord(manifest.run_id, dt.datetime.now(dt.timezone.utc).isoformat(), report.rows, deleted,
+    if part is None:
+        record_purge(sink, manifest, cfg, report.rows, deleted, skipped)
+    return report.rows, deleted, skipped
+
+
+def record_commit(sink: Sink, manifest: Manifest, sha: str, selected: int, cfg: RunConfig, **more: object) -> None:
+    """The audit event of a run's commit (``manifest``, stored with ``sha``)."""
+    audit.record(sink, "run", run_id=manifest.run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
+                 files=len(manifest.files), results=sum(e.rows for e in manifest.files), bytes=manifest.totals.bytes, selected=selected,
+                 source=manifest.source, delete=cfg.delete, **more)
+
+
+def record_purge(sink: Sink, manifest: Manifest, cfg: RunConfig, verified: int, deleted: int, skipped: int) -> None:
+    """A finished run's report (``runs/<id>.json``) and, when it deleted, its purge's audit event."""
+    mf.write_report(sink, RunRecord(manifest.run_id, dt.datetime.now(dt.timezone.utc).isoformat(), verified, deleted,
                                     skipped, cfg.delete))
     if cfg.delete:
-        audit.record(sink, "purge", run_id=manifest.run_id, manifest_sha256=mf.manifest_sha256(manifest), verified=report.rows,
+        audit.record(sink, "purge", run_id=manifest.run_id, manifest_sha256=mf.manifest_sha256(manifest), verified=verified,
                      deleted=deleted, skipped_changed=skipped)
-    return report.rows, deleted, skipped

@@ -200,13 +200,13 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     recovered = recover(sink, source, spool, cfg, run_id, lease.check)
     applied = None
     shards: list[dict[str, Any]] = []
-    counts = dict(source.counts)
+    shard_counts: dict[str, int] = {}  # counted by the shards (elsewhere): this process's source took nothing
     if runner is not None:
         from celery_archive.pipeline.sharded import sharded_run
 
         done = sharded_run(sink, lease, source, cfg, run_id, now, cutoff, runner, on_start)
         manifest, selected, stopped_by, shards = done.manifest, done.selected, done.stopped_by, done.shards
-        entries, counts = list(manifest.files), {**counts, **done.counts}
+        entries, shard_counts = list(manifest.files), done.counts
         verified, deleted, skipped = done.verified, done.deleted, done.skipped
     else:
         checks = Checks(sink, run_id, spool, cfg)
@@ -218,7 +218,6 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
             source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
         manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
         verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
-        counts = dict(source.counts)  # what extraction and purge counted
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
         audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
@@ -232,7 +231,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
                      verified, deleted, skipped, len(entries), manifest.totals.bytes, cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
-                     source_counts=counts, source_examples=dict(source.examples),
+                     source_counts={**source.counts, **shard_counts}, source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},
                      deleted_by_rules=by_rules, stopped_early=stopped_by is not None, stopped_by=stopped_by,
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,

@@ -23,15 +23,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from celery_archive import errors
-from celery_archive.archive import audit
-from celery_archive.archive import manifest as mf
 from celery_archive.archive.layout import DATA, day_of, run_id_of
-from celery_archive.archive.manifest import Manifest, RunRecord
+from celery_archive.archive.manifest import Manifest
 from celery_archive.backends import Source
 from celery_archive.backends.shard import split
 from celery_archive.config import RunConfig
 from celery_archive.errors import ArchiveError, ConfigError
-from celery_archive.pipeline.commit import manifest_of
+from celery_archive.pipeline.commit import manifest_of, record_commit, record_purge
 from celery_archive.pipeline.lease import FencedSink, Lease
 from celery_archive.pipeline.shards import ShardJob, ShardResult, config_json, entries_of
 
@@ -108,18 +106,13 @@ def sharded_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
     committed = runner.map("commit", [commit])[0]  # the commit point, every shard verified: a task checking the token
     manifest, sha = Manifest.from_json(committed["manifest"]), str(committed["sha256"])
     lease.check()
-    audit.record(sink, "run", run_id=run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
-                 files=len(entries), results=sum(e.rows for e in entries), bytes=manifest.totals.bytes, selected=selected,
-                 source=manifest.source, delete=cfg.delete, shards=len(shards))
+    record_commit(sink, manifest, sha, selected, cfg, shards=len(shards))
     _remove_strays(sink, manifest)
     purge_jobs = [replace(j, files=tuple(e["key"] for e in r.entries)).to_json() for j, r in zip(jobs, written)]
     purged = [ShardResult.from_json(r) for r in runner.map("purge", purge_jobs)]
     verified, deleted = sum(p.verified for p in purged), sum(p.deleted for p in purged)
     skipped = sum(p.skipped_changed for p in purged)
-    mf.write_report(sink, RunRecord(run_id, dt.datetime.now(dt.timezone.utc).isoformat(), verified, deleted, skipped, cfg.delete))
-    if cfg.delete:
-        audit.record(sink, "purge", run_id=run_id, manifest_sha256=mf.manifest_sha256(manifest), verified=verified,
-                     deleted=deleted, skipped_changed=skipped)
+    record_purge(sink, manifest, cfg, verified, deleted, skipped)
     counts: dict[str, int] = {}
     for r in written:
         for k, n in r.counts.items():

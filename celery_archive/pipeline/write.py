@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celery_archive.archive import audit, chain
+from celery_archive.archive import chain
 from celery_archive.archive.manifest import FileEntry, Manifest
 from celery_archive.formats.writer import ArchiveWriter
-from celery_archive.pipeline.commit import Checks, manifest_of
+from celery_archive.pipeline.commit import Checks, manifest_of, record_commit
 from celery_archive.pipeline.extract import StopEarly
 
 if TYPE_CHECKING:
@@ -54,7 +54,5 @@ def write_and_commit(sink: Sink, source: Source, cfg: RunConfig, run_id: str, no
         writer.abort()
         checks.abandon()
         raise
-    audit.record(sink, "run", run_id=run_id, manifest_sha256=sha, chain_seq=(manifest.chain or {}).get("seq"),
-                 files=len(entries), results=sum(e.rows for e in entries), bytes=manifest.totals.bytes, selected=selected,
-                 source=manifest.source, delete=cfg.delete)
+    record_commit(sink, manifest, sha, selected, cfg)
     return Written(manifest, entries, selected, stopped_by)
