@@ -74,6 +74,7 @@ class RunConfig:
     batch_size: int = 10_000
     max_file_bytes: int = 128 * 1024**2
     purge_batch: int = 50_000
+    commit_every: int = 100_000  # results: each such part of a run is committed, then purged while the rest is taken (parts.py)
     delete: bool = True
     dry_run: bool = False
     spool_dir: Path | None = None
@@ -126,6 +127,8 @@ class RunConfig:
             raise ConfigError("--lease-ttl must be at least 1s, e.g. 60s")
         if not 1 <= self.shards <= 1024:
             raise ConfigError(f"--shards must be between 1 and 1024, not {self.shards}")
+        if self.commit_every < 0:
+            raise ConfigError(f"--commit-every must be a number of results (0: commit once, at the end), not {self.commit_every}")
         for name in ("batch_size", "max_file_bytes", "purge_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")

@@ -117,6 +117,7 @@ class Source(Protocol):
     storage_format: StorageFormat
     purge_columns: tuple[str, ...]
     purge_rows: int | None
+    purge_alongside: bool  # its purge may run on a thread of its own while it extracts (a run in parts: parts.py)
 
     @property
     def counts(self) -> Mapping[str, int]: ...

@@ -75,6 +75,7 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)  # doubts about the dates, said before any delete
     shards: list[dict[str, Any]] = field(default_factory=list)  # a sharded run: each shard's ranges and counts
     ran_on: str | None = None  # a sharded run: local (processes) or celery (workers)
+    parts: list[str] = field(default_factory=list)  # a run committed in parts (--commit-every): each part's run id
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", **asdict(self)}
@@ -189,6 +190,13 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
         source.close()
 
 
+def in_parts(cfg: RunConfig, source: Source) -> bool:
+    """Whether the run commits every --commit-every results and purges them while it takes the
+    rest (parts.py): not with rules (they count the whole run), nor with --no-delete (nothing to
+    overlap), nor on a backend whose purge cannot run beside its reads."""
+    return bool(cfg.commit_every) and cfg.delete and cfg.policy is None and source.purge_alongside
+
+
 def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, run_id: str, now: dt.datetime,
                 cutoff: dt.datetime, spool: Path, progress: Progress | None, stop: threading.Event | None,
                 started: float, swept: int, runner: Runner | None, on_start: Callable[[str], None] | None) -> RunReport:
@@ -199,6 +207,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
         check(cfg)  # before anything is changed
     recovered = recover(sink, source, spool, cfg, run_id, lease.check)
     applied = None
+    parts: list[str] = []  # a run in parts: every part's run id (the first is run_id)
     shards: list[dict[str, Any]] = []
     shard_counts: dict[str, int] = {}  # counted by the shards (elsewhere): this process's source took nothing
     if runner is not None:
@@ -208,6 +217,14 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
         manifest, selected, stopped_by, shards = done.manifest, done.selected, done.stopped_by, done.shards
         entries, shard_counts = list(manifest.files), done.counts
         verified, deleted, skipped = done.verified, done.deleted, done.skipped
+        total_bytes = manifest.totals.bytes
+    elif in_parts(cfg, source):
+        from celery_archive.pipeline.parts import run_in_parts
+
+        parted = run_in_parts(sink, lease, source, cfg, run_id, now, cutoff, spool,
+                              batches(source, cfg, cutoff, run_id, now, None, progress, started, stop))
+        entries, selected, stopped_by, parts = parted.entries, parted.selected, parted.stopped_by, parted.ids
+        verified, deleted, skipped, total_bytes = parted.verified, parted.deleted, parted.skipped, parted.bytes
     else:
         checks = Checks(sink, run_id, spool, cfg)
         if cfg.policy is not None:
@@ -218,6 +235,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
             source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
         manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
         verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
+        total_bytes = manifest.totals.bytes
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
         audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
@@ -229,7 +247,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
 
         iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
-                     verified, deleted, skipped, len(entries), manifest.totals.bytes, cfg.delete,
+                     verified, deleted, skipped, len(entries), total_bytes, cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
                      source_counts={**source.counts, **shard_counts}, source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},
@@ -237,4 +255,4 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
                      iceberg_runs=iceberg, manifests_restored=recovered.restored, lost_manifests=recovered.lost,
                      rewrites_finished=recovered.rewrites,
                      swept=swept, dates=source.describe_dates(), warnings=date_notes(source) + recovered.damaged,
-                     shards=shards, ran_on=runner.where if runner is not None else None)
+                     shards=shards, ran_on=runner.where if runner is not None else None, parts=parts if len(parts) > 1 else [])

@@ -88,6 +88,7 @@ class RedisSource:
     # only hold more archived values in memory (50,000 of them and the next batch read ahead:
     # ~55 MiB of a run's peak)
     purge_rows: int | None = 10_000
+    purge_alongside: bool = True  # redis-py's client is shared between threads; each purge has its own pipeline
 
     def __init__(self, config: RedisSourceConfig) -> None:
         if config.serializer not in SERIALIZERS:

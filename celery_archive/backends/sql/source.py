@@ -81,6 +81,7 @@ class SqlSource:
         self._secret = self._url.password
         self._engine: sa.Engine | None = None
         self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
+        self.purge_alongside = self.dialect.name != "sqlite"  # SQLite: one writer, and readers hold it off
         self._adbc_uri = adbc_uri(self._url)
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 class RedisClusterSource(RedisSource):
     """Celery's Redis results on a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
 
+    purge_alongside = False  # the client's node tables change under MOVED replies: one thread uses it
+
     def _connect(self) -> Any:
         self._owner: dict[int, str] = {}
         self._fixed: dict[int, str] | None = None  # restrict(): the slot map as the run read it when it began
