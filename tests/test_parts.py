@@ -12,30 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from conftest import age_rows, celery_app, cli, db_url, pooled
+from conftest import celery_app, cli, db_url
 from helpers import REDIS_URL, archive, data_files, keys, redis_app
+from kill_loop import add_results, in_source
 
 from celery_archive.archive.layout import run_id_of
 
 N = 2_500
-
-
-def _write(url: str) -> set[str]:
-    app = celery_app(url)
-    ids = {f"p{i:05d}" for i in range(N)}
-    with pooled(app) as backend:
-        for tid in sorted(ids):
-            backend.store_result(tid, {"i": tid, "pad": "y" * 50}, "SUCCESS")
-    age_rows(url, 40)
-    return ids
-
-
-def _in_table(url: str) -> set[str]:
-    engine = sa.create_engine(url.removeprefix("db+"))
-    with engine.connect() as conn:
-        got = {r[0] for r in conn.exec_driver_sql("SELECT task_id FROM celery_taskmeta")}
-    engine.dispose()
-    return got
 
 
 def _archived(sink: Path) -> Counter[str]:
@@ -61,7 +44,7 @@ def _run(url: str, sink: Path, *more: str) -> dict[str, object]:
 def test_a_run_in_parts_commits_each_part_as_a_run_and_loses_nothing(kind: str, request: pytest.FixtureRequest,
                                                                      tmp_path: Path) -> None:
     url = db_url(request, kind, tmp_path)
-    ids = _write(url)
+    ids = add_results(url, 0, N)
     sink = tmp_path / "archive"
 
     report = _run(url, sink)
@@ -69,7 +52,7 @@ def test_a_run_in_parts_commits_each_part_as_a_run_and_loses_nothing(kind: str, 
     parts = report["parts"]
     assert isinstance(parts, list) and len(parts) == 3 and parts[0] == report["run_id"]  # 1,000 + 1,000 + 500
     assert (report["selected"], report["archived"], report["verified"], report["deleted"]) == (N, N, N, N)
-    assert _in_table(url) == set()
+    assert in_source(url) == set()
     assert _archived(sink) == Counter({tid: 1 for tid in ids})
     listed = cli("runs", "--sink", str(sink), "--json")
     assert listed.returncode == 0, listed.stderr
@@ -79,9 +62,9 @@ def test_a_run_in_parts_commits_each_part_as_a_run_and_loses_nothing(kind: str, 
     verified = cli("verify", "--sink", str(sink))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     # a result of the last part comes back for Celery
-    back = cli("restore", "p02400", "--sink", str(sink), "--into", url)
+    back = cli("restore", "k002400", "--sink", str(sink), "--into", url)
     assert back.returncode == 0, back.stderr
-    assert celery_app(url).AsyncResult("p02400").get(timeout=5) == {"i": "p02400", "pad": "y" * 50}
+    assert celery_app(url).AsyncResult("k002400").get(timeout=5) == {"i": "k002400", "pad": "x" * 100}
 
 
 def test_a_part_whose_purge_fails_stops_the_run_and_the_next_run_finishes_it(pg_backend: str, tmp_path: Path) -> None:
@@ -89,7 +72,7 @@ def test_a_part_whose_purge_fails_stops_the_run_and_the_next_run_finishes_it(pg_
     second is taken; nothing leaves the table. Once deletes work again the next run purges
     the committed parts and takes the rest: each result archived once, none left."""
     url, sink = pg_backend, tmp_path / "archive"
-    ids = _write(url)
+    ids = add_results(url, 0, N)
     engine = sa.create_engine(url.removeprefix("db+"))
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE FUNCTION no_delete() RETURNS trigger LANGUAGE plpgsql AS "
@@ -102,7 +85,7 @@ def test_a_part_whose_purge_fails_stops_the_run_and_the_next_run_finishes_it(pg_
     error = json.loads(failed.stdout.strip().splitlines()[-1])
     assert failed.returncode == 1 and error["error_type"] == "SourceError", failed.stdout + failed.stderr
     assert "deletes are refused here" in error["error"]
-    assert _in_table(url) == ids  # nothing deleted
+    assert in_source(url) == ids  # nothing deleted
     assert set(_archived(sink)) <= ids
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TRIGGER no_delete ON celery_taskmeta")
@@ -111,7 +94,7 @@ def test_a_part_whose_purge_fails_stops_the_run_and_the_next_run_finishes_it(pg_
     report = _run(url, sink)
 
     assert report["resumed"], report  # the committed parts, purged now
-    assert _in_table(url) == set()
+    assert in_source(url) == set()
     assert _archived(sink) == Counter({tid: 1 for tid in ids})
     assert cli("verify", "--sink", str(sink)).returncode == 0
 

@@ -40,7 +40,6 @@ class Parted:
     ids: list[str] = field(default_factory=list)  # every part's run id, in order (the first is the run's)
     entries: list[FileEntry] = field(default_factory=list)
     selected: int = 0
-    bytes: int = 0
     stopped_by: str | None = None
     verified: int = 0
     deleted: int = 0
@@ -61,8 +60,8 @@ class _Taken:
     """The run's batches, handed out part by part: a part ends at the first batch boundary at
     or past ``every`` results, or when a purge under way has failed (its error is raised)."""
 
-    def __init__(self, batches: Iterator[pa.Table], every: int) -> None:
-        self._batches, self._every = batches, every
+    def __init__(self, batches: Iterator[pa.Table], every: int, run_id: str) -> None:
+        self._batches, self._every, self._run_id = batches, every, run_id  # the run id the source's records carry
         self._next: pa.Table | None = None
         self.exhausted = False
         self.stopped_by: str | None = None  # --max-runtime or a signal: the run takes nothing more
@@ -83,12 +82,13 @@ class _Taken:
 
         taken = 0
         while taken < self._every and self.more():
-            if self.purging is not None and self.purging.done() and self.purging.exception() is not None:
-                raise self.purging.exception()  # type: ignore[misc]
+            if self.purging is not None and self.purging.done():
+                self.purging.result()  # raises what made the part before fail: nothing more is taken
             cols, self._next = self._next, None
             assert cols is not None
-            i = cols.schema.get_field_index("run_id")
-            cols = cols.set_column(i, cols.schema.field(i), pa.repeat(pa.scalar(run_id, cols.schema.field(i).type), cols.num_rows))
+            if run_id != self._run_id:  # a later part: its records name it
+                i = cols.schema.get_field_index("run_id")
+                cols = cols.set_column(i, cols.schema.field(i), pa.repeat(pa.scalar(run_id, cols.schema.field(i).type), cols.num_rows))
             taken += cols.num_rows
             yield cols
 
@@ -97,7 +97,7 @@ def run_in_parts(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig,
                  cutoff: dt.datetime, spool: Path, batches: Iterator[pa.Table]) -> Parted:
     """Take, commit and purge ``batches`` part by part (see the module's docstring)."""
     out = Parted()
-    taken = _Taken(batches, cfg.commit_every)
+    taken = _Taken(batches, cfg.commit_every, run_id)
     purger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-archive-purge")
     try:
         while not out.ids or taken.more():
@@ -107,7 +107,6 @@ def run_in_parts(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig,
             out.ids.append(pid)
             out.entries += written.entries
             out.selected += written.selected
-            out.bytes += written.manifest.totals.bytes
             if taken.purging is not None:
                 out.add(taken.purging.result())  # the part before: purged while this one was taken
             taken.purging = purger.submit(finish, sink, source, written.manifest, spool, cfg, checks, lease.check)

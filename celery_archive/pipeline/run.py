@@ -217,14 +217,13 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
         manifest, selected, stopped_by, shards = done.manifest, done.selected, done.stopped_by, done.shards
         entries, shard_counts = list(manifest.files), done.counts
         verified, deleted, skipped = done.verified, done.deleted, done.skipped
-        total_bytes = manifest.totals.bytes
     elif in_parts(cfg, source):
         from celery_archive.pipeline.parts import run_in_parts
 
         parted = run_in_parts(sink, lease, source, cfg, run_id, now, cutoff, spool,
                               batches(source, cfg, cutoff, run_id, now, None, progress, started, stop))
         entries, selected, stopped_by, parts = parted.entries, parted.selected, parted.stopped_by, parted.ids
-        verified, deleted, skipped, total_bytes = parted.verified, parted.deleted, parted.skipped, parted.bytes
+        verified, deleted, skipped = parted.verified, parted.deleted, parted.skipped
     else:
         checks = Checks(sink, run_id, spool, cfg)
         if cfg.policy is not None:
@@ -235,7 +234,6 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
             source, cfg, cutoff, run_id, now, applied, progress, started, stop), applied, lease.check)
         manifest, entries, selected, stopped_by = written.manifest, written.entries, written.selected, written.stopped_by
         verified, deleted, skipped = finish(sink, source, manifest, spool, cfg, checks, fence=lease.check)
-        total_bytes = manifest.totals.bytes
     by_rules = _delete_by_rules(source, applied, cfg, lease.check) if applied is not None and cfg.delete else 0
     if by_rules:  # deleted from the backend by a delete rule, without an archive: the audit log says so
         audit.record(sink, "purge", run_id=run_id, deleted_by_rules=by_rules, archived=False)
@@ -247,7 +245,7 @@ def _locked_run(sink: FencedSink, lease: Lease, source: Source, cfg: RunConfig, 
 
         iceberg = append_runs(sink.inner, cfg.iceberg_catalog, cfg.iceberg_table)  # reads the archive; writes the catalog
     return RunReport(run_id, source.display_url, sink.url, iso(cutoff), selected, sum(e.rows for e in entries),
-                     verified, deleted, skipped, len(entries), total_bytes, cfg.delete,
+                     verified, deleted, skipped, len(entries), sum(e.bytes for e in entries), cfg.delete,
                      recovered.resumed, recovered.orphans_removed, round(time.perf_counter() - started, 3),
                      source_counts={**source.counts, **shard_counts}, source_examples=dict(source.examples),
                      rules=applied.counts() if applied else {},
