@@ -146,3 +146,22 @@ def test_the_readme_keyfile_example_runs_as_written(tmp_path: Path) -> None:
     files = [p for p in (tmp_path / "encrypted" / "data").rglob("*.parquet")]
     assert files and all(p.read_bytes().endswith(b"PARE") for p in files)
     assert "SUCCESS" in out and "FAILURE" in out  # the query's counts, decrypted
+
+
+def test_queries_over_many_encrypted_files_all_finish(tmp_path: Path) -> None:
+    """pyarrow makes its KMS client on the first footer it decrypts, under a lock of its own,
+    and needs the GIL for it; DuckDB's scan thread holds the GIL waiting on that lock. With
+    eight files about one query in five never ended; each of these must end."""
+    url = f"db+sqlite:///{tmp_path / 'results.db'}"
+    app = celery_app(url)
+    for day in range(8):  # a data file per day
+        for i in range(5):
+            app.backend.store_result(f"d{day}-{i}", {"day": day}, "SUCCESS")
+        age_rows(url, 40 + day, f"task_id like 'd{day}-%'")
+    sink = f"file://{tmp_path / 'archive'}?encrypt=keyfile:{master_key(tmp_path)}"
+    assert archive(url, sink).files == 8
+
+    for _ in range(20):
+        proc = cli("query", "--sink", sink, "select count(*) as n from results", "--json", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {"n": 40}

@@ -137,10 +137,19 @@ class Encryption:
                                    f"the sink URL gives encrypt={self.value}")
         return Cipher(data_key, name, self.master.unwrap(wrapped, data_key))
 
-    def dataset_decryption(self, sink: Sink) -> Any:
+    def dataset_decryption(self, sink: Sink, filesystem: Any, first: str) -> Any:
         """pyarrow.dataset's ParquetDecryptionConfig for this archive's encrypted Parquet files:
-        each file names its key object (its footer key id), whose key this master opens."""
+        each file names its key object (its footer key id), whose key this master opens.
+
+        pyarrow makes its KMS client on the first footer it decrypts, holding a lock of its own
+        while it calls into Python for it; a scan thread that holds the GIL meanwhile (DuckDB's,
+        in Scanner.to_reader) then waits on that lock, and neither goes on: a query that never
+        ends. So the client is made here, on this thread, by opening the encrypted file
+        ``first`` on ``filesystem`` before any scan, and kept for as long as a query may last."""
+        import datetime as dt
+
         import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
         import pyarrow.parquet.encryption as pe
 
         enc, opened = self, dict[str, Cipher]()
@@ -156,7 +165,9 @@ class Encryption:
                 return opened[name].open(base64.b64decode(wrapped_key), 0)
 
         factory = pe.CryptoFactory(lambda _config: _Resolver())
-        return ds.ParquetDecryptionConfig(factory, pe.KmsConnectionConfig(), pe.DecryptionConfiguration())
+        kms, config = pe.KmsConnectionConfig(), pe.DecryptionConfiguration(cache_lifetime=dt.timedelta(days=7))
+        pq.read_metadata(first, filesystem=filesystem, decryption_properties=factory.file_decryption_properties(kms, config))
+        return ds.ParquetDecryptionConfig(factory, kms, config)
 
     def destroy(self, sink: Sink, data_key: str) -> str:
         """Erase the file's key object (every version): no copy of the file opens again. Returns its name."""

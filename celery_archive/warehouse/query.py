@@ -74,8 +74,9 @@ def parquet_dataset(files: ArchiveFiles, sink: Sink | None = None) -> ds.Dataset
         return None
     fmt: Any = "parquet"
     enc = None if sink is None else encryption_of(sink)
-    if sink is not None and enc is not None and any(p in files.encrypted for p in files.parquet):
-        options = ds.ParquetFragmentScanOptions(decryption_config=enc.dataset_decryption(sink))
+    first = next((p for p in files.parquet if p in files.encrypted), None)
+    if sink is not None and enc is not None and first is not None:
+        options = ds.ParquetFragmentScanOptions(decryption_config=enc.dataset_decryption(sink, files.filesystem, first))
         fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
     return ds.dataset(files.parquet, schema=_with_date(arrow_schema()), format=fmt, filesystem=files.filesystem,
                       partitioning=ds.partitioning(PARTITION, flavor="hive"), partition_base_dir=files.base)
