@@ -4,6 +4,7 @@ and as a field test with more rounds:
 
     .venv/bin/python tests/kill_loop.py sqlite 100
     .venv/bin/python tests/kill_loop.py postgresql 50      (also mysql, s3: an S3 archive on moto)
+    .venv/bin/python tests/kill_loop.py postgresql 50 --commit-every 120    (more options for every run)
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def main() -> None:
     import sqlalchemy as sa
     from conftest import MYSQL_ADMIN, PG_ADMIN
 
-    kind, rounds = sys.argv[1], int(sys.argv[2])
+    kind, rounds, extra = sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3:])
     tmp = Path(tempfile.mkdtemp(prefix="kill-loop-"))
     name, admin = f"ca_kill_{secrets.token_hex(3)}", None
     env: dict[str, str] = {}
@@ -137,8 +138,8 @@ def main() -> None:
         boto3.client("s3").create_bucket(Bucket="kill-loop")
         sink = "s3://kill-loop/arch"
     n = int(os.environ.get("KILL_LOOP_RESULTS", "1000"))  # written before each round
-    out = loop(url, sink, set(), rounds, env=env, per_round=n)
-    print(f"{kind}: {out.rounds} rounds ({out.killed} killed while running), {n} new results a round: lost {out.lost}, "
+    out = loop(url, sink, set(), rounds, env=env, per_round=n, extra=extra)
+    print(f"{kind} {' '.join(extra)}: {out.rounds} rounds ({out.killed} killed while running), {n} new results a round: lost {out.lost}, "
           f"duplicated {out.duplicated}, left in the backend {out.left_in_source}; seed {out.seed}")
     if admin is not None:
         with admin.connect() as c:

@@ -122,8 +122,8 @@ def connect(url: str, master_name: str | None = None) -> Any:
             _options(url, q.query, OPTIONS)
             hosts.append((q.hostname or "localhost", _port(url, q, 26379)))
         opts = _options(url, p.query, OPTIONS)
-        sentinel = Sentinel(hosts, password=password)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(master_name, db=_db(url, p.path, "path"), **opts)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, password=password)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
+        return sentinel.master_for(master_name, db=_db(url, p.path, "path"), **opts)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
     allowed = {**OPTIONS, **(SSL_OPTIONS if p.scheme == "rediss" else {}), "db": _number(int)}
     opts = _options(url, p.query, allowed)
     db = opts.pop("db", None)
