@@ -92,9 +92,14 @@ def loop(url: str, sink: str, old: set[str], rounds: int, seed: int | None = Non
             next_id += per_round
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                                 start_new_session=True)
-        time.sleep(watch + rng.uniform(0.05, 0.9 * span))  # in start-up, extraction, commit or purge
-        watch = 0.0
-        if proc.poll() is None:
+        began = time.monotonic()
+        try:  # killed in start-up, extraction, commit or purge
+            proc.wait(timeout=watch + rng.uniform(0.05, 0.9 * span))
+            # it finished first: runs take this long now (the machine's load changes), so aim
+            # the next kills inside that
+            span = min(span, max(0.2, time.monotonic() - began - watch))
+            watch = 0.0
+        except subprocess.TimeoutExpired:
             killed += 1
             watch = 1.2
         with contextlib.suppress(ProcessLookupError):  # (none left when it finished first)
