@@ -18,7 +18,8 @@ import pytest
 from conftest import age_rows, celery_app, cli, db_url, table_rows
 from helpers import wait_for, write_sql_results
 from kill_loop import loop
-from test_lease_processes import EXE, committed_ids
+from test_lease_processes import EXE, SLOW, assert_each_once, committed_ids, data_keys, fill
+from test_recovery import lease_state
 
 from celery_archive.archive import manifest as mf
 from celery_archive.backends import open_source
@@ -120,6 +121,52 @@ def _wait_children(pid: int, n: int, timeout: float = 60) -> list[int]:
             return sorted(kids)
         time.sleep(0.05)
     raise AssertionError(f"run {pid} did not start {n} shard processes")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_signal_stops_a_sharded_run_at_a_safe_point(how: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """SIGTERM to the run's process (``kill PID``, systemd's main process), or SIGINT to its
+    whole process group (Ctrl-C in a terminal reaches the shard processes too): the shards take
+    nothing more, what they took is committed, verified and purged, the run exits 0."""
+    url = db_url(request, "postgresql", tmp_path)
+    old = fill(url, "a", 2000)
+    sink = str(tmp_path / "archive")
+    proc = subprocess.Popen([EXE, "run", "--source", url, "--sink", sink, "--older-than", "30d", "--shards", "2", "--json", *SLOW],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_children(proc.pid, 2)
+    wait_for(lambda: data_keys(open_sink(sink)), what="a shard's first data file")
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    report = json.loads(out)
+    assert report["stopped_by"] == "signal" and "stopping at the next batch boundary" in err, report
+    assert 0 < report["archived"] == report["deleted"] < 2000, report
+    assert lease_state(Path(sink)) == "free"
+    assert len(table_rows(url)) == 2001 - report["deleted"]
+    assert cli("run", "--source", url, "--sink", sink, "--older-than", "30d").returncode == 0
+    assert_each_once(open_sink(sink), old, url, "ayoung")
+
+
+def test_a_second_signal_stops_a_sharded_run_at_once_with_its_shards(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = db_url(request, "postgresql", tmp_path)
+    old = fill(url, "a", 2000)
+    sink = str(tmp_path / "archive")
+    proc = subprocess.Popen([EXE, "run", "--source", url, "--sink", sink, "--older-than", "30d", "--shards", "2", "--json", *SLOW],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = _wait_children(proc.pid, 2)
+    wait_for(lambda: data_keys(open_sink(sink)), what="a shard's first data file")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)  # the second while the shards are still at work: nothing is committed
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and json.loads(out)["error_type"] == "Interrupted", out + err
+    wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in children), 10, "the shard processes to be gone")
+    assert len(table_rows(url)) == 2001  # nothing was committed, so nothing deleted
+    assert cli("run", "--source", url, "--sink", sink, "--older-than", "30d").returncode == 0
+    assert_each_once(open_sink(sink), old, url, "ayoung")
 
 
 def test_kill_9_loop_of_a_run_in_four_shards_loses_and_duplicates_nothing(request: pytest.FixtureRequest,

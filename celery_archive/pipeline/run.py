@@ -180,7 +180,7 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
                 if runner is None and cfg.shards > 1:
                     from celery_archive.pipeline.sharded import LocalRunner
 
-                    runner = LocalRunner(cfg.shards)
+                    runner = LocalRunner(cfg.shards, stop)
                 report = _locked_run(fenced, lease, source, cfg, run_id, now, cutoff, Path(tmp), progress, stop, started, swept,
                                      runner, on_start)
         if cfg.metrics_file:

@@ -13,10 +13,13 @@ it (verify, index what no shard indexed, purge).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,28 +45,62 @@ class Runner(Protocol):
 
 class LocalRunner:
     """Each job in a process of its own (``python -m celery_archive.pipeline.shards``: a fresh
-    interpreter, which also works where multiprocessing cannot, as in a Celery prefork child)."""
+    interpreter, which also works where multiprocessing cannot, as in a Celery prefork child).
+    Once ``stop`` is set (the run was asked to stop) each shard process is told on its stdin:
+    it takes nothing more and finishes what it took. If the run is stopped at once (a second
+    signal) or fails, its processes are killed: nothing of theirs was committed then."""
 
     where = "local"
 
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
+    def __init__(self, processes: int, stop: threading.Event | None = None) -> None:
+        self.processes, self.stop = processes, stop
+        self._procs: set[subprocess.Popen[bytes]] = set()
 
     def map(self, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        with ThreadPoolExecutor(max_workers=min(self.processes, len(jobs)), thread_name_prefix="celery-archive-shard") as pool:
-            return list(pool.map(lambda job: _in_process(step, job), jobs))
+        pool = ThreadPoolExecutor(max_workers=min(self.processes, len(jobs)), thread_name_prefix="celery-archive-shard")
+        try:
+            return list(pool.map(lambda job: self._in_process(step, job), jobs))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(self._procs):
+                proc.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _in_process(self, step: str, job: dict[str, Any]) -> dict[str, Any]:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([sys.executable, "-m", "celery_archive.pipeline.shards", step], stdin=subprocess.PIPE,
+                                    stdout=out, stderr=err)
+            self._procs.add(proc)
+            try:
+                assert proc.stdin is not None
+                with contextlib.suppress(BrokenPipeError):  # (it died at once: its exit says why)
+                    proc.stdin.write(json.dumps(job).encode() + b"\n")
+                    proc.stdin.flush()
+                    while self.stop is not None and proc.poll() is None:
+                        if self.stop.wait(0.2):
+                            proc.stdin.write(b"stop\n")
+                            proc.stdin.flush()
+                            break
+                proc.wait()
+            finally:
+                self._procs.discard(proc)
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()  # type: ignore[union-attr]
+            out.seek(0)
+            err.seek(0)
+            return _answer(step, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
 
 
-def _in_process(step: str, job: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "celery_archive.pipeline.shards", step], input=json.dumps(job),
-                          capture_output=True, text=True)
-    if proc.returncode < 0:
-        raise ArchiveError(f"a {step} process died (signal {-proc.returncode}) before it finished: nothing of it counts; "
+def _answer(step: str, returncode: int, out: str, err: str) -> dict[str, Any]:
+    if returncode < 0:
+        raise ArchiveError(f"a {step} process died (signal {-returncode}) before it finished: nothing of it counts; "
                            "the next run cleans up or finishes this one")
     try:
-        answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise ArchiveError(f"a {step} process failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}") from None
+        raise ArchiveError(f"a {step} process failed (exit {returncode}): {err.strip()[-2000:]}") from None
     if "error" in answer:
         cls = getattr(errors, str(answer.get("class")), ArchiveError)
         raise (cls if isinstance(cls, type) and issubclass(cls, ArchiveError) else ArchiveError)(answer["error"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from celery_archive.sinks import Sink, open_sink
 from celery_archive.spool import spool_dir
 
 _FILES_PER_ATTEMPT = 100_000
+STOP = threading.Event()  # set by SIGTERM/SIGINT in a shard's process (main): its shard takes nothing more
 _DURATIONS = ("older_than", "expiring_within", "result_expires", "max_runtime")
 _PATHS = ("spool_dir", "metrics_file")
 
@@ -159,7 +161,7 @@ def write_shard(job_json: dict[str, Any]) -> dict[str, Any]:
                                    on_put=verifier.submit, first_seq=first_seq(job.shard.index, secrets.randbelow(10_000)))
             try:
                 try:
-                    for cols in batches(source, cfg, cutoff, job.run_id, now, None, None, started, None):
+                    for cols in batches(source, cfg, cutoff, job.run_id, now, None, None, started, STOP):
                         out.selected += cols.num_rows
                         writer.write(cols)
                 except StopEarly as why:
@@ -239,17 +241,33 @@ def entries_of(results: list[ShardResult]) -> list[FileEntry]:
     return [FileEntry.from_json(e) for r in results for e in r.entries]
 
 
+def _stop_when_told() -> None:
+    import sys
+
+    sys.stdin.readline()  # "stop", or the end of stdin: the run that started this process is gone
+    STOP.set()
+
+
 def main() -> None:
-    """``python -m celery_archive.pipeline.shards shard|commit|purge``: the job (JSON) on stdin, its
-    result on stdout, or {"error", "class"} (exit 1)."""
+    """``python -m celery_archive.pipeline.shards shard|commit|purge``: the job (JSON, one line)
+    on stdin, its result on stdout, or {"error", "class"} (exit 1)."""
     import json
+    import signal
     import sys
 
     from celery_archive.errors import ArchiveError
 
+    # A stop asked for (the run writes a line to a shard's stdin, or closes it when it is gone;
+    # Ctrl-C and systemd's SIGTERM reach the whole process group): a shard takes nothing more
+    # and finishes what it took; a commit or a purge goes to its end. Stopping at once is the
+    # run's to do (it kills its shard processes).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: STOP.set())
+    job = json.loads(sys.stdin.readline())
+    threading.Thread(target=_stop_when_told, daemon=True).start()
     step = {"shard": write_shard, "commit": commit_shards, "purge": purge_shard}[sys.argv[1]]
     try:
-        out = step(json.loads(sys.stdin.read()))
+        out = step(job)
     except ArchiveError as exc:
         print(json.dumps({"error": str(exc), "class": type(exc).__name__}))
         sys.exit(1)
