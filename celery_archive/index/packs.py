@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of, run_of_delta
-from celery_archive.crypto import cipher_of
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import index_schema
@@ -71,11 +70,13 @@ def state(sink: Sink) -> IndexState:
 
 def _read(sink: Sink, key: str) -> pa.Table:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from celery_archive.formats.parquet import reader
 
     data = sink.read(key)
-    try:  # ParquetFile, not read_table: that loads pyarrow.dataset (~25 ms of a CLI restore's start-up)
-        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    try:  # not read_table: that loads pyarrow.dataset (~25 ms of a CLI restore's start-up), nor pyarrow.parquet
+        table: pa.Table = reader(pa.BufferReader(data)).read_all(use_threads=False)
+        return table
     except (pa.ArrowException, OSError) as exc:
         raise damaged_index(sink, key, exc) from exc
 
@@ -360,6 +361,8 @@ def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
 
 
 def _located(sink: Sink, spool: Path, files: list[mf.FileEntry]) -> Iterator[pa.Table]:
+    from celery_archive.crypto import cipher_of  # a lookup needs none of it
+
     path = spool / "index-rebuild.data"
     for entry in files:
         download(sink, entry.key, path)
