@@ -17,11 +17,75 @@ INTERRUPTED_MESSAGE = ("stopped at once (a second SIGINT/SIGTERM): nothing unver
 _ANSI = r"\033\[[0-?]*[ -/]*[@-~]"  # click's: codes stripped when the stream is not a terminal
 
 
+_I64, _U64 = -(1 << 63), (1 << 64) - 1  # orjson's integers
+
+
+class _Orjson(Exception):
+    """A value the standard library's json would not give exactly as orjson does."""
+
+
+def _exact(value: Any) -> None:
+    """Raise _Orjson unless ``value`` is made only of what json.dumps writes byte for byte as
+    orjson.dumps does (checked for every code point in strings): dicts with str keys, lists,
+    str, 64-bit ints, bools, None. Floats are not (their exponents are written otherwise)."""
+    kind = type(value)
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Orjson
+            _exact(v)
+    elif kind is list:
+        for v in value:
+            _exact(v)
+    elif kind is int:
+        if not _I64 <= value <= _U64:
+            raise _Orjson
+    elif value is not None and kind is not str and kind is not bool:
+        raise _Orjson
+
+
 def json_line(obj: dict[str, Any]) -> str:
-    """What ``--json`` prints for one object (one line)."""
+    """What ``--json`` prints for one object (one line): orjson's bytes. The standard library
+    writes them when it gives exactly those (``_exact``), so that a restore by id need not
+    load orjson, which imports dataclasses and inspect (~10 ms of the command's start-up)."""
+    try:
+        _exact(obj)
+    except (_Orjson, RecursionError):
+        import orjson
+
+        return orjson.dumps(obj).decode()
+    import json
+
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _no_float(_text: str) -> Any:
+    raise _Orjson
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not _I64 <= value <= _U64:
+        raise _Orjson  # orjson reads it as a float
+    return value
+
+
+def json_value(text: str) -> Any:
+    """``orjson.loads(text)``, by the standard library's json when that gives the same value:
+    no floats, NaN or Infinity, integers of 64 bits, no escaped surrogates (orjson refuses a
+    lone one); anything else, a syntax error included, is orjson's to read (or refuse)."""
+    import re
+
+    if not re.search(r"\\u[dD][89a-fA-F]", text):  # a surrogate escaped (or a backslash before "ud8...": orjson reads it)
+        import json
+
+        try:
+            return json.loads(text, parse_float=_no_float, parse_int=_int64, parse_constant=_no_float)
+        except Exception:  # noqa: BLE001 - orjson reads it below, or raises what it raises
+            pass
     import orjson
 
-    return orjson.dumps(obj).decode()
+    return orjson.loads(text)
 
 
 def report_failure(command: str, error: str, error_type: str, code: int, as_json: bool, problems: list[str],

@@ -9,9 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from celery_archive.cli.output import json_line
+from celery_archive.cli.output import json_line, json_value
 
 if TYPE_CHECKING:
     from celery_archive.sinks import Sink
@@ -30,7 +28,7 @@ def record_json(rec: dict[str, Any]) -> dict[str, Any]:
     for name in _SHOWN:
         value = rec.get(name)
         if name in _JSON_TEXT and isinstance(value, str):
-            value = orjson.loads(value)
+            value = json_value(value)
         elif isinstance(value, dt.datetime):
             value = value.isoformat() + "Z"
         out[name] = value

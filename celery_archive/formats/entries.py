@@ -3,7 +3,6 @@ a file's contents to what was extracted into it."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.schemas import INDEX_VERSION, arrow_schema
@@ -60,6 +59,8 @@ def feed_ids(h: Any, kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.Ch
 def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
     """sha256 of the ``kind:task_id`` lines, newline-terminated, in file order: which results a
     file holds, in the order they were extracted into it."""
+    import hashlib  # not for a lookup
+
     h = hashlib.sha256()
     feed_ids(h, kind, task_id)
     return h.hexdigest()

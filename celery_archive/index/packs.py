@@ -18,9 +18,8 @@ from __future__ import annotations
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of, run_of_delta
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
@@ -44,8 +43,7 @@ def bucket_of(task_id: str, buckets: int) -> int:
     return zlib.crc32(task_id.encode()) % buckets
 
 
-@dataclass(frozen=True)
-class IndexState:
+class IndexState(NamedTuple):  # NamedTuples, not dataclasses: a lookup need not import those (sinks/base.py)
     generation: int  # 0: never compacted
     buckets: int
     deltas: tuple[str, ...]  # run files in the log, not yet compacted
@@ -206,8 +204,7 @@ class DeltaWriter:
         self._path.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class CompactReport:
+class CompactReport(NamedTuple):
     generation: int
     buckets: int
     entries: int

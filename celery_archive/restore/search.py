@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from celery_archive.archive.layout import run_id_of
 from celery_archive.errors import ArchiveError, NotArchivedError, ObjectNotFoundError, SinkError
@@ -47,10 +46,9 @@ class CountingSink:
         return self._sink.list(prefix)
 
 
-@dataclass
-class Found:
-    records: list[dict[str, Any]] = field(default_factory=list)  # one per (id, kind): the latest archived
-    missing: list[str] = field(default_factory=list)
+class Found(NamedTuple):  # NamedTuples, not dataclasses: a lookup need not import those (sinks/base.py)
+    records: list[dict[str, Any]]  # one per (id, kind): the latest archived
+    missing: list[str]
     reads: int = 0  # object reads (index and data)
     lists: int = 0
 
@@ -164,8 +162,7 @@ def damaged_file(sink: Sink, key: str, exc: Exception) -> SinkError:
                      "replaced from a copy of the archive")
 
 
-@dataclass(frozen=True)
-class RestoreReport:
+class RestoreReport(NamedTuple):
     into: str
     found: int
     restored: int
@@ -175,9 +172,7 @@ class RestoreReport:
     reads: int
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {"command": "restore", **asdict(self)}
+        return {"command": "restore", **self._asdict()}
 
 
 def records_for(sink: Sink, spool: Path, task_ids: Sequence[str], columns: Sequence[str] | None = None,
@@ -188,7 +183,7 @@ def records_for(sink: Sink, spool: Path, task_ids: Sequence[str], columns: Seque
     if task_ids:
         found = find(sink, task_ids, columns)
         return iter([found.records] if found.records else []), found
-    return select(sink, spool, **filters), Found()
+    return select(sink, spool, **filters), Found([], [])
 
 
 def restore_into(sink: Sink, target: Target, spool: Path, task_ids: Sequence[str], on_conflict: str = "skip",
