@@ -117,3 +117,48 @@ def test_any_other_command_line_goes_to_click(sinks: dict[str, str], args: list[
     assert "click" in modules and code == exit_code, (out + err).decode()[-2000:]
     if "-h" in args or "--help" in args:
         assert out.startswith(b"Usage: celery-archive restore")
+
+
+def test_json_lines_are_orjsons_bytes_whoever_writes_them() -> None:
+    """The standard library writes and reads a restore's JSON only where it gives orjson's
+    bytes and values exactly; floats, big integers, NaN and escaped surrogates go to orjson."""
+    import random
+
+    import orjson
+
+    from celery_archive.cli.output import json_line, json_value
+
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert json_line({"s": every, every: [every]}) == orjson.dumps({"s": every, every: [every]}).decode()
+    for text in ('"\\ud800"', "NaN", "[1e400]", "[1,2", '{"a":1}x', '"\\u0000\\ud83d\\ude00"', "18446744073709551616", "-0",
+                 '{"a":1,"a":[2.5,-0.0,1e-7,1e16,3]}', "[" * 1100 + "]" * 1100, '"\\\\ud800"'):
+        try:
+            want: Any = ("value", orjson.loads(text))
+        except orjson.JSONDecodeError:
+            want = ("refused", None)
+        try:
+            got: Any = ("value", json_value(text))
+        except orjson.JSONDecodeError:
+            got = ("refused", None)
+        assert repr(got) == repr(want), text[:40]
+        if want[0] == "value":
+            assert json_line({"v": got[1]}) == orjson.dumps({"v": want[1]}).decode()
+    rnd = random.Random(20)
+
+    def value(depth: int = 0) -> Any:
+        pick = rnd.random()
+        if depth > 3 or pick < 0.4:
+            return rnd.choice([None, True, False, rnd.randrange(-2**65, 2**65), rnd.randrange(100), rnd.uniform(-1e20, 1e20),
+                               10 ** rnd.uniform(-30, 30), "".join(chr(rnd.choice([rnd.randrange(128), rnd.randrange(0xD7FF),
+                                                                               rnd.randrange(0xE000, 0x110000)])) for _ in range(4))])
+        if pick < 0.7:
+            return [value(depth + 1) for _ in range(rnd.randrange(4))]
+        return {str(rnd.random()): value(depth + 1) for _ in range(rnd.randrange(4))}
+
+    for _ in range(5000):
+        try:
+            text = orjson.dumps(value()).decode()
+        except TypeError:  # an integer orjson does not write
+            continue
+        assert repr(json_value(text)) == repr(orjson.loads(text)), text
+        assert json_line({"v": json_value(text), "t": text}) == orjson.dumps({"v": orjson.loads(text), "t": text}).decode()
