@@ -162,3 +162,18 @@ def test_json_lines_are_orjsons_bytes_whoever_writes_them() -> None:
             continue
         assert repr(json_value(text)) == repr(orjson.loads(text)), text
         assert json_line({"v": json_value(text), "t": text}) == orjson.dumps({"v": orjson.loads(text), "t": text}).decode()
+
+
+def test_a_lookup_by_id_writes_nothing_to_the_archive(tmp_path: Path) -> None:
+    """No staging directory is made for it (only a selection by run, date or name stages data
+    files), so an archive the command may only read is enough."""
+    import shutil
+
+    from conftest import ROOT
+
+    sink = tmp_path / "archive"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "archive-v1", sink)
+    before = sorted(p.relative_to(sink) for p in sink.rglob("*"))
+    (code, out, _), _ = both("restore", "ok-3", "fail-1", "--sink", str(sink), "--json")
+    assert code == 0 and [json.loads(line)["task_id"] for line in out.splitlines()] == ["ok-3", "fail-1"]
+    assert sorted(p.relative_to(sink) for p in sink.rglob("*")) == before

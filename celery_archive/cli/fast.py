@@ -61,7 +61,6 @@ def restore_by_id(argv: list[str]) -> int | None:
         return None
     task_ids, url, as_json = shape
     import errno
-    from pathlib import Path
 
     from celery_archive.cli.output import INTERRUPTED, INTERRUPTED_MESSAGE, echo, report_failure
     from celery_archive.errors import ArchiveError
@@ -70,12 +69,9 @@ def restore_by_id(argv: list[str]) -> int | None:
         try:
             from celery_archive.cli.shown import print_records
             from celery_archive.sinks import open_sink
-            from celery_archive.spool import spool_dir
 
             filters = {"run_id": None, "since": None, "until": None, "names": ()}  # as the command has them
-            archive = open_sink(url)
-            with spool_dir(archive.spool_root()) as tmp:
-                print_records(archive, Path(tmp), task_ids, filters, as_json, echo)
+            print_records(open_sink(url), None, task_ids, filters, as_json, echo)  # no spool: as the command, by id
         except ArchiveError as exc:
             report_failure("restore", str(exc), type(exc).__name__, exc.exit_code, as_json, getattr(exc, "problems", []), echo)
             return exc.exit_code

@@ -3,6 +3,7 @@ or put them back into a result backend, and keep the restore index."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,13 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
                                                       else parse_duration(result_expires, "--result-expires"))
         target = open_target(TargetConfig(into, expires or None, serializer, key_prefix, t_name, g_name,
                                           t_schema or None, g_schema or None, master_name))
-    with make_spool(spool_dir or archive.spool_root()) as tmp:
+    # a staging directory only for a selection: a lookup by id reads through the index (no
+    # spool to make, to sweep and remove, so it needs no write access to the archive)
+    with make_spool(spool_dir or archive.spool_root()) if not task_ids else contextlib.nullcontext() as tmp:
+        spool = None if tmp is None else Path(tmp)
         if target is not None:
             try:
-                report = restore_into(archive, target, Path(tmp), task_ids, on_conflict, **filters)
+                report = restore_into(archive, target, spool, task_ids, on_conflict, **filters)
             finally:
                 target.close()
             if as_json:
@@ -97,7 +101,7 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
                            + (f"; skipped {report.skipped:,} already there (--on-conflict overwrite replaces them)" if report.skipped else "")
                            + (f"; replaced {report.overwritten:,}" if report.overwritten else ""))
             return
-        print_records(archive, Path(tmp), task_ids, filters, as_json, click.echo)
+        print_records(archive, spool, task_ids, filters, as_json, click.echo)
 
 
 @main.group()

@@ -49,7 +49,7 @@ def _show(rec: dict[str, Any], echo: Echo) -> None:
         echo(f"  {name:<15} " + text.replace("\n", "\n" + " " * 18))
 
 
-def print_records(archive: Sink, spool: Path, task_ids: Sequence[str], filters: dict[str, Any], as_json: bool, echo: Echo) -> None:
+def print_records(archive: Sink, spool: Path | None, task_ids: Sequence[str], filters: dict[str, Any], as_json: bool, echo: Echo) -> None:
     """Print the archived results of ``task_ids`` (or, without ids, those ``filters`` choose);
     NotArchivedError, after the others are printed, when an id is not in the archive."""
     from celery_archive.errors import NotArchivedError

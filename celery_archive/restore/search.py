@@ -175,18 +175,20 @@ class RestoreReport(NamedTuple):
         return {"command": "restore", **self._asdict()}
 
 
-def records_for(sink: Sink, spool: Path, task_ids: Sequence[str], columns: Sequence[str] | None = None,
+def records_for(sink: Sink, spool: Path | None, task_ids: Sequence[str], columns: Sequence[str] | None = None,
                 **filters: Any) -> tuple[Iterator[list[dict[str, Any]]], Found]:
     """Batches of records: of ``task_ids`` (through the index: only ``columns`` of them, when
     given) or, without ids, of the run / date range / names in ``filters`` (from the data
-    files). The Found tells what was missed."""
+    files, staged in ``spool``: a lookup by id needs none). The Found tells what was missed."""
     if task_ids:
         found = find(sink, task_ids, columns)
         return iter([found.records] if found.records else []), found
+    if spool is None:
+        raise TypeError("a selection by run, date or name stages data files: give it a spool directory")
     return select(sink, spool, **filters), Found([], [])
 
 
-def restore_into(sink: Sink, target: Target, spool: Path, task_ids: Sequence[str], on_conflict: str = "skip",
+def restore_into(sink: Sink, target: Target, spool: Path | None, task_ids: Sequence[str], on_conflict: str = "skip",
                  **filters: Any) -> RestoreReport:
     """Put archived results back into ``target``; nothing is written if an id is missing."""
     from celery_archive.backends import PutReport
