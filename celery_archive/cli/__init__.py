@@ -12,11 +12,11 @@ def entry() -> None:
     """The console script: a restore by id without click (``fast.py``), anything else through click."""
     import sys
 
-    from celery_archive.cli.fast import restore_by_id
+    from celery_archive.cli.fast import exit_now, restore_by_id
 
     code = restore_by_id(sys.argv[1:])
     if code is not None:
-        sys.exit(code)
+        exit_now(code)
     from celery_archive.cli import base
 
     base.CONSOLE_SCRIPT = True

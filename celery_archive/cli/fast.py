@@ -53,6 +53,26 @@ def restore_shape(argv: list[str]) -> tuple[list[str], str, bool] | None:
     return ids, sink, as_json
 
 
+def exit_now(code: int) -> None:
+    """End the console script's process with ``code`` once its exit handlers have run and its
+    output is flushed, without tearing the interpreter down: freeing every module and pyarrow's
+    objects one by one costs a restore ~20 ms after it has printed everything. With another
+    Python thread alive, or output that will not flush, the process exits as usual."""
+    import atexit
+    import threading
+
+    if threading.active_count() == 1:
+        atexit._run_exitfuncs()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        else:
+            os._exit(code)
+    sys.exit(code)
+
+
 def restore_by_id(argv: list[str]) -> int | None:
     """Run ``argv`` (the arguments after the program's name) if it is a restore by id; its
     exit code, or None when it is anything else (the click command runs it)."""
