@@ -186,7 +186,10 @@ def fetch(sink: Sink, key: str, found: list[dict[str, Any]], columns: Sequence[s
         first = next(e for e in found if e["block"] == block)
         pieces[first["offset"]] = sink.read(key, first["offset"], first["length"])
         r = reader(RangeReader(size, _served(pieces)), metadata, decryption, pre_buffer=False)
-        present = None if columns is None else [r.column_name_idx(c) for c in columns if c in r.schema_arrow.names]
+        present = None
+        if columns is not None:  # only those (a file of an earlier record version lacks some)
+            names = set(r.schema_arrow.names)
+            present = [r.column_name_idx(c) for c in columns if c in names]
         group = r.read_row_group(block, column_indices=present, use_threads=False)  # slices, not take(): that loads pyarrow.compute (~60 ms of a CLI restore)
         parts += [group.slice(e["row"], 1) for e in found if e["block"] == block]
         del pieces[first["offset"]]

@@ -15,7 +15,6 @@ object stays write-once, and a reader that raced a compaction simply lists again
 
 from __future__ import annotations
 
-import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -219,6 +218,8 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
     """Merge the log's run files and the current packs into a new pack generation (or, with
     ``rebuilt`` = (entries, how many), replace the whole index with those). Call under the
     archive's lease. Readers see the old generation until the new one's marker exists."""
+    import shutil  # here: a lookup needs none of it (~3 ms of a CLI restore)
+
     st = state(sink)
     _drop_unfinished(sink, st)
     if rebuilt is None and not st.deltas and st.generation:
