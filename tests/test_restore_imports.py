@@ -177,3 +177,17 @@ def test_a_lookup_by_id_writes_nothing_to_the_archive(tmp_path: Path) -> None:
     (code, out, _), _ = both("restore", "ok-3", "fail-1", "--sink", str(sink), "--json")
     assert code == 0 and [json.loads(line)["task_id"] for line in out.splitlines()] == ["ok-3", "fail-1"]
     assert sorted(p.relative_to(sink) for p in sink.rglob("*")) == before
+
+
+def test_on_s3_too(sqlite_url: str, s3_bucket: str) -> None:
+    """An S3 sink (moto's server, real HTTP) through the same path: what the click command prints."""
+    app = celery_app(sqlite_url)
+    write_sql_results(app)
+    age_rows(sqlite_url, 40)
+    sink = f"s3://{s3_bucket}/prod"
+    assert archive(sqlite_url, sink).archived > 25
+    (code, out, err), modules = both("restore", "ok-3", "fail-1", "--sink", sink, "--json")
+    assert code == 0 and [json.loads(line)["task_id"] for line in out.splitlines()] == ["ok-3", "fail-1"], err
+    assert "click" not in modules and "boto3" in modules
+    (code, out, err), _ = both("restore", "ok-3", "nope", "--sink", sink)
+    assert code == 5 and b"not in the archive at s3://" in err
