@@ -148,13 +148,14 @@ def _served(pieces: dict[int, bytes]) -> Callable[[int, int], bytes]:
 
 
 def reader(source: Any, metadata: Any = None, decryption: Any = None, pre_buffer: bool = True) -> Any:
-    """pyarrow's Parquet reader of ``source`` (a file object or an Arrow buffer reader) as
-    ``pq.ParquetFile`` opens it, without importing pyarrow.parquet: that loads pyarrow.fs and
-    with it the S3, Azure and HDFS file systems and OpenSSL (~20 ms of a CLI restore)."""
+    """pyarrow's Parquet reader of ``source`` (a file object or an Arrow buffer reader), the one
+    ``pq.ParquetFile`` wraps, without importing pyarrow.parquet: that loads pyarrow.fs and with
+    it the S3, Azure and HDFS file systems and OpenSSL (~20 ms of a CLI restore). Its options are
+    those of every pyarrow from 15 on (the archive's files hold no Arrow extension types)."""
     from pyarrow._parquet import ParquetReader
 
     r = ParquetReader()
-    r.open(source, metadata=metadata, pre_buffer=pre_buffer, decryption_properties=decryption, arrow_extensions_enabled=True)
+    r.open(source, metadata=metadata, pre_buffer=pre_buffer, decryption_properties=decryption)
     return r
 
 
