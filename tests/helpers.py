@@ -22,6 +22,16 @@ from celery_archive.pipeline.run import RunReport
 REDIS_URL = os.environ.get("CA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+# Run as the console script runs, reporting at exit (on stderr's last line) what the process had imported.
+IMPORTS_PROBE = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = ["celery-archive", *sys.argv[1:]]
+from celery_archive.cli import entry
+entry()
+"""
+
+
 def later(seconds: float = 5) -> dt.datetime:
     """An instant ``seconds`` from now (aware UTC): a run given ``now=later()`` counts ages as
     if that much time had passed since the results were written, without waiting for it."""

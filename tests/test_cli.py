@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_ADMIN, ROOT, age_rows, celery_app, cli, table_rows
+from helpers import IMPORTS_PROBE
 
 from celery_archive.cli import main
 
@@ -207,16 +208,6 @@ def test_every_command_is_where_the_console_script_looks_for_it() -> None:
         assert main.commands[name].callback.__module__ == COMMAND_MODULES[name], name  # type: ignore[union-attr]
 
 
-# Run as the console script runs, reporting at exit what the process had imported.
-_IMPORTS_PROBE = """
-import atexit, json, sys
-atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
-sys.argv = ["celery-archive", *sys.argv[1:]]
-from celery_archive.cli import entry
-entry()
-"""
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_a_restore_by_id_loads_only_what_a_lookup_needs(tmp_path: Path, fmt: str) -> None:
     """``celery-archive restore ID`` starts fast: no other command's code, no backend driver,
@@ -230,7 +221,7 @@ def test_a_restore_by_id_loads_only_what_a_lookup_needs(tmp_path: Path, fmt: str
     shutil.copytree(ROOT / "tests" / "fixtures" / "archive-v1", sink)
     entries = pq.read_table(sorted((sink / "index" / "log").glob("*.parquet"))[0 if fmt == "jsonl" else 1]).to_pylist()
     entry = next(e for e in entries if e["key"].endswith(".parquet" if fmt == "parquet" else ".jsonl.zst"))
-    proc = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "restore", entry["task_id"], "--sink", str(sink), "--json"],
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, "restore", entry["task_id"], "--sink", str(sink), "--json"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["task_id"] == entry["task_id"]

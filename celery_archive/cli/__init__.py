@@ -9,7 +9,14 @@ from typing import Any
 
 
 def entry() -> None:
-    """The console script."""
+    """The console script: a restore by id without click (``fast.py``), anything else through click."""
+    import sys
+
+    from celery_archive.cli.fast import exit_now, restore_by_id
+
+    code = restore_by_id(sys.argv[1:])
+    if code is not None:
+        exit_now(code)
     from celery_archive.cli import base
 
     base.CONSOLE_SCRIPT = True

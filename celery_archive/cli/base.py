@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import orjson
 
+from celery_archive.cli.output import INTERRUPTED, INTERRUPTED_MESSAGE, json_line, report_failure
 from celery_archive.errors import ArchiveError
 from celery_archive.version import __version__
 
@@ -32,17 +32,11 @@ sink_option = click.option("--sink", required=True, metavar="URL", envvar="CELER
 
 
 def emit(obj: dict[str, Any]) -> None:
-    click.echo(orjson.dumps(obj).decode())
-
-
-INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+    click.echo(json_line(obj))
 
 
 def fail(command: str, error: str, error_type: str, code: int, as_json: bool, problems: list[str]) -> NoReturn:
-    if as_json:
-        emit({"command": command, "ok": False, "error": error, "error_type": error_type, "exit_code": code, "problems": problems})
-    else:
-        click.echo(f"error: {error}", err=True)
+    report_failure(command, error, error_type, code, as_json, problems, click.echo)
     sys.exit(code)
 
 
@@ -171,8 +165,7 @@ def handle_errors(command: str, heavy: bool = False) -> Callable[[F], F]:
             except ArchiveError as exc:
                 fail(command, str(exc), type(exc).__name__, exc.exit_code, kwargs.get("as_json", False), getattr(exc, "problems", []))
             except KeyboardInterrupt:
-                fail(command, "stopped at once (a second SIGINT/SIGTERM): nothing unverified was deleted from the backend; "
-                     "the next run finishes or cleans up what this one left", "Interrupted", INTERRUPTED, kwargs.get("as_json", False), [])
+                fail(command, INTERRUPTED_MESSAGE, "Interrupted", INTERRUPTED, kwargs.get("as_json", False), [])
 
         return inner  # type: ignore[return-value]
 

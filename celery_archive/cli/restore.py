@@ -3,21 +3,16 @@ or put them back into a result backend, and keep the restore index."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from celery_archive.cli.base import emit, handle_errors, json_option, main, sink_option
 from celery_archive.config import is_duration, parse_duration
-from celery_archive.errors import ConfigError, NotArchivedError
-
-_JSON_TEXT = ("result", "args", "kwargs", "children")
-_SHOWN = ("task_id", "kind", "status", "name", "date_done", "worker", "retries", "queue", "group_id", "parent_id",
-          "args", "kwargs", "result", "children", "traceback", "decode_error", "content_type", "compression",
-          "storage_format", "source", "run_id", "archived_at", "archive_key")
+from celery_archive.errors import ConfigError
 
 
 def _when(value: str | None, option: str) -> dt.datetime | None:
@@ -35,32 +30,6 @@ def _when(value: str | None, option: str) -> dt.datetime | None:
         raise ConfigError(f"{option} {value!r}: give a date (2026-01-31), a UTC time (2026-01-31T12:00) or an age (30d)")
     age = parse_duration(value, option)  # an age too long to reach back is named as such
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - age
-
-
-def _as_json(rec: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"command": "restore", "found": True}
-    for name in _SHOWN:
-        value = rec.get(name)
-        if name in _JSON_TEXT and isinstance(value, str):
-            value = orjson.loads(value)
-        elif isinstance(value, dt.datetime):
-            value = value.isoformat() + "Z"
-        out[name] = value
-    return out
-
-
-def _show(rec: dict[str, Any]) -> None:
-    click.echo(f"{rec['kind']} {rec['task_id']}  {rec['status'] or ''}  {rec['name'] or ''}".rstrip())
-    for name in _SHOWN[4:]:
-        value = rec.get(name)
-        if value is None or name in ("retries", "queue"):
-            continue
-        if name == "worker":
-            value = f"{value} (retries {rec['retries']}, queue {rec['queue']})"
-        elif isinstance(value, dt.datetime):
-            value = value.isoformat() + "Z"
-        text = str(value).rstrip()
-        click.echo(f"  {name:<15} " + text.replace("\n", "\n" + " " * 18))
 
 
 @main.command()
@@ -95,7 +64,8 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
     celery-archive restore 0f3c...e9 7a1b...c2 --sink /var/archive --into redis://host:6379/0
     celery-archive restore --run RUN_ID --sink /var/archive --into db+postgresql://...
     """
-    from celery_archive.restore.search import missing_message, records_for, restore_into
+    from celery_archive.cli.shown import print_records
+    from celery_archive.restore.search import restore_into
     from celery_archive.sinks import open_sink
     from celery_archive.spool import spool_dir as make_spool
 
@@ -115,10 +85,13 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
                                                       else parse_duration(result_expires, "--result-expires"))
         target = open_target(TargetConfig(into, expires or None, serializer, key_prefix, t_name, g_name,
                                           t_schema or None, g_schema or None, master_name))
-    with make_spool(spool_dir or archive.spool_root()) as tmp:
+    # a staging directory only for a selection: a lookup by id reads through the index (no
+    # spool to make, to sweep and remove, so it needs no write access to the archive)
+    with make_spool(spool_dir or archive.spool_root()) if not task_ids else contextlib.nullcontext() as tmp:
+        spool = None if tmp is None else Path(tmp)
         if target is not None:
             try:
-                report = restore_into(archive, target, Path(tmp), task_ids, on_conflict, **filters)
+                report = restore_into(archive, target, spool, task_ids, on_conflict, **filters)
             finally:
                 target.close()
             if as_json:
@@ -128,22 +101,7 @@ def restore(task_ids: tuple[str, ...], sink: str, run_id: str | None, since: str
                            + (f"; skipped {report.skipped:,} already there (--on-conflict overwrite replaces them)" if report.skipped else "")
                            + (f"; replaced {report.overwritten:,}" if report.overwritten else ""))
             return
-        batches, found = records_for(archive, Path(tmp), task_ids, **filters)
-        shown = 0
-        for batch in batches:
-            for rec in batch:
-                shown += 1
-                if as_json:
-                    emit(_as_json(rec))
-                else:
-                    _show(rec)
-        for tid in found.missing:
-            if as_json:
-                emit({"command": "restore", "found": False, "task_id": tid, "error": "not in the archive"})
-        if found.missing:
-            raise NotArchivedError(missing_message(found.missing, archive))
-        if not shown and not as_json:
-            click.echo(f"no archived results match in {archive.url}")
+        print_records(archive, spool, task_ids, filters, as_json, click.echo)
 
 
 @main.group()

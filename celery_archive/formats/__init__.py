@@ -7,8 +7,9 @@
 * ``first_record(path, compression, columns, cipher)``: one record (what a file holds, for a rebuilt manifest);
 * ``locate_batches(path, key, compression, cipher)``: restore index entries (``entries.index_schema``) for
   every record, in file order, in tables of a bounded size;
-* ``fetch(sink, key, entries)``: the records at those entries, read by ranges from the sink (an
-  encrypted file's key from the sink: ``crypto.cipher_at``).
+* ``fetch(sink, key, entries, columns)``: the records at those entries, read by ranges from the sink (an
+  encrypted file's key from the sink: ``crypto.cipher_at``); with ``columns``, a format may decode only
+  those (the others may come back null).
 
 ``cipher`` is the file's ``crypto.Cipher`` when it is encrypted (``crypto.cipher_of``), else None.
 
@@ -81,7 +82,8 @@ def locate(path: Path, key: str, fmt: str, compression: str | None, cipher: Ciph
     return pa.concat_tables(tables) if tables else index_schema().empty_table()
 
 
-def fetch(sink: Sink, key: str, entries: list[dict[str, Any]]) -> pa.Table:
-    """The records at ``entries`` (index entries of data file ``key``) as a record table."""
-    table: pa.Table = module(format_of(key)).fetch(sink, key, entries)
-    return table
+def fetch(sink: Sink, key: str, entries: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pa.Table:
+    """The records at ``entries`` (index entries of data file ``key``) as a record table (of
+    ``columns`` only, when given)."""
+    table: pa.Table = module(format_of(key)).fetch(sink, key, entries, columns)
+    return table if columns is None else table.select(list(columns))

@@ -3,7 +3,6 @@ a file's contents to what was extracted into it."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from celery_archive.schemas import INDEX_VERSION, arrow_schema
@@ -31,12 +30,15 @@ def entries(cols: dict[str, Any], n: int | None = None) -> pa.Table:
 
 
 def naive(table: pa.Table) -> pa.Table:
-    """Timestamps with a zone as the same instants in naive UTC (how the pipeline compares them)."""
+    """Timestamps with a zone as the same instants in naive UTC (how the pipeline compares them).
+    A view of the same values (they are UTC either way), not a cast: that loads pyarrow.compute,
+    and Python datetimes with a zone load zoneinfo (~60 and ~5 ms of a CLI restore)."""
     import pyarrow as pa
 
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
+            to = pa.timestamp(field.type.unit)
+            table = table.set_column(i, field.name, pa.chunked_array([c.view(to) for c in table.column(i).chunks], to))
     return table
 
 
@@ -57,6 +59,8 @@ def feed_ids(h: Any, kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.Ch
 def ids_digest(kind: pa.Array | pa.ChunkedArray, task_id: pa.Array | pa.ChunkedArray) -> str:
     """sha256 of the ``kind:task_id`` lines, newline-terminated, in file order: which results a
     file holds, in the order they were extracted into it."""
+    import hashlib  # not for a lookup
+
     h = hashlib.sha256()
     feed_ids(h, kind, task_id)
     return h.hexdigest()

@@ -278,14 +278,16 @@ def frames(f: BinaryIO, compression: str) -> Iterator[tuple[int, int, list[bytes
 
 
 
-def fetch(sink: Sink, key: str, found: list[dict[str, Any]]) -> pa.Table:
+def fetch(sink: Sink, key: str, found: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pa.Table:
     compression = compression_of(key)
     by_block: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for e in found:
         by_block.setdefault((e["offset"], e["length"]), []).append(e)
-    from celery_archive.crypto import cipher_at
+    cipher = None
+    if found[0]["footer_length"]:  # it points at the header: encrypted (the crypto modules only then)
+        from celery_archive.crypto import cipher_at
 
-    cipher = cipher_at(sink, key, encrypted=bool(found[0]["footer_length"]))  # it points at the header
+        cipher = cipher_at(sink, key, encrypted=True)
     lines: list[bytes] = []
     for (offset, length), group in by_block.items():
         data = sink.read(key, offset, length)

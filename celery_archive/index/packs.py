@@ -15,15 +15,12 @@ object stays write-once, and a reader that raced a compaction simply lists again
 
 from __future__ import annotations
 
-import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery_archive.archive.layout import INDEX_LOG, INDEX_PACKS, delta_key, pack_key, pack_marker_key, run_id_of, run_of_delta
-from celery_archive.crypto import cipher_of
 from celery_archive.errors import ObjectExistsError, ObjectNotFoundError, SinkError
 from celery_archive.formats import locate_batches
 from celery_archive.formats.entries import index_schema
@@ -45,8 +42,7 @@ def bucket_of(task_id: str, buckets: int) -> int:
     return zlib.crc32(task_id.encode()) % buckets
 
 
-@dataclass(frozen=True)
-class IndexState:
+class IndexState(NamedTuple):  # NamedTuples, not dataclasses: a lookup need not import those (sinks/base.py)
     generation: int  # 0: never compacted
     buckets: int
     deltas: tuple[str, ...]  # run files in the log, not yet compacted
@@ -71,11 +67,13 @@ def state(sink: Sink) -> IndexState:
 
 def _read(sink: Sink, key: str) -> pa.Table:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from celery_archive.formats.parquet import reader
 
     data = sink.read(key)
-    try:  # ParquetFile, not read_table: that loads pyarrow.dataset (~25 ms of a CLI restore's start-up)
-        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    try:  # not read_table: that loads pyarrow.dataset (~25 ms of a CLI restore's start-up), nor pyarrow.parquet
+        table: pa.Table = reader(pa.BufferReader(data)).read_all(use_threads=False)
+        return table
     except (pa.ArrowException, OSError) as exc:
         raise damaged_index(sink, key, exc) from exc
 
@@ -205,8 +203,7 @@ class DeltaWriter:
         self._path.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class CompactReport:
+class CompactReport(NamedTuple):
     generation: int
     buckets: int
     entries: int
@@ -221,6 +218,8 @@ def compact(sink: Sink, spool: Path, rebuilt: tuple[Iterable[pa.Table], int] | N
     """Merge the log's run files and the current packs into a new pack generation (or, with
     ``rebuilt`` = (entries, how many), replace the whole index with those). Call under the
     archive's lease. Readers see the old generation until the new one's marker exists."""
+    import shutil  # here: a lookup needs none of it (~3 ms of a CLI restore)
+
     st = state(sink)
     _drop_unfinished(sink, st)
     if rebuilt is None and not st.deltas and st.generation:
@@ -360,6 +359,8 @@ def located(sink: Sink, spool: Path) -> tuple[Iterator[pa.Table], int]:
 
 
 def _located(sink: Sink, spool: Path, files: list[mf.FileEntry]) -> Iterator[pa.Table]:
+    from celery_archive.crypto import cipher_of  # a lookup needs none of it
+
     path = spool / "index-rebuild.data"
     for entry in files:
         download(sink, entry.key, path)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from celery_archive.archive.layout import run_id_of
-from celery_archive.crypto import cipher_of
 from celery_archive.errors import ArchiveError, NotArchivedError, ObjectNotFoundError, SinkError
 from celery_archive.formats import fetch, read_tables
+from celery_archive.formats.entries import naive
 from celery_archive.index.packs import lookup
 from celery_archive.schemas import field_names
 from celery_archive.sinks import download
@@ -47,10 +46,9 @@ class CountingSink:
         return self._sink.list(prefix)
 
 
-@dataclass
-class Found:
-    records: list[dict[str, Any]] = field(default_factory=list)  # one per (id, kind): the latest archived
-    missing: list[str] = field(default_factory=list)
+class Found(NamedTuple):  # NamedTuples, not dataclasses: a lookup need not import those (sinks/base.py)
+    records: list[dict[str, Any]]  # one per (id, kind): the latest archived
+    missing: list[str]
     reads: int = 0  # object reads (index and data)
     lists: int = 0
 
@@ -65,9 +63,10 @@ def _plain(rec: dict[str, Any], key: str) -> dict[str, Any]:
     return rec
 
 
-def find(sink: Sink | str, task_ids: Sequence[str]) -> Found:
+def find(sink: Sink | str, task_ids: Sequence[str], columns: Sequence[str] | None = None) -> Found:
     """The archived records of ``task_ids`` (``sink``: a Sink or its URL); ids not in the
-    index are in ``missing``."""
+    index are in ``missing``. With ``columns`` (which must hold task_id and kind), only those
+    fields are read (and ``archive_key``)."""
     if isinstance(sink, str):
         from celery_archive.sinks import open_sink
 
@@ -86,14 +85,14 @@ def find(sink: Sink | str, task_ids: Sequence[str]) -> Found:
     records = []
     for key, group in sorted(by_key.items()):
         try:
-            table = fetch(counting, key, group)
+            table = fetch(counting, key, group, columns)
         except ObjectNotFoundError as exc:
             raise missing_file(sink, key) from exc
         except ArchiveError:  # a storage failure, key material missing or refused: it says so itself
             raise
         except Exception as exc:
             raise damaged_file(sink, key, exc) from exc
-        records += [_plain(r, key) for r in table.to_pylist()]
+        records += [_plain(r, key) for r in naive(table).to_pylist()]
     order = {t: i for i, t in enumerate(task_ids)}
     records.sort(key=lambda r: (order.get(r["task_id"], 0), r["kind"]))
     missing = [t for t in dict.fromkeys(task_ids) if t not in entries]
@@ -140,6 +139,8 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
 
 
 def _tables(sink: Sink, entry: mf.FileEntry, path: Path) -> Iterator[pa.Table]:
+    from celery_archive.crypto import cipher_of  # not for a lookup by id of a file that is not encrypted
+
     cipher = cipher_of(sink, entry)
     try:
         yield from read_tables(path, entry.format, entry.compression, field_names(), cipher=cipher)
@@ -161,8 +162,7 @@ def damaged_file(sink: Sink, key: str, exc: Exception) -> SinkError:
                      "replaced from a copy of the archive")
 
 
-@dataclass(frozen=True)
-class RestoreReport:
+class RestoreReport(NamedTuple):
     into: str
     found: int
     restored: int
@@ -172,21 +172,23 @@ class RestoreReport:
     reads: int
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {"command": "restore", **asdict(self)}
+        return {"command": "restore", **self._asdict()}
 
 
-def records_for(sink: Sink, spool: Path, task_ids: Sequence[str], **filters: Any) -> tuple[Iterator[list[dict[str, Any]]], Found]:
-    """Batches of records: of ``task_ids`` (through the index) or, without ids, of the run /
-    date range / names in ``filters`` (from the data files). The Found tells what was missed."""
+def records_for(sink: Sink, spool: Path | None, task_ids: Sequence[str], columns: Sequence[str] | None = None,
+                **filters: Any) -> tuple[Iterator[list[dict[str, Any]]], Found]:
+    """Batches of records: of ``task_ids`` (through the index: only ``columns`` of them, when
+    given) or, without ids, of the run / date range / names in ``filters`` (from the data
+    files, staged in ``spool``: a lookup by id needs none). The Found tells what was missed."""
     if task_ids:
-        found = find(sink, task_ids)
+        found = find(sink, task_ids, columns)
         return iter([found.records] if found.records else []), found
-    return select(sink, spool, **filters), Found()
+    if spool is None:
+        raise TypeError("a selection by run, date or name stages data files: give it a spool directory")
+    return select(sink, spool, **filters), Found([], [])
 
 
-def restore_into(sink: Sink, target: Target, spool: Path, task_ids: Sequence[str], on_conflict: str = "skip",
+def restore_into(sink: Sink, target: Target, spool: Path | None, task_ids: Sequence[str], on_conflict: str = "skip",
                  **filters: Any) -> RestoreReport:
     """Put archived results back into ``target``; nothing is written if an id is missing."""
     from celery_archive.backends import PutReport

@@ -34,19 +34,16 @@ sink's root). The contract, which ``tests/test_sink_contract.py`` checks for eve
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from celery_archive.crypto import Encryption
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):  # not a dataclass: its import costs a CLI restore's start-up ~5 ms (inspect)
     key: str
     size: int
 
@@ -83,6 +80,8 @@ class Sink(Protocol):
 
 def download(sink: Sink, key: str, dest: Path) -> tuple[int, str]:
     """Copy an object to the local file ``dest`` in 1 MiB chunks: (bytes, sha256 hex)."""
+    import hashlib  # here: its OpenSSL costs a CLI restore's start-up ~3 ms, and a lookup needs none
+
     h, size = hashlib.sha256(), 0
     with sink.open(key) as src, open(dest, "wb") as out:
         while chunk := src.read(1 << 20):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -53,6 +51,8 @@ class LocalSink:
         target = self._path(key)
         if target.exists():
             raise ObjectExistsError(f"{target} already exists; archive objects are never overwritten")
+        import uuid  # here, as hashlib: a reader needs neither
+
         tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +77,8 @@ class LocalSink:
             return ObjectInfo(key, self._path(key).stat().st_size)
 
         def write(out: BinaryIO) -> None:
+            import hashlib
+
             h = hashlib.sha256()
             with open(path, "rb") as src:
                 while chunk := src.read(1 << 20):

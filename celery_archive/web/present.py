@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from celery_archive.cli.restore import _as_json as restore_json
+from celery_archive.cli.shown import record_json as restore_json
 
 LINKED = {"group_id", "parent_id"}  # fields holding another result's id
 
