@@ -74,7 +74,7 @@ class RunConfig:
     batch_size: int = 10_000
     max_file_bytes: int = 128 * 1024**2
     purge_batch: int = 50_000
-    commit_every: int = 100_000  # results: each such part of a run is committed, then purged while the rest is taken (parts.py)
+    commit_every: int = 50_000  # results: each such part of a run is committed, then purged while the rest is taken (parts.py)
     delete: bool = True
     dry_run: bool = False
     spool_dir: Path | None = None

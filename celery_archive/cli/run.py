@@ -31,7 +31,7 @@ from celery_archive.cli.base import (
 @opt("--compression", key="compression", type=click.Choice(["zstd", "gzip", "snappy", "none"]), default=None,
      help="Data file compression (default: zstd for parquet, none for jsonl).")
 @opt("--max-file-size", key="max_file_size", default="128MiB", show_default=True, metavar="SIZE", help="Roll data files at this size.")
-@opt("--commit-every", key="commit_every", type=click.IntRange(0), default=100_000, show_default=True, metavar="N",
+@opt("--commit-every", key="commit_every", type=click.IntRange(0), default=50_000, show_default=True, metavar="N",
      help="Commit every N results taken as a run of its own, and delete them from the backend while the rest is taken "
           "(0: commit once, at the end). Each part is verified before its delete; a run that dies loses none of them.")
 @opt("--expiring-within", key="expiring_within", default=None, metavar="AGE",
