@@ -3,7 +3,9 @@
 Every statement is built with SQLAlchemy Core. On PostgreSQL, reads and range deletes run
 through ADBC (Arrow Database Connectivity), which hands back Arrow columns straight from the
 wire with no Python object per value; the only values rendered into that SQL are the run's
-own datetimes, row ids and status names. Other databases run through SQLAlchemy.
+own datetimes, row ids and status names. Other databases run through SQLAlchemy, their pages
+read as the DB-API driver's tuples (no Row object per row); MySQL's date_done comes as text,
+parsed in Arrow. The purge is purge.py's.
 """
 
 from __future__ import annotations
