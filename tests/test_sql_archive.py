@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import age_rows, celery_app, cli, table_rows
+from conftest import age_rows, celery_app, cli, db_url, table_rows
 from helpers import after_extract, archive, read_archive, utc, write_sql_results
 
 
@@ -161,6 +161,30 @@ def test_rewrite_after_the_purge_checked_the_range_is_never_deleted_unseen(backe
         assert "fail-1" in left and left["fail-1"]["status"] == "SUCCESS", "a row changed after the check was deleted"
     assert updated == [0] and "fail-1" not in left  # it waited for the purge, then found nothing
     assert (report.deleted, report.skipped_changed) == (report.verified, 0)
+
+
+def test_mariadb_checks_the_range_row_by_row_when_its_keys_text_is_cut(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where MariaDB cuts the one text of a batch's keys short (GROUP_CONCAT over
+    max_allowed_packet), the locked range is read row by row instead: a result re-run since
+    it was read still survives, and everything else goes."""
+    from celery_archive.backends.sql import purge
+
+    url = db_url(request, "mysql", tmp_path)
+    app = celery_app(url)
+    write_sql_results(app)
+    age_rows(url, 40)
+    monkeypatch.setattr(purge, "_parsed_keys", lambda *_: None)
+
+    def no_exact_delete(*_: Any) -> int:
+        raise AssertionError("the locked range's check failed: deleted exactly instead")
+
+    monkeypatch.setattr(purge, "_exact_delete", no_exact_delete)
+    after_extract(monkeypatch, lambda: app.backend.store_result("fail-1", "fixed on retry", "SUCCESS"))
+    report = archive(url, tmp_path / "archive")
+    assert (report.deleted, report.skipped_changed) == (report.verified - 1, 1)
+    assert set(table_rows(url)) == {"fail-1", "started-0"}
+    assert app.AsyncResult("fail-1").get(timeout=5) == "fixed on retry"
 
 
 def test_small_pages_files_and_purge_batches_purge_everything(backend_url: str, tmp_path: Path) -> None:

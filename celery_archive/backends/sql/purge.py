@@ -148,8 +148,6 @@ def _mysql_keys(conn: sa.Connection, batch: PurgeBatch, table: sa.Table, conds: 
     """The keys of the range's rows, locked (FOR UPDATE), read as one text (GROUP_CONCAT of
     ``id|status|date_done``) that Arrow parses: PyMySQL parses a row at a time in Python.
     None if the range holds more rows than the batch (the check cannot pass)."""
-    import pyarrow.csv as csv
-
     conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {batch.table.num_rows * 96 + 1024}")
     keys = _key_columns(batch, table, True)  # ids, status names (FINISHED) and dates: no "|" or ","
     count, text = conn.execute(sa.select(sa.func.count(), sa.func.group_concat(sa.func.concat_ws("|", *keys)))
@@ -159,13 +157,24 @@ def _mysql_keys(conn: sa.Connection, batch: PurgeBatch, table: sa.Table, conds: 
     if not count:
         return {}
     types = {k: pa.int64() if k == "source_id" else pa.string() for k in batch.keys}
-    got = csv.read_csv(pa.py_buffer((text or "").replace(",", "\n").encode()),
-                       csv.ReadOptions(column_names=batch.keys),
-                       csv.ParseOptions(delimiter="|", quote_char=False), csv.ConvertOptions(column_types=types))
-    if got.num_rows != count:  # cut short (max_allowed_packet): row by row instead
+    got = _parsed_keys(text, batch.keys, types)
+    if got is None or got.num_rows != count:  # NULL or cut short (max_allowed_packet): row by row instead
         rows = driver_rows(conn, sa.select(*keys).where(*conds).with_for_update())
-        return {k: pa.array(v, types[k]) for k, v in zip(batch.keys, zip(*rows))}
+        return {k: pa.array(v, types[k]) for k, v in zip(batch.keys, zip(*rows))} if rows else {}
     return {k: got[k] for k in batch.keys}
+
+
+def _parsed_keys(text: str | bytes | None, names: list[str], types: dict[str, pa.DataType]) -> pa.Table | None:
+    import pyarrow.csv as csv
+
+    if not text:
+        return None
+    data = (text if isinstance(text, bytes) else text.encode()).replace(b",", b"\n")
+    try:
+        return csv.read_csv(pa.py_buffer(data), csv.ReadOptions(column_names=names),
+                            csv.ParseOptions(delimiter="|", quote_char=False), csv.ConvertOptions(column_types=types))
+    except pa.ArrowInvalid:
+        return None
 
 
 def _exact_delete(src: SqlSource, batch: PurgeBatch, table: sa.Table) -> int:
