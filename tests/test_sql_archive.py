@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import age_rows, celery_app, cli, table_rows
+from conftest import age_rows, celery_app, cli, db_url, table_rows
 from helpers import after_extract, archive, read_archive, utc, write_sql_results
 
 
@@ -114,6 +114,77 @@ def test_row_written_into_the_range_is_not_deleted(backend_url: str, tmp_path: P
     assert report.deleted == report.verified and report.skipped_changed == 0
     assert set(table_rows(backend_url)) == {"late-0", "started-0"}
     assert "late-0" not in read_archive(tmp_path / "archive")
+
+
+def test_rewrite_after_the_purge_checked_the_range_is_never_deleted_unseen(backend_url: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result rewritten in place (same date_done, status FAILURE -> SUCCESS) by another
+    client once the purge has checked the batch's range, before it deletes: the write waits
+    for the purge's transaction (the range is locked), so it either lands after the delete
+    (and finds nothing) or, had it landed first, its row would have to survive."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from celery_archive.backends import PurgeBatch
+
+    app = celery_app(backend_url)
+    write_sql_results(app)
+    age_rows(backend_url, 40)
+    row_id = table_rows(backend_url)["fail-1"]["id"]
+    engine = sa.create_engine(backend_url.removeprefix("db+"))
+    updated: list[int] = []
+    writers: list[threading.Thread] = []
+    real_outside = PurgeBatch.outside
+
+    def rewrite() -> None:
+        with engine.begin() as conn:
+            # by primary key, as Celery's own session writes a result it has read
+            updated.append(conn.exec_driver_sql(f"UPDATE celery_taskmeta SET status = 'SUCCESS', result = NULL WHERE id = {row_id}").rowcount)
+
+    def outside_then_rewrite(self: PurgeBatch, got: dict[str, Any]) -> int:
+        n = real_outside(self, got)
+        if not writers and self.kind == "task":  # the check is done; the DELETE comes next
+            writers.append(threading.Thread(target=rewrite))
+            writers[0].start()
+            writers[0].join(timeout=1.5)  # a write the range's lock lets through lands now
+        return n
+
+    monkeypatch.setattr(PurgeBatch, "outside", outside_then_rewrite)
+    report = archive(backend_url, tmp_path / "archive")
+    writers[0].join(timeout=30)
+    engine.dispose()
+    left = table_rows(backend_url)
+    assert len(updated) == 1, "the rewrite did not finish"
+    assert read_archive(tmp_path / "archive")["fail-1"]["status"] == "FAILURE"
+    if updated == [1]:  # it landed before the delete: the rewritten row must still be there
+        assert "fail-1" in left and left["fail-1"]["status"] == "SUCCESS", "a row changed after the check was deleted"
+    assert updated == [0] and "fail-1" not in left  # it waited for the purge, then found nothing
+    assert (report.deleted, report.skipped_changed) == (report.verified, 0)
+
+
+def test_mariadb_checks_the_range_row_by_row_when_its_keys_text_is_cut(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where MariaDB cuts the one text of a batch's keys short (GROUP_CONCAT over
+    max_allowed_packet), the locked range is read row by row instead: a result re-run since
+    it was read still survives, and everything else goes."""
+    from celery_archive.backends.sql import purge
+
+    url = db_url(request, "mysql", tmp_path)
+    app = celery_app(url)
+    write_sql_results(app)
+    age_rows(url, 40)
+    monkeypatch.setattr(purge, "_parsed_keys", lambda *_: None)
+
+    def no_exact_delete(*_: Any) -> int:
+        raise AssertionError("the locked range's check failed: deleted exactly instead")
+
+    monkeypatch.setattr(purge, "_exact_delete", no_exact_delete)
+    after_extract(monkeypatch, lambda: app.backend.store_result("fail-1", "fixed on retry", "SUCCESS"))
+    report = archive(url, tmp_path / "archive")
+    assert (report.deleted, report.skipped_changed) == (report.verified - 1, 1)
+    assert set(table_rows(url)) == {"fail-1", "started-0"}
+    assert app.AsyncResult("fail-1").get(timeout=5) == "fixed on retry"
 
 
 def test_small_pages_files_and_purge_batches_purge_everything(backend_url: str, tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 Every statement is built with SQLAlchemy Core. On PostgreSQL, reads and range deletes run
 through ADBC (Arrow Database Connectivity), which hands back Arrow columns straight from the
 wire with no Python object per value; the only values rendered into that SQL are the run's
-own datetimes, row ids and status names. Other databases run through SQLAlchemy.
+own datetimes, row ids and status names. Other databases run through SQLAlchemy, their pages
+read as the DB-API driver's tuples (no Row object per row); MySQL's date_done comes as text,
+parsed in Arrow. The purge is purge.py's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from celery_archive.backends.records import build_records
 from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql.dates import StoredDates, check_dates, newest
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
+from celery_archive.backends.sql.purge import driver_rows
+from celery_archive.backends.sql.purge import purge as purge_batch
 from celery_archive.backends.sql.url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
 from celery_archive.errors import SourceError, scrubbed
 
@@ -35,7 +39,6 @@ if TYPE_CHECKING:
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
                  "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
-_EXACT_CHUNK = 1000  # rows per exact DELETE ... WHERE (id, status, date_done) IN (...)
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ class SqlSource:
                 # table all run long (blocking, say, Celery 5.7's own ALTER TABLE migration)
                 conn.rollback()
             return {n: table.column(i) for i, n in enumerate(names)} if table.num_rows else {}
-        rows = conn.execute(stmt).all()
+        rows = driver_rows(conn, stmt) if isinstance(stmt, sa.Select) else conn.execute(stmt).all()
         return dict(zip(names, zip(*rows))) if rows else {}
 
     def _selected(self, kind: str, table: sa.Table, cutoff: dt.datetime) -> list[sa.ColumnElement[bool]]:
@@ -237,6 +240,11 @@ class SqlSource:
         if kind == "task":
             conds.append(table.c.status.in_(FINISHED))
         return conds + in_shard(self.shard, kind, table)
+
+    def text_dates(self, table: sa.Table) -> bool:
+        """Whether date_done is read as text, and parsed in Arrow: on MySQL, where its driver
+        spends more on making datetimes than on the rest of a row."""
+        return self.dialect.name in ("mysql", "mariadb") and isinstance(table.c.date_done.type, sa.DateTime)
 
     def shards(self, cutoff: dt.datetime, n: int) -> list[Shard]:
         """At most ``n`` shards of the rows under ``cutoff`` (keys.py)."""
@@ -249,16 +257,20 @@ class SqlSource:
     def _pages(self, kind: str, table: sa.Table, names: list[str], cutoff: dt.datetime, batch_size: int) -> Iterator[dict[str, Any]]:
         """Keyset pages of columns; the next page is fetched on a thread while the caller
         works on this one (the driver waits on the server without the GIL)."""
-        base = sa.select(*[table.c[n] for n in names]).where(*self._selected(kind, table, cutoff))
-        base = base.order_by(table.c.date_done, table.c.id).limit(batch_size)
+        text = self.text_dates(table)
+        base = sa.select(*[sa.cast(table.c[n], sa.String()).label(n) if text and n == "date_done" else table.c[n] for n in names])
+        base = base.where(*self._selected(kind, table, cutoff)).order_by(table.c.date_done, table.c.id).limit(batch_size)
 
         def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
             stmt = base if last is None else base.where(after_key(self.dialect.name, table, last))
             try:
                 with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
-                    return self._query(stmt, conn)
+                    page = self._query(stmt, conn)
             except Exception as exc:
                 raise self._error("reading results from", exc) from exc
+            if text and page:
+                page["date_done"] = timestamps(page["date_done"])
+            return page
 
         def pages() -> Iterator[dict[str, Any]]:
             page = fetch(None)
@@ -325,74 +337,25 @@ class SqlSource:
 
     # -- purge ----------------------------------------------------------------------------
     def purge(self, batch: PurgeBatch) -> tuple[int, int]:
-        """Delete verified rows that are unchanged since read: (deleted, skipped as changed).
+        """Delete verified rows that are unchanged since read: (deleted, skipped as changed),
+        each batch in one transaction with its check (purge.py)."""
+        return purge_batch(self, batch)
 
-        The batch is contiguous in (date_done, id) order, as extracted. One DELETE over that
-        key range with RETURNING, checked against the verified rows in the same transaction;
-        if anything outside them would go it rolls back and deletes exactly by
-        (id, status, date_done) instead.
-        """
-        table = self.tables[batch.kind]
-        total = batch.table.num_rows
-        batch = self._as_stored(batch)
-        try:
-            if self._adbc_uri or self.engine.dialect.delete_returning:
-                deleted = self._range_delete(batch, table)
-                if deleted is not None:
-                    return deleted, total - deleted
-            deleted = self._exact_delete(batch, table)
-        except Exception as exc:
-            if isinstance(exc, SourceError):
-                raise
-            raise self._error("deleting archived results from", exc) from exc
-        return deleted, total - deleted
 
-    def _as_stored(self, batch: PurgeBatch) -> PurgeBatch:
-        """The batch with date_done as stored (raw_date_done, typed as the database compares
-        it; from date_done for v1 records), in stored order."""
-        t = batch.table
-        if "date_done" not in t.column_names:
-            return batch
-        t = t.set_column(t.schema.get_field_index("date_done"), "date_done", self.dates.typed(t, batch.kind))
-        if "raw_date_done" in t.column_names:
-            t = t.drop_columns(["raw_date_done"])
-        return PurgeBatch(batch.kind, t.sort_by([("date_done", "ascending"), ("source_id", "ascending")]))
+def timestamps(texts: Any) -> Any:
+    """MySQL's text of DATETIME values as an Arrow timestamp array, as ADBC gives them; values
+    Arrow cannot read (a zero date) as datetimes, or as the text, as the driver would give them."""
+    try:
+        return pa.array(texts, pa.string()).cast(pa.timestamp("us"))
+    except pa.ArrowInvalid:
+        return [_parsed(v) for v in texts]
 
-    def _range_delete(self, batch: PurgeBatch, table: sa.Table) -> int | None:
-        key = sa.tuple_(table.c.date_done, table.c.id)
-        lo, hi = batch.bounds()  # the batch is sorted by (date_done, id): these bound all of it
-        delete = sa.delete(table).where(key >= sa.tuple_(*lo), key <= sa.tuple_(*hi), *in_shard(self.shard, batch.kind, table))
-        if batch.kind == "task":
-            delete = delete.where(table.c.status.in_(FINISHED))
-        stmt = delete.returning(*(table.c.id.label("source_id") if k == "source_id" else table.c[k] for k in batch.keys))
-        if self._adbc_uri:
-            with self._adbc() as conn:
-                try:
-                    got = self._query(stmt, conn)
-                    if batch.outside(got) == 0:
-                        conn.commit()
-                        return len(next(iter(got.values()), []))
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.rollback()  # something not verified (new or changed) is in range
-            return None
-        with self.engine.connect() as sconn:
-            with sconn.begin() as tx:
-                got = self._query(stmt, sconn)
-                if batch.outside(got) == 0:
-                    return len(next(iter(got.values()), []))
-                tx.rollback()  # something not verified (new or changed) is in range
-        return None
 
-    def _exact_delete(self, batch: PurgeBatch, table: sa.Table) -> int:
-        values = sorted(batch.values(), key=lambda v: v[0])
-        key = sa.tuple_(*(table.c[k if k != "source_id" else "id"] for k in batch.keys))
-        deleted = 0
-        with self.engine.begin() as conn:
-            for i in range(0, len(values), _EXACT_CHUNK):
-                deleted += conn.execute(sa.delete(table).where(key.in_(values[i : i + _EXACT_CHUNK]))).rowcount
-        return deleted
+def _parsed(text: str | None) -> dt.datetime | str | None:
+    try:
+        return None if text is None else dt.datetime.fromisoformat(text)
+    except ValueError:
+        return text
 
 
 def from_config(cfg: RunConfig) -> SqlSource:
