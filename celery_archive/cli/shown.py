@@ -5,7 +5,7 @@ runs without click (``fast.py``). No click here."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,17 +35,27 @@ def record_json(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _show(rec: dict[str, Any], echo: Echo) -> None:
-    echo(f"{rec['kind']} {rec['task_id']}  {rec['status'] or ''}  {rec['name'] or ''}".rstrip())
+def heading(rec: dict[str, Any]) -> str:
+    """A record's first line as ``restore`` prints it."""
+    return f"{rec['kind']} {rec['task_id']}  {rec['status'] or ''}  {rec['name'] or ''}".rstrip()
+
+
+def shown_fields(rec: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(name, text) of the lines under the heading, as ``restore`` prints them (None fields left out)."""
     for name in _SHOWN[4:]:
         value = rec.get(name)
         if value is None or name in ("retries", "queue"):
             continue
         if name == "worker":
-            value = f"{value} (retries {rec['retries']}, queue {rec['queue']})"
+            value = f"{value} (retries {rec.get('retries')}, queue {rec.get('queue')})"
         elif isinstance(value, dt.datetime):
             value = value.isoformat() + "Z"
-        text = str(value).rstrip()
+        yield name, str(value).rstrip()
+
+
+def _show(rec: dict[str, Any], echo: Echo) -> None:
+    echo(heading(rec))
+    for name, text in shown_fields(rec):
         echo(f"  {name:<15} " + text.replace("\n", "\n" + " " * 18))
 
 

@@ -4,7 +4,6 @@ result's children and the command that puts it back."""
 
 from __future__ import annotations
 
-import datetime as dt
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,9 @@ from typing import Any
 
 import orjson
 
+from celery_archive.cli.shown import heading as heading  # the pages show it as restore prints it
 from celery_archive.cli.shown import record_json as restore_json
+from celery_archive.cli.shown import shown_fields
 
 LINKED = {"group_id", "parent_id"}  # fields holding another result's id
 
@@ -29,23 +30,10 @@ def as_json(rec: dict[str, Any]) -> dict[str, Any]:
     return restore_json(rec)
 
 
-def heading(rec: dict[str, Any]) -> str:
-    return f"{rec['kind']} {rec['task_id']}  {rec['status'] or ''}  {rec['name'] or ''}".rstrip()
-
-
 def fields(rec: dict[str, Any]) -> Iterator[Field]:
     """The lines under the heading, as ``restore`` prints them (None fields left out)."""
-    names = [n for n in restore_json(rec) if n not in ("command", "found")][4:]
-    for name in names:
-        value = rec.get(name)
-        if value is None or name in ("retries", "queue"):
-            continue
-        if name == "worker":
-            value = f"{value} (retries {rec.get('retries')}, queue {rec.get('queue')})"
-        elif isinstance(value, dt.datetime):
-            value = value.isoformat() + "Z"
-        link = "result" if name in LINKED else "run" if name == "run_id" else None
-        yield Field(name, str(value).rstrip(), link)
+    for name, text in shown_fields(rec):
+        yield Field(name, text, "result" if name in LINKED else "run" if name == "run_id" else None)
 
 
 def _ids(tuples: Any) -> Iterator[str]:
