@@ -175,7 +175,7 @@ def run_config(values: dict[str, Any], file_data: dict[str, Any] | None = None, 
         lease_ttl=_lease_ttl(str(v.get("lease_ttl") or "60s")),
         timezone=str(v["timezone"]) if v.get("timezone") else None,
         celery_version=str(v["celery_version"]) if v.get("celery_version") else None,
-        commit_every=int(v.get("commit_every", 50_000)),
+        commit_every=int(v.get("commit_every", RunConfig.commit_every)),
         shards=int(v.get("shards") or 1), on_celery=bool(v.get("on_celery", False)), queue=str(v.get("queue") or "celery_archive"),
     )
 
