@@ -17,10 +17,18 @@ AGE_BUCKETS = ((1, "<1d"), (7, "1-7d"), (30, "7-30d"), (90, "30-90d"))
 
 
 def age_bucket(day: str, today: dt.date) -> str:
-    if not day:
-        return "(no date)"
-    age = (today - dt.date.fromisoformat(day)).days
+    read = _day(day)
+    if read is None:
+        return "(no date)"  # none stored, or none that is a date (MySQL's zero date, 0000-00-00)
+    age = (today - read).days
     return next((label for limit, label in AGE_BUCKETS if age < limit), ">=90d")
+
+
+def _day(day: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(day) if day else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,8 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
     source = open_source(cfg)
     try:
         rows = source.stats(now, everything=True)
-        counts = dict(source.counts)
         due = sum(n for *_, n, _b in source.stats(now - cfg.older_than))
+        counts = dict(source.counts)  # what a run would leave alone (the count of what is due finds them)
         newest, newest_due = source.newest(None), source.newest(now - cfg.older_than)
         dates, notes = source.describe_dates(), date_notes(source)
     finally:
@@ -65,7 +73,7 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
     ages = Counter[str]()
     for day, n in t.by_day.items():
         ages[age_bucket(day, now.date())] += n
-    days = [day for day in t.by_day if day]
+    days = [day for day in t.by_day if _day(day)]
     redis = source.display_url.split("://", 1)[0] in REDIS_SCHEMES
     over = warn_above is not None and t.results > warn_above
     return StatsReport(source.display_url, t.results, t.bytes, min(days) if days else None, dict(t.by_kind),

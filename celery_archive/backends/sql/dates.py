@@ -108,8 +108,8 @@ class StoredDates:
         else:
             unread = counts["bad_date_done"]
             raw, instants, repeated, keep = self._read_values(kind, stored, cutoff, counts)
-            if examples is not None and self.dialect == "sqlite" and counts["bad_date_done"] > unread:  # parse again only then
-                bad = [isinstance(v, str) and parse_text(v) is None for v in stored]
+            if examples is not None and counts["bad_date_done"] > unread:  # parse again only then
+                bad = [_unread(v, self.dialect) for v in stored]
                 if any(bad):
                     _name(examples, "bad_date_done", where, page, pa.array(bad))
         if repeated:
@@ -131,8 +131,14 @@ class StoredDates:
     def _read_values(self, kind: str, stored: Any, cutoff: dt.datetime | None, counts: Counter[str]) -> tuple[Any, Any, int, Any]:
         """(raw texts, instants, repeated, keep mask or None) of values a DB-API driver gave."""
         if self.dialect != "sqlite":
-            instants, repeated = self.rules[kind].instants(list(stored))
-            return [text_of(v) for v in stored], instants, repeated, None
+            values = list(stored)
+            bad = [isinstance(v, str) for v in values]  # text the driver could not read as a datetime
+            if not any(bad):
+                instants, repeated = self.rules[kind].instants(values)
+                return [text_of(v) for v in values], instants, repeated, None
+            counts["bad_date_done"] += sum(bad)
+            instants, repeated = self.rules[kind].instants([None if b else v for v, b in zip(values, bad)])
+            return [text_of(v) for v in values], instants, repeated, pa.array([not b for b in bad])
         raw = list(stored)
         parsed = [parse_text(v) if isinstance(v, str) else v for v in raw]
         instants, repeated = self.rules[kind].instants(parsed)
@@ -154,6 +160,12 @@ class StoredDates:
 
 
 EXAMPLES = 5  # rows named per reason a row was left alone
+
+
+def _unread(value: Any, dialect: str) -> bool:
+    """Whether a stored date_done cannot be read: SQLite text that is no date, or what another
+    driver gives as text because it is no datetime (MySQL's zero date, 0000-00-00 00:00:00)."""
+    return isinstance(value, str) and (dialect != "sqlite" or parse_text(value) is None)
 
 
 def _name(examples: dict[str, list[str]], reason: str, where: str, page: dict[str, Any], mask: pa.Array) -> None:

@@ -330,6 +330,11 @@ class SqlSource:
                             .where(*([] if everything else [*self._selected(kind, t, cutoff), self._id(kind, t).is_not(None)]))
                             .group_by(*keys))
                     for st, nm, d, n, b in conn.execute(stmt):
+                        if not everything and (d is None or (self.dialect.name != "sqlite" and isinstance(d, str))):
+                            # a date_done that is no date (SQLite text date() cannot read, MySQL's
+                            # zero date): a run leaves these rows
+                            self.counts["bad_date_done"] += int(n)
+                            continue
                         out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
         except sa.exc.SQLAlchemyError as exc:
             raise self._error("counting results in", exc) from exc
