@@ -47,6 +47,26 @@ def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> p
     return pa.array(values, target)
 
 
+def malformed(page: Mapping[str, Any]) -> dict[int, str]:
+    """Rows of a page of stored columns (the driver's values) that a column's type cannot
+    hold (a number where Celery writes bytes, bytes in a text column), by index: what is wrong."""
+    bad: dict[int, str] = {}
+    for name, values in page.items():
+        if name not in RAW_TYPES or isinstance(values, (pa.Array, pa.ChunkedArray)) or name == "date_done":
+            continue
+        try:
+            pa.array(values, RAW_TYPES[name])
+            continue
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+        for i, v in enumerate(values):
+            try:
+                pa.array([v], RAW_TYPES[name])
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                bad.setdefault(i, f"{name} is {type(v).__name__} {v!r:.40}")
+    return bad
+
+
 def _decode(arr: pa.Array, serializer: str, field: str) -> tuple[pa.Array, list[str | None] | None, list[str | None] | None]:
     """(JSON text column, errors or None, compression types or None) for a stored column."""
     if serializer == "json" and (text := json_text(arr)) is not None:

@@ -64,6 +64,7 @@ class DjangoSource(SqlSource):
     id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "group_id"}
     what = "a django-celery-results table"
     sized_columns = ("result", "task_args", "task_kwargs", "traceback", "meta")
+    arrow_pages = False  # build makes each row's raw_value from Python values
 
     def __init__(self, url: str, serializer: str = "json") -> None:
         super().__init__(SqlSourceConfig(celery_db_url(url), TASK_TABLE, GROUP_TABLE, serializer=serializer))

@@ -126,7 +126,7 @@ class StoredDates:
             return out
         if not pc.any(keep).as_py():
             return None
-        return {k: _filter(v, keep) for k, v in out.items()}
+        return {k: keep_rows(v, keep) for k, v in out.items()}
 
     def _read_values(self, kind: str, stored: Any, cutoff: dt.datetime | None, counts: Counter[str]) -> tuple[Any, Any, int, Any]:
         """(raw texts, instants, repeated, keep mask or None) of values a DB-API driver gave."""
@@ -173,11 +173,12 @@ def _name(examples: dict[str, list[str]], reason: str, where: str, page: dict[st
     if "id" not in page or len(examples.get(reason, ())) >= EXAMPLES:
         return
     shown = examples.setdefault(reason, [])
-    for row_id in _filter(page["id"], mask)[:EXAMPLES - len(shown)]:
+    for row_id in keep_rows(page["id"], mask)[:EXAMPLES - len(shown)]:
         shown.append(f"{where} id={row_id.as_py() if hasattr(row_id, 'as_py') else row_id}")
 
 
-def _filter(values: Any, keep: pa.Array) -> Any:
+def keep_rows(values: Any, keep: pa.Array) -> Any:
+    """The values (an Arrow array or a sequence) of the rows ``keep`` is true for."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values.filter(keep)
     mask = keep.to_pylist()

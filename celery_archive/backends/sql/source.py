@@ -24,9 +24,9 @@ from sqlalchemy.sql.dml import ReturningDelete
 from celery_archive.ahead import ahead
 from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.dates import Naive, celery_rule, parse_version
-from celery_archive.backends.records import build_records
+from celery_archive.backends.records import build_records, malformed
 from celery_archive.backends.shard import Shard
-from celery_archive.backends.sql.dates import StoredDates, check_dates, newest
+from celery_archive.backends.sql.dates import EXAMPLES, StoredDates, check_dates, keep_rows, newest
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
 from celery_archive.backends.sql.purge import driver_rows
 from celery_archive.backends.sql.purge import purge as purge_batch
@@ -76,6 +76,7 @@ class SqlSource:
     name_column = "name"
     what = "a Celery result table"
     sized_columns: tuple[str, ...] = ("result", "args", "kwargs", "traceback", "children", "stamps")
+    arrow_pages = True  # a SQLite file's pages read as Arrow columns where they can be (build takes Arrow arrays)
 
     def __init__(self, config: SqlSourceConfig) -> None:
         self.config = config
@@ -86,6 +87,8 @@ class SqlSource:
         self.dialect = self._url.get_dialect()()  # compiles statements; needs no connection
         self.purge_alongside = self.dialect.name != "sqlite"  # SQLite: one writer, and readers hold it off
         self._adbc_uri = adbc_uri(self._url)
+        self._sqlite_path = self._url.database if self.arrow_pages and self.dialect.name == "sqlite" and not self._url.query \
+            and self._url.database not in (None, "", ":memory:") and _sqlite_arrow() else None  # pages read by ADBC
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
@@ -264,8 +267,10 @@ class SqlSource:
         def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
             stmt = base if last is None else base.where(after_key(self.dialect.name, table, last))
             try:
-                with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
-                    page = self._query(stmt, conn)
+                page = self._arrow_page(stmt) if self._sqlite_path else None
+                if page is None:
+                    with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
+                        page = self._query(stmt, conn)
             except Exception as exc:
                 raise self._error("reading results from", exc) from exc
             if text and page:
@@ -282,6 +287,17 @@ class SqlSource:
 
         yield from ahead(pages(), "celery-archive-extract")
 
+    def _arrow_page(self, stmt: sa.Select[Any]) -> dict[str, Any] | None:
+        """A page of a SQLite file as Arrow columns (sqlite_arrow.py), or None: read it through
+        the DB-API driver."""
+        from celery_archive.backends.sql import sqlite_arrow
+
+        query = sqlite_arrow.checked(stmt)
+        page = None if query is None else sqlite_arrow.read(self._sqlite_path or "", self._literal(query), stmt)
+        if page:
+            page["date_done"] = page["date_done"].to_pylist()  # SQLite's text, read as the driver's (dates.py)
+        return page
+
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results whose date_done is an instant before ``cutoff`` (naive UTC), in
         stored order, as record batches; rows without a task id or a readable date are counted."""
@@ -291,7 +307,24 @@ class SqlSource:
                 page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name,
                                        self.examples, table.fullname)
                 if page is not None:
+                    page = self._sound(page, table)
+                if page is not None:
                     yield self.build(kind, page, table, run_id, archived_at)
+
+    def _sound(self, page: dict[str, Any], table: sa.Table) -> dict[str, Any] | None:
+        """The page less rows holding a value of a type Celery never writes there (counted as
+        ``malformed``, the first few named): they stay in the backend, and the rest goes on."""
+        bad = malformed(page)
+        if not bad:
+            return page
+        self.counts["malformed"] += len(bad)
+        shown = self.examples.setdefault("malformed", [])
+        ids = page["id"]
+        for i, what in list(bad.items())[:max(0, EXAMPLES - len(shown))]:
+            row_id = ids[i].as_py() if hasattr(ids[i], "as_py") else ids[i]
+            shown.append(f"{table.fullname} id={row_id} ({what})")
+        keep = pa.array([i not in bad for i in range(len(ids))])
+        return {k: keep_rows(v, keep) for k, v in page.items()} if len(bad) < len(ids) else None
 
     id_columns: ClassVar[dict[str, str]] = {"task": "task_id", "group": "taskset_id"}
 
@@ -345,6 +378,12 @@ class SqlSource:
         """Delete verified rows that are unchanged since read: (deleted, skipped as changed),
         each batch in one transaction with its check (purge.py)."""
         return purge_batch(self, batch)
+
+
+def _sqlite_arrow() -> bool:
+    from celery_archive.backends.sql import sqlite_arrow
+
+    return sqlite_arrow.available()
 
 
 def timestamps(texts: Any) -> Any:

@@ -1,0 +1,105 @@
+"""SQLite pages read as Arrow columns (backends/sql/sqlite_arrow.py) give the archive the
+DB-API driver gives, and a row holding a value of a type Celery never writes there (SQLite
+stores anything anywhere) is left in the backend, counted and named, while the rest goes on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from conftest import age_rows, celery_app, cli
+
+from celery_archive.backends.sql import sqlite_arrow
+from celery_archive.backends.sql.source import SqlSource
+from celery_archive.config import RunConfig
+from celery_archive.pipeline.run import run
+
+# (task id, SQL that stores a value of another type in its row, whether the run must leave it)
+ODD = [
+    ("odd-args-int", "args = 42", True),  # a number in a BLOB column
+    ("odd-name-blob", "name = x'ff00'", True),  # bytes that are no text in a text column
+    ("odd-retries-big", "retries = 99999999999", True),  # beyond the retries column's int32
+    ("odd-retries-text", "retries = 'x'", True),
+    ("odd-result-text", "result = '{\"v\": 1}'", False),  # text in a BLOB column: its UTF-8 bytes, as the driver gives them
+    ("odd-worker-real", "worker = 3.5", False),
+    ("odd-traceback-blob", "traceback = x'41'", False),  # bytes that are text
+]
+
+
+def _backend(tmp_path: Path, n: int) -> tuple[str, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    db = tmp_path / "results.db"
+    url = f"db+sqlite:///{db}"
+    app = celery_app(url)
+    for i in range(n):
+        app.backend.store_result(f"ok-{i:05d}", {"i": i, "pad": "x" * (i % 50)}, "SUCCESS")
+    for tid, _sql, _left in ODD:
+        app.backend.store_result(tid, {"odd": tid}, "SUCCESS")
+    age_rows(url, 40)
+    with sqlite3.connect(db) as c:
+        # args: NULL on the first pages (no request), bytes on the later ones, as Celery writes them
+        c.execute("UPDATE celery_taskmeta SET args = CAST('[1, \"x\"]' AS BLOB) WHERE task_id >= 'ok-01500'")
+        for tid, sql, _left in ODD:
+            c.execute(f"UPDATE celery_taskmeta SET {sql} WHERE task_id = ?", (tid,))
+    return url, db
+
+
+def _records(sink: Path) -> pa.Table:
+    files = [str(p) for p in sorted((sink / "data").rglob("*.parquet"))]
+    table = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(sink / "data")).to_table()
+    return table.drop_columns(["run_id", "archived_at", "source"]).sort_by("task_id")
+
+
+def test_arrow_pages_archive_what_the_driver_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = {"arrow": 0, "driver": 0}
+    read = sqlite_arrow.read
+
+    def counted(*args: object) -> object:
+        got = read(*args)  # type: ignore[arg-type]
+        pages["arrow" if got is not None else "driver"] += 1
+        return got
+
+    monkeypatch.setattr(sqlite_arrow, "read", counted)
+    now = dt.datetime.now(dt.timezone.utc)
+    reports = []
+    _url, made = _backend(tmp_path / "made", 2000)
+    for name in ("arrow", "driver"):
+        (tmp_path / name).mkdir()
+        url = f"db+sqlite:///{shutil.copy(made, tmp_path / name / 'results.db')}"  # the same rows for both
+        if name == "driver":
+            monkeypatch.setattr(SqlSource, "arrow_pages", False)
+        reports.append(run(RunConfig(source=url, sink=str(tmp_path / name / "a"), older_than=dt.timedelta(days=30),
+                                     batch_size=500), now=now))
+    assert pages["arrow"] >= 4 and pages["driver"] >= 1  # clean pages by Arrow; those holding odd values by the driver
+    arrow, driver = reports
+    left = sum(1 for *_, gone in ODD if gone)
+    for r in reports:
+        assert r.archived == r.verified == r.deleted == 2000 + len(ODD) - left  # type: ignore[union-attr]
+        assert r.source_counts == {"malformed": left}  # type: ignore[union-attr]
+    a, b = _records(tmp_path / "arrow" / "a"), _records(tmp_path / "driver" / "a")
+    assert a.num_rows == b.num_rows == arrow.archived  # type: ignore[union-attr]
+    for column in a.column_names:
+        assert a[column].equals(b[column]), column
+    by_id = {r["task_id"]: r for r in a.to_pylist()}
+    assert by_id["odd-result-text"]["raw_result"] == b'{"v": 1}' and json.loads(by_id["odd-result-text"]["result"]) == {"v": 1}
+    assert by_id["ok-00000"]["raw_args"] is None and by_id["ok-01600"]["raw_args"] == b'[1, "x"]'
+
+
+def test_rows_of_the_wrong_type_are_named_and_stay(tmp_path: Path) -> None:
+    url, db = _backend(tmp_path, 200)
+    out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--batch-size", "50")
+    assert out.returncode == 0, out.stderr
+    assert "left alone 4 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
+    assert "args is int 42" in out.stdout and "name is bytes" in out.stdout
+    with sqlite3.connect(db) as c:
+        kept = dict(c.execute("SELECT task_id, typeof(args) || '/' || typeof(name) || '/' || quote(retries) FROM celery_taskmeta"))
+    assert set(kept) == {tid for tid, _sql, gone in ODD if gone}  # exactly these stay, as they were
+    assert kept["odd-args-int"].startswith("integer/") and kept["odd-retries-big"].endswith("/99999999999")
+    again = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json").stdout)
+    assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 4}
