@@ -118,13 +118,15 @@ def test_markup_in_a_result_shows_as_text(server: Server, browser: Any) -> None:
 
 def test_the_pages_work_without_javascript(web: WebArchive, server: Server) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     d = _driver(javascript=False)
     try:
         d.get(server.base + "/")
         box = d.find_element(By.ID, "q")
         box.send_keys("demo-0005")
-        box.submit()
+        box.submit()  # a plain form GET: wait for the page it loads (submit() may return before it)
+        WebDriverWait(d, 10).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, "#matches a"))
         links = [a.text for a in d.find_elements(By.CSS_SELECTOR, "#matches a")]
         assert links == [f"demo-0005{i}" for i in range(10)]
         d.find_element(By.LINK_TEXT, "demo-00051").click()
