@@ -134,3 +134,23 @@ def test_bad_django_urls_are_named(tmp_path: Path) -> None:
     sa.create_engine(f"sqlite:///{empty}").connect().close()
     proc = cli("run", "--source", f"django+sqlite:///{empty}", "--sink", str(tmp_path / "a"), "--older-than", "30d")
     assert proc.returncode == 1 and "django_celery_results_taskresult not found" in proc.stderr and "migrate" in proc.stderr
+
+
+def test_a_django_row_of_the_wrong_type_is_left_and_named(tmp_path: Path) -> None:
+    """SQLite stores bytes in django-celery-results' text columns if something puts them there;
+    such a row stays where it is, named, and the rest is archived and purged."""
+    import sqlite3
+
+    db = f"sqlite:///{tmp_path / 'django.db'}"
+    django(db, "migrate")
+    django(db, "write")
+    django(db, "age", "40", "running-0")
+    with sqlite3.connect(tmp_path / "django.db") as c:
+        c.execute("UPDATE django_celery_results_taskresult SET result = x'7b7d' WHERE task_id = 'ok-1'")  # '{}', as bytes
+        c.execute("UPDATE django_celery_results_taskresult SET task_name = x'ff' WHERE task_id = 'ok-2'")
+    proc = cli("run", "--source", "django+" + db, "--sink", str(tmp_path / "archive"), "--older-than", "30d", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["source_counts"] == {"malformed": 2} and report["deleted"] == report["archived"] == 9
+    assert any("result is bytes" in e for e in report["source_examples"]["malformed"])
+    assert set(rows(db)) == {"ok-1", "ok-2", "running-0"}

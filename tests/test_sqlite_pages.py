@@ -26,9 +26,9 @@ ODD = [
     ("odd-name-blob", "name = x'ff00'", True),  # bytes that are no text in a text column
     ("odd-retries-big", "retries = 99999999999", True),  # beyond the retries column's int32
     ("odd-retries-text", "retries = 'x'", True),
-    ("odd-result-text", "result = '{\"v\": 1}'", False),  # text in a BLOB column: its UTF-8 bytes, as the driver gives them
-    ("odd-worker-real", "worker = 3.5", False),
-    ("odd-traceback-blob", "traceback = x'41'", False),  # bytes that are text
+    ("odd-result-text", "result = '{\"v\": 1}'", True),  # text in a BLOB column (Celery writes bytes)
+    ("odd-traceback-blob", "traceback = x'41'", True),  # bytes in a text column, even bytes that are text
+    ("odd-worker-real", "worker = 3.5", False),  # a text column's affinity stores the number as text: '3.5'
 ]
 
 
@@ -77,7 +77,7 @@ def test_arrow_pages_archive_what_the_driver_gives(tmp_path: Path, monkeypatch: 
         reports.append(run(RunConfig(source=url, sink=str(tmp_path / name / "a"), older_than=dt.timedelta(days=30),
                                      batch_size=500), now=now))
     assert pages["arrow"] >= 4 and pages["driver"] >= 1  # clean pages by Arrow; those holding odd values by the driver
-    arrow, driver = reports
+    arrow = reports[0]
     left = sum(1 for *_, gone in ODD if gone)
     for r in reports:
         assert r.archived == r.verified == r.deleted == 2000 + len(ODD) - left  # type: ignore[union-attr]
@@ -87,7 +87,7 @@ def test_arrow_pages_archive_what_the_driver_gives(tmp_path: Path, monkeypatch: 
     for column in a.column_names:
         assert a[column].equals(b[column]), column
     by_id = {r["task_id"]: r for r in a.to_pylist()}
-    assert by_id["odd-result-text"]["raw_result"] == b'{"v": 1}' and json.loads(by_id["odd-result-text"]["result"]) == {"v": 1}
+    assert by_id["odd-worker-real"]["worker"] == "3.5"
     assert by_id["ok-00000"]["raw_args"] is None and by_id["ok-01600"]["raw_args"] == b'[1, "x"]'
 
 
@@ -95,11 +95,11 @@ def test_rows_of_the_wrong_type_are_named_and_stay(tmp_path: Path) -> None:
     url, db = _backend(tmp_path, 200)
     out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--batch-size", "50")
     assert out.returncode == 0, out.stderr
-    assert "left alone 4 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
+    assert "left alone 6 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
     assert "args is int 42" in out.stdout and "name is bytes" in out.stdout
     with sqlite3.connect(db) as c:
         kept = dict(c.execute("SELECT task_id, typeof(args) || '/' || typeof(name) || '/' || quote(retries) FROM celery_taskmeta"))
     assert set(kept) == {tid for tid, _sql, gone in ODD if gone}  # exactly these stay, as they were
     assert kept["odd-args-int"].startswith("integer/") and kept["odd-retries-big"].endswith("/99999999999")
     again = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json").stdout)
-    assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 4}
+    assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 6}

@@ -47,24 +47,44 @@ def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> p
     return pa.array(values, target)
 
 
-def malformed(page: Mapping[str, Any]) -> dict[int, str]:
-    """Rows of a page of stored columns (the driver's values) that a column's type cannot
-    hold (a number where Celery writes bytes, bytes in a text column), by index: what is wrong."""
+def malformed(page: Mapping[str, Any], types: Mapping[str, pa.DataType] = RAW_TYPES) -> dict[int, str]:
+    """Rows of a page of stored columns (the driver's values) holding a value of another type
+    than its column's (``types``): a number where Celery writes bytes, bytes where it writes
+    text (SQLite stores anything anywhere), a retries count beyond int32. By index: what is wrong."""
     bad: dict[int, str] = {}
     for name, values in page.items():
-        if name not in RAW_TYPES or isinstance(values, (pa.Array, pa.ChunkedArray)) or name == "date_done":
+        target = types.get(name)
+        if target is None or isinstance(values, (pa.Array, pa.ChunkedArray)) or name == "date_done":
             continue
-        try:
-            pa.array(values, RAW_TYPES[name])
+        allowed = _PY_TYPES[target.id] if target.id in _PY_TYPES else None
+        if allowed is None:
             continue
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            pass
-        for i, v in enumerate(values):
+        if set(map(type, values)) <= allowed:
+            if not pa.types.is_integer(target):
+                continue
             try:
-                pa.array([v], RAW_TYPES[name])
-            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                pa.array(values, target)  # in the column's range
+                continue
+            except (pa.ArrowException, OverflowError):
+                pass
+        for i, v in enumerate(values):
+            if type(v) not in allowed:
                 bad.setdefault(i, f"{name} is {type(v).__name__} {v!r:.40}")
+            elif pa.types.is_integer(target) and v is not None and not _fits(v, target):
+                bad.setdefault(i, f"{name} is {v!r:.40}, beyond {target}")
     return bad
+
+
+_PY_TYPES = {pa.string().id: {str, type(None)}, pa.binary().id: {bytes, type(None)},
+             pa.int64().id: {int, type(None)}, pa.int32().id: {int, type(None)}}
+
+
+def _fits(value: int, target: pa.DataType) -> bool:
+    try:
+        pa.array([value], target)
+    except (pa.ArrowException, OverflowError):
+        return False
+    return True
 
 
 def _decode(arr: pa.Array, serializer: str, field: str) -> tuple[pa.Array, list[str | None] | None, list[str | None] | None]:

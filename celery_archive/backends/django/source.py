@@ -65,6 +65,8 @@ class DjangoSource(SqlSource):
     what = "a django-celery-results table"
     sized_columns = ("result", "task_args", "task_kwargs", "traceback", "meta")
     arrow_pages = False  # build makes each row's raw_value from Python values
+    column_types: ClassVar[dict[str, pa.DataType]] = {  # text, as django-celery-results' models declare them
+        "id": pa.int64(), **{c: pa.string() for kind in ("task", "group") for c in STORED[kind] if c not in DATES}}
 
     def __init__(self, url: str, serializer: str = "json") -> None:
         super().__init__(SqlSourceConfig(celery_db_url(url), TASK_TABLE, GROUP_TABLE, serializer=serializer))

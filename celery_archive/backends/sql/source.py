@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +24,7 @@ from sqlalchemy.sql.dml import ReturningDelete
 from celery_archive.ahead import ahead
 from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.dates import Naive, celery_rule, parse_version
-from celery_archive.backends.records import build_records, malformed
+from celery_archive.backends.records import RAW_TYPES, build_records, malformed
 from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql.dates import EXAMPLES, StoredDates, check_dates, keep_rows, newest
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
@@ -77,6 +77,7 @@ class SqlSource:
     what = "a Celery result table"
     sized_columns: tuple[str, ...] = ("result", "args", "kwargs", "traceback", "children", "stamps")
     arrow_pages = True  # a SQLite file's pages read as Arrow columns where they can be (build takes Arrow arrays)
+    column_types: ClassVar[Mapping[str, pa.DataType]] = RAW_TYPES  # what each stored column must hold (else: malformed)
 
     def __init__(self, config: SqlSourceConfig) -> None:
         self.config = config
@@ -314,7 +315,7 @@ class SqlSource:
     def _sound(self, page: dict[str, Any], table: sa.Table) -> dict[str, Any] | None:
         """The page less rows holding a value of a type Celery never writes there (counted as
         ``malformed``, the first few named): they stay in the backend, and the rest goes on."""
-        bad = malformed(page)
+        bad = malformed(page, self.column_types)
         if not bad:
             return page
         self.counts["malformed"] += len(bad)
