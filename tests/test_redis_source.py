@@ -196,3 +196,36 @@ def test_bad_redis_sources_say_what_is_wrong(tmp_path: Path, url: str, message: 
     assert out.returncode in (1, 2)
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "Sup3r-s3cret" not in out.stdout + out.stderr
+
+
+def test_the_one_pass_decoding_takes_what_the_general_one_takes(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backends/redis/fast.py reads plain JSON metas in one pass: its records are the general
+    decoding's (texts the same JSON), and what it does not take goes the general way."""
+    import datetime as dt
+
+    from celery_archive.backends.redis import fast
+    from celery_archive.backends.redis.source import _ROW_FIELDS, RedisSource, RedisSourceConfig
+
+    app = redis_app(prefix)
+    write_redis_results(app)
+    values = keys(prefix)
+    source = RedisSource(RedisSourceConfig(REDIS_URL, key_prefix=prefix))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tasks = {k: v for k, v in values.items() if "celery-task-meta-" in k}
+    one_pass = {k: source._row("task", k.encode(), v, 1000, now, 86_400_000) for k, v in tasks.items()}
+    assert sum(fast.task(v) is not None for v in tasks.values()) >= 14  # successes, a failure, a revoked task: all of them
+    monkeypatch.setattr(fast, "task", lambda raw: None)
+    general = {k: source._row("task", k.encode(), v, 1000, now, 86_400_000) for k, v in tasks.items()}
+    source.close()
+    assert one_pass.keys() == general.keys() and any(r is None for r in general.values())  # started-0: unfinished
+    for k, row in one_pass.items():
+        other = general[k]
+        assert (row is None) == (other is None), k
+        for name, a, b in zip(_ROW_FIELDS, row or (), other or ()):
+            texts = name in ("result", "args", "kwargs", "children") and a is not None and b is not None
+            assert (json.loads(a) == json.loads(b)) if texts else a == b, (k, name, a, b)
+    # what the one pass leaves to the general decoding
+    for raw in (b'{"result": {"__type__": "datetime", "__value__": "2026-01-01T00:00:00"}, "status": "SUCCESS"}',
+                b'{"result": 1, "status": "SUCCESS", "name": 5}', b'{"result": "\xff", "status": "SUCCESS"}',
+                b'{"status": "SUCCESS"}', b'{"result": NaN, "status": "SUCCESS"}', b"\x80\x04K\x01."):
+        assert fast.task(raw) is None, raw

@@ -17,6 +17,7 @@ from celery_archive.ahead import ahead
 from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.codec import SERIALIZERS, TooLarge, UnsafePayload, decode_value, split_compressed, to_json_text
 from celery_archive.backends.records import assemble, utc_naive
+from celery_archive.backends.redis import fast
 from celery_archive.backends.redis.scripts import CAS, CAS_CHUNK, READ, READ_CHUNK, WRONG_TYPE
 from celery_archive.backends.redis.url import connect, redact
 from celery_archive.errors import ConfigError, SourceError, scrubbed
@@ -68,6 +69,7 @@ LEFT_ALONE = {  # source_counts of keys a run neither archives nor deletes, and 
     "moved": "were on a Redis Cluster slot that moved during the run (resharding; counted where seen): the next run takes them",
 }
 _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
+_JSON = SERIALIZERS["json"][0]
 
 
 def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
@@ -270,6 +272,15 @@ class RedisSource:
 
     def _row(self, kind: str, key: bytes, raw: bytes, ttl: int, now: dt.datetime, expires_ms: int) -> tuple[Any, ...] | None:
         """One key's record values, in _ROW_FIELDS order, or None (reported) if not taken."""
+        plain = fast.task(raw) if kind == "task" and self.config.serializer == "json" else None
+        if plain is not None:  # the common case, in one pass (fast.py)
+            if plain[1] not in FINISHED:
+                self.counts["unfinished"] += 1
+                return None
+            date_done = self._date(kind, {"date_done": plain[2]}, key, ttl, now, expires_ms)
+            return None if date_done is None else (
+                plain[0] or self._task_id(kind, key), kind, plain[1], date_done, *plain[3:], None, raw, _JSON, "utf-8", None,
+                key.decode("utf-8", "replace"), ttl, key)
         try:
             meta, compression, ctype, _refused = decode_value(raw, self.config.serializer)
         except TooLarge as exc:
