@@ -50,7 +50,11 @@ def held(source_url: str, what: str, holder: dict[str, Any], client: Any = None)
         with _flock(str(url.database)):
             yield
         return
-    with _sql(url, backend, lock_name(f"{url.database}/{what}")):  # MySQL's locks are server-wide
+    from celery_archive.backends.sql.url import adbc_uri
+
+    name = lock_name(f"{url.database}/{what}")  # MySQL's locks are server-wide
+    uri = adbc_uri(url)
+    with _adbc(url, uri, name) if uri else _sql(url, backend, name):
         yield
 
 
@@ -67,6 +71,45 @@ def _flock(path: str) -> Iterator[None]:
         yield
 
 
+def _pg_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _taken(url: Any, name: str) -> LockError:
+    return LockError(f"another celery-archive run is archiving these tables of {url.render_as_string(hide_password=True)} "
+                     f"(it holds the archiver lock {name}); run one archiver per backend, or wait for it to finish")
+
+
+@contextmanager
+def _adbc(url: Any, uri: str, name: str) -> Iterator[None]:
+    """PostgreSQL's advisory lock on an ADBC connection of its own (the source reads through
+    ADBC: no second driver to load for the lock)."""
+    import adbc_driver_manager
+
+    from celery_archive.backends.sql.adbc import connect
+    from celery_archive.errors import scrubbed
+
+    try:
+        conn = connect(uri)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT pg_try_advisory_lock({_pg_key(name)})")
+                row = cur.fetchone()
+            conn.commit()  # a session's advisory lock outlives the transaction it was taken in
+        except BaseException:
+            conn.close()
+            raise
+    except adbc_driver_manager.Error as exc:
+        raise SourceError(f"taking the archiver lock on {url.render_as_string(hide_password=True)} failed: "
+                          f"{scrubbed(exc, [url.password])}") from exc
+    try:
+        if not (row and row[0]):
+            raise _taken(url, name)
+        yield  # held while this connection lives; the server drops it with the connection
+    finally:
+        conn.close()
+
+
 @contextmanager
 def _sql(url: Any, backend: str, name: str) -> Iterator[None]:
     import sqlalchemy as sa
@@ -75,17 +118,14 @@ def _sql(url: Any, backend: str, name: str) -> Iterator[None]:
     try:
         with engine.connect() as conn:
             if backend == "postgresql":
-                key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _pg_key(name)}).scalar()
             elif backend in ("mysql", "mariadb"):
                 got = conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name[:64]}).scalar() == 1
             else:
                 got = True  # no lock this database offers: one archiver per backend is the user's to keep
             conn.commit()
             if not got:
-                raise LockError(f"another celery-archive run is archiving these tables of "
-                                f"{url.render_as_string(hide_password=True)} (it holds the archiver lock {name}); "
-                                "run one archiver per backend, or wait for it to finish")
+                raise _taken(url, name)
             yield  # held while this connection lives; the server drops it with the connection
     except sa.exc.SQLAlchemyError as exc:
         from celery_archive.errors import scrubbed

@@ -307,7 +307,7 @@ class SqlSource:
                 # a new dict: the prefetch thread still reads the fetched page's last key
                 page = self.dates.read(kind, dict(fetched), cutoff, self.counts, self._id(kind, table).name,
                                        self.examples, table.fullname)
-                if page is not None:
+                if page is not None and self.dialect.name == "sqlite":  # other databases keep a column's type
                     page = self._sound(page, table)
                 if page is not None:
                     yield self.build(kind, page, table, run_id, archived_at)
