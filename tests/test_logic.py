@@ -317,3 +317,17 @@ def test_entries_are_located_in_bounded_tables(tmp_path: Path, compression: str 
     else:
         assert sizes == [2, 2, 2, 1]
     assert [r for t in tables for r in t.to_pylist()] == locate(path, "data/f.jsonl", "jsonl", compression).to_pylist()
+
+
+def test_stored_dates_as_text_are_what_arrow_writes() -> None:
+    """sql/dates.as_text: a UTC timestamp column's text, made the fast way, is Arrow's own cast."""
+    from celery_archive.backends.sql.dates import as_text
+
+    utc = dt.timezone.utc
+    values = [dt.datetime(2026, 10, 1, tzinfo=utc) + dt.timedelta(seconds=i * 7.3, microseconds=i) for i in range(500)]
+    values += [None, dt.datetime(1, 1, 1, tzinfo=utc), dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=utc)]
+    for tz in ("UTC", "+00:00", "America/New_York", None):
+        for unit in ("s", "ms", "us", "ns"):
+            stored = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.timestamp(unit, tz=tz), safe=False)
+            assert as_text(stored).equals(stored.cast(pa.string())), (tz, unit)
+    assert as_text(pa.array(values, pa.timestamp("us", tz="UTC")))[0].as_py() == "2026-10-01 00:00:00.000000Z"

@@ -13,12 +13,13 @@ import base64
 import datetime as dt
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
 import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 
 from celery_archive.backends import StorageFormat
-from celery_archive.backends.codec import decode_column
+from celery_archive.backends.codec import decode_column, json_text
 from celery_archive.backends.dates import Naive
 from celery_archive.backends.records import as_array, assemble, utc_naive
 from celery_archive.backends.sql.source import SqlSource, SqlSourceConfig
@@ -92,17 +93,24 @@ class DjangoSource(SqlSource):
         for d in DATES:
             if d in cols:  # naive UTC datetimes from Arrow need no zone arithmetic each
                 cols[d] = [None if v is None else v.isoformat() + "+00:00" for v in cols[d]] if d in naive else [iso(v) for v in cols[d]]
-        stored = [{c: cols[c][i] for c in STORED[kind] if c in cols} for i in range(n)]
+        names = [c for c in STORED[kind] if c in cols]
+        raw_value = [orjson.dumps(dict(zip(names, row))) for row in zip(*(cols[c] for c in names))]
         ctypes, encs = cols["content_type"], cols["content_encoding"]
-        texts: dict[str, list[bytes | None]] = {}
+        plain = set(ctypes) == {"application/json"} and set(encs) == {"utf-8"}  # the rule: one JSON text a column
+        texts: dict[str, Any] = {}
         errors: list[list[str | None]] = []
         meta_field = "meta" if kind == "task" else None
         for field in ("result", "task_args", "task_kwargs", meta_field):
             if field and field in cols:
+                text = _plain_json(page[field]) if plain else None
+                if text is not None:
+                    texts[field] = text
+                    continue
                 texts[field], errs = self._decode(cols[field], ctypes, encs, field)
                 errors.append(errs)
-        decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)]
-        children = [_children(m) for m in texts.get("meta", [None] * n)]
+        decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)] if errors else None
+        meta = texts.get("meta")
+        children = [_children(m) for m in (meta.to_pylist() if isinstance(meta, pa.Array) else meta or [None] * n)]
         given: dict[str, Any] = {
             "task_id": cols["task_id" if kind == "task" else "group_id"], "kind": kind,
             "status": cols.get("status", ["SUCCESS"] * n) if kind == "task" else None,
@@ -111,10 +119,8 @@ class DjangoSource(SqlSource):
             "name": cols.get("task_name"), "worker": cols.get("worker"), "traceback": cols.get("traceback"),
             "args": texts.get("task_args"), "kwargs": texts.get("task_kwargs"), "result": texts["result"],
             "children": children if kind == "task" else None, "decode_error": decode_error,
-            "raw_result": [None if v is None else v.encode() for v in cols["result"]],
-            "raw_args": [None if v is None else v.encode() for v in cols.get("task_args", [None] * n)],
-            "raw_kwargs": [None if v is None else v.encode() for v in cols.get("task_kwargs", [None] * n)],
-            "raw_value": [orjson.dumps(row) for row in stored], "raw_date_done": cols["raw_date_done"],
+            "raw_result": _stored_bytes(page, cols, "result", n), "raw_args": _stored_bytes(page, cols, "task_args", n),
+            "raw_kwargs": _stored_bytes(page, cols, "task_kwargs", n), "raw_value": raw_value, "raw_date_done": cols["raw_date_done"],
             "content_type": ctypes, "content_encoding": encs, "storage_format": STORAGE_FORMAT,
             "source": self.display_url, "source_table": table.fullname, "source_id": cols["id"],
             "run_id": run_id, "archived_at": archived_at,
@@ -152,15 +158,40 @@ def _naive_utc(values: Any) -> pa.Array | pa.ChunkedArray | None:
     return values.cast(pa.timestamp("us"))
 
 
-def _children(meta_text: bytes | None) -> str | None:
+def _plain_json(column: Any) -> pa.Array | None:
+    """A text column as its own queryable copy (codec.json_text), when it is all plain JSON."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    arr = column if isinstance(column, pa.Array) else pa.array(column, pa.string())
+    return json_text(arr.cast(pa.binary()))
+
+
+def _stored_bytes(page: dict[str, Any], cols: dict[str, list[Any]], field: str, n: int) -> Any:
+    """A text column's exact stored bytes (UTF-8)."""
+    if field not in cols:
+        return None
+    column = page[field]
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        return (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(pa.binary())
+    return [None if v is None else v.encode() for v in cols[field]]
+
+
+class _Meta(msgspec.Struct):
+    children: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_META = msgspec.json.Decoder(_Meta)
+
+
+def _children(meta_text: str | bytes | None) -> str | None:
+    """The children a task's meta names, as their JSON text (None if none or not readable)."""
     if meta_text is None:
         return None
     try:
-        meta = orjson.loads(meta_text)
-    except orjson.JSONDecodeError:
+        children = bytes(_META.decode(meta_text).children)
+    except msgspec.DecodeError:
         return None
-    children = meta.get("children") if isinstance(meta, dict) else None
-    return None if children is None else orjson.dumps(children).decode()
+    return None if children == b"null" else children.decode()
 
 
 def from_config(cfg: RunConfig) -> DjangoSource:
