@@ -331,3 +331,14 @@ def test_stored_dates_as_text_are_what_arrow_writes() -> None:
             stored = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.timestamp(unit, tz=tz), safe=False)
             assert as_text(stored).equals(stored.cast(pa.string())), (tz, unit)
     assert as_text(pa.array(values, pa.timestamp("us", tz="UTC")))[0].as_py() == "2026-10-01 00:00:00.000000Z"
+
+
+def test_django_dates_written_in_arrow_are_isoformat() -> None:
+    """django/source.iso_texts: the text each naive UTC datetime's isoformat() + "+00:00" gives."""
+    from celery_archive.backends.django.source import iso_texts
+
+    values = [dt.datetime(2026, 10, 1) + dt.timedelta(seconds=i * 7.3, microseconds=i % 3) for i in range(500)]
+    values += [None, dt.datetime(1, 1, 1), dt.datetime(999, 2, 3, 4, 5, 6, 7), dt.datetime(9999, 12, 31, 23, 59, 59, 999999)]
+    want = [None if v is None else v.isoformat() + "+00:00" for v in values]
+    assert iso_texts(pa.array(values, pa.timestamp("us"))) == want
+    assert iso_texts(pa.chunked_array([pa.array(values[:3], pa.timestamp("us")), pa.array(values[3:], pa.timestamp("us"))])) == want

@@ -89,10 +89,12 @@ class DjangoSource(SqlSource):
     def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
         n = len(page["id"])
         naive = {d: a for d in DATES if d in page and (a := _naive_utc(page[d])) is not None}
-        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in {**page, **naive}.items()}
-        for d in DATES:
-            if d in cols:  # naive UTC datetimes from Arrow need no zone arithmetic each
-                cols[d] = [None if v is None else v.isoformat() + "+00:00" for v in cols[d]] if d in naive else [iso(v) for v in cols[d]]
+        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in page.items() if k not in naive}
+        for d in DATES:  # naive UTC datetimes from Arrow are written as text in Arrow, not one by one
+            if d in naive:
+                cols[d] = iso_texts(naive[d])
+            elif d in cols:
+                cols[d] = [iso(v) for v in cols[d]]
         names = [c for c in STORED[kind] if c in cols]
         raw_value = [orjson.dumps(dict(zip(names, row))) for row in zip(*(cols[c] for c in names))]
         ctypes, encs = cols["content_type"], cols["content_encoding"]
@@ -156,6 +158,17 @@ def _naive_utc(values: Any) -> pa.Array | pa.ChunkedArray | None:
     if not isinstance(values, (pa.Array, pa.ChunkedArray)) or not pa.types.is_timestamp(values.type):
         return None
     return values.cast(pa.timestamp("us"))
+
+
+def iso_texts(values: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Naive UTC timestamps as ``datetime.isoformat() + "+00:00"`` writes them (no fraction when
+    it is zero), made in Arrow."""
+    import pyarrow.compute as pc
+
+    text = pc.replace_substring(values.cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
+    text = pc.replace_substring_regex(text, r"\.000000$", "")
+    out: list[str | None] = pc.binary_join_element_wise(text, "+00:00", "").to_pylist()
+    return out
 
 
 def _plain_json(column: Any) -> pa.Array | None:
