@@ -29,6 +29,7 @@ ODD = [
     ("odd-result-text", "result = '{\"v\": 1}'", True),  # text in a BLOB column (Celery writes bytes)
     ("odd-traceback-blob", "traceback = x'41'", True),  # bytes in a text column, even bytes that are text
     ("odd-worker-real", "worker = 3.5", False),  # a text column's affinity stores the number as text: '3.5'
+    ("odd-name-not-utf8", "name = CAST(x'ff' AS TEXT)", True),  # text that is not UTF-8: sqlite3 refuses it
 ]
 
 
@@ -95,11 +96,45 @@ def test_rows_of_the_wrong_type_are_named_and_stay(tmp_path: Path) -> None:
     url, db = _backend(tmp_path, 200)
     out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--batch-size", "50")
     assert out.returncode == 0, out.stderr
-    assert "left alone 6 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
+    assert "left alone 7 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
     assert "args is int 42" in out.stdout and "name is bytes" in out.stdout
     with sqlite3.connect(db) as c:
         kept = dict(c.execute("SELECT task_id, typeof(args) || '/' || typeof(name) || '/' || quote(retries) FROM celery_taskmeta"))
     assert set(kept) == {tid for tid, _sql, gone in ODD if gone}  # exactly these stay, as they were
     assert kept["odd-args-int"].startswith("integer/") and kept["odd-retries-big"].endswith("/99999999999")
     again = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json").stdout)
-    assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 6}
+    assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 7}
+
+
+def test_a_date_done_that_is_no_text_is_left_and_a_file_uri_name_is_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """date_done has NUMERIC affinity in Celery's SQLite table: '1' is stored as the number 1, which
+    is no date (julianday() would read a Julian day); and a relative name starting ``file:`` is the
+    file of that name for SQLAlchemy, so it must be for the Arrow reader too (ADBC reads it as a URI:
+    it read ./z.db and the purge deleted from ./file:z.db, rows archived from neither)."""
+    monkeypatch.chdir(tmp_path)
+    _url, made = _backend(tmp_path / "made", 300)
+    with sqlite3.connect(made) as c:
+        c.execute("UPDATE celery_taskmeta SET date_done = '1' WHERE task_id = 'ok-00001'")
+        c.execute("UPDATE celery_taskmeta SET date_done = 2461000.5 WHERE task_id = 'ok-00002'")
+        c.execute("UPDATE celery_taskmeta SET date_done = x'00' WHERE task_id = 'ok-00003'")
+    shutil.copy(made, tmp_path / "file:z.db")
+    shutil.copy(made, tmp_path / "z.db")
+    with sqlite3.connect(tmp_path / "z.db") as c:  # another file by the name ADBC would give it
+        c.execute("UPDATE celery_taskmeta SET result = CAST('not this file' AS BLOB)")
+    url = "db+sqlite:///file:z.db"
+    for args in (("--dry-run",), ()):
+        out = cli("run", "--source", url, "--sink", "a", "--older-than", "30d", "--batch-size", "100", "--json", *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    gone = sum(1 for *_, left in ODD if left)
+    # the number and the REAL are older than the cutoff as julianday() reads them, and then no date; the
+    # bytes are nothing SQLite dates: not selected at all. All three stay.
+    assert report["source_counts"] == {"bad_date_done": 2, "malformed": gone} and report["deleted"] == 300 + len(ODD) - 3 - gone
+    assert all(r["raw_result"] != b"not this file" for r in _records(tmp_path / "a").to_pylist())
+    with sqlite3.connect(tmp_path / "file:z.db") as c:
+        left = {t for (t,) in c.execute("SELECT task_id FROM celery_taskmeta")}
+    assert {"ok-00001", "ok-00002", "ok-00003"} <= left and len(left) == 3 + gone
+    with sqlite3.connect(tmp_path / "z.db") as c:
+        assert c.execute("SELECT count(*) FROM celery_taskmeta").fetchone()[0] == 300 + len(ODD)  # untouched
+    held = json.loads(cli("stats", "--source", url, "--json").stdout)
+    assert held["results"] == 3 + gone and held["by_age"].get("(no date)") == 3

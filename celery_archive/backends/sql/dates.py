@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from celery_archive.backends.dates import Naive, looks_local
+from celery_archive.backends.sql.driver import shown_text, texts
 
 if TYPE_CHECKING:
     from celery_archive.backends.sql.source import SqlSource
@@ -59,10 +60,13 @@ def as_text(stored: Any) -> Any:
 
 
 def text_of(value: Any) -> str | None:
-    """A stored value's text form: SQLite's text as it is; a timestamp as ISO text."""
+    """A stored value's text form: SQLite's text as it is; a timestamp as ISO text (anything
+    else, left alone as unreadable, as Python writes it)."""
     if value is None or isinstance(value, str):
         return value
-    return str(value.isoformat(sep=" ", timespec="microseconds"))
+    if isinstance(value, dt.datetime):
+        return str(value.isoformat(sep=" ", timespec="microseconds"))
+    return repr(value)
 
 
 class StoredDates:
@@ -94,10 +98,13 @@ class StoredDates:
 
     def day(self, kind: str, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The UTC day of a stored date_done where the database can tell it (PostgreSQL; SQLite
-        text with an offset), else the stored day."""
+        text with an offset), else the stored day; on SQLite NULL for what is not text (a
+        number there would be read as a Julian day)."""
         zone = self.rules[kind].name if kind in self.rules else "UTC"
         if self.dialect == "postgresql" and zone not in ("UTC", "local") and not self.aware.get(kind):
             return sa.func.date(sa.func.timezone("UTC", sa.func.timezone(zone, column)))
+        if self.dialect == "sqlite":
+            return sa.case((sa.func.typeof(column) == "text", sa.func.date(column)), else_=sa.null())
         return sa.func.date(column)
 
     def newest_order(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -150,7 +157,8 @@ class StoredDates:
             instants, repeated = self.rules[kind].instants([None if b else v for v, b in zip(values, bad)])
             return [text_of(v) for v in values], instants, repeated, pa.array([not b for b in bad])
         raw = list(stored)
-        parsed = [parse_text(v) if isinstance(v, str) else v for v in raw]
+        # SQLite keeps a number or bytes stored in date_done as they are (its affinity): not a date
+        parsed = [parse_text(v) if isinstance(v, str) else None for v in raw]
         instants, repeated = self.rules[kind].instants(parsed)
         keep = [p is not None and (cutoff is None or i < cutoff) for p, i in zip(parsed, instants)]
         if None in parsed:
@@ -175,7 +183,9 @@ EXAMPLES = 5  # rows named per reason a row was left alone
 def _unread(value: Any, dialect: str) -> bool:
     """Whether a stored date_done cannot be read: SQLite text that is no date, or what another
     driver gives as text because it is no datetime (MySQL's zero date, 0000-00-00 00:00:00)."""
-    return isinstance(value, str) and (dialect != "sqlite" or parse_text(value) is None)
+    if dialect == "sqlite":
+        return not isinstance(value, str) or parse_text(value) is None  # a number or bytes in date_done too
+    return isinstance(value, str)
 
 
 def _name(examples: dict[str, list[str]], reason: str, where: str, page: dict[str, Any], mask: pa.Array) -> None:
@@ -213,14 +223,16 @@ def newest(src: SqlSource, cutoff: dt.datetime | None, kinds: tuple[str, ...]) -
     """(task id, stored date_done, its UTC instant) of ``src``'s newest finished result older
     than ``cutoff`` (of all, with None)."""
     best: tuple[str, str, dt.datetime] | None = None
-    with src.engine.connect() as conn:
+    with src.engine.connect() as conn, texts(conn, shown_text):  # shown only: text that is not UTF-8 too
         for kind, t in src.tables.items():
             if kind not in kinds:
                 continue
             id_col = t.c[src.id_columns[kind]]
-            conds = src._selected(kind, t, cutoff) if cutoff else [t.c.date_done.is_not(None)]
+            conds: list[sa.ColumnElement[bool]] = src._selected(kind, t, cutoff) if cutoff else [t.c.date_done.is_not(None)]
             if kind == "task" and cutoff is None:
                 conds.append(t.c.status.in_(FINISHED))
+            if src.dialect.name == "sqlite":  # a number in date_done is no date (julianday would read one)
+                conds.append(sa.func.typeof(t.c.date_done) == "text")
             rows = conn.execute(sa.select(id_col, t.c.date_done).where(id_col.is_not(None), *conds)
                                 .order_by(src.dates.newest_order(t.c.date_done)).limit(20)).all()
             page = src.dates.read(kind, {id_col.name: [r[0] for r in rows], "date_done": [r[1] for r in rows]}, cutoff,

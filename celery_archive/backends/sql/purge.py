@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from celery_archive.backends import PurgeBatch
+from celery_archive.backends.sql.driver import driver_rows, text_or_bytes, texts, undecodable
 from celery_archive.backends.sql.keys import in_shard
 from celery_archive.errors import SourceError
 
@@ -140,7 +141,14 @@ def _locked_delete(src: SqlSource, batch: PurgeBatch, table: sa.Table) -> int | 
 
 def _sqlite_keys(conn: sa.Connection, batch: PurgeBatch, table: sa.Table, conds: list[sa.ColumnElement[bool]]) -> dict[str, Any]:
     """The keys of the range's rows, as the driver's tuples (SQLite's are cheap to make)."""
-    rows = driver_rows(conn, sa.select(*_key_columns(batch, table, False)).where(*conds))
+    stmt = sa.select(*_key_columns(batch, table, False)).where(*conds)
+    try:
+        rows = driver_rows(conn, stmt)
+    except Exception as exc:  # text that is not UTF-8 in the range (sqlite3 refuses it): as its bytes, then no match
+        if not undecodable(exc):
+            raise
+        with texts(conn, text_or_bytes):
+            rows = driver_rows(conn, stmt)
     return dict(zip(batch.keys, zip(*rows))) if rows else {}
 
 
@@ -185,13 +193,3 @@ def _exact_delete(src: SqlSource, batch: PurgeBatch, table: sa.Table) -> int:
         for i in range(0, len(values), EXACT_CHUNK):
             deleted += conn.execute(sa.delete(table).where(key.in_(values[i : i + EXACT_CHUNK]))).rowcount
     return deleted
-
-
-def driver_rows(conn: sa.Connection, stmt: sa.Select[Any]) -> list[tuple[Any, ...]]:
-    """The rows of ``stmt`` as the DB-API driver's tuples (SQLAlchemy binds the parameters
-    but makes no Row object per row)."""
-    result = conn.execute(stmt)
-    try:
-        return list(result.cursor.fetchall())
-    finally:
-        result.close()

@@ -27,8 +27,8 @@ from celery_archive.backends.dates import Naive, celery_rule, parse_version
 from celery_archive.backends.records import RAW_TYPES, build_records, malformed
 from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql.dates import EXAMPLES, StoredDates, check_dates, keep_rows, newest
+from celery_archive.backends.sql.driver import driver_rows, shown_text, text_or_bytes, texts, timestamps, undecodable
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
-from celery_archive.backends.sql.purge import driver_rows
 from celery_archive.backends.sql.purge import purge as purge_batch
 from celery_archive.backends.sql.url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
 from celery_archive.errors import SourceError, scrubbed
@@ -271,7 +271,13 @@ class SqlSource:
                 page = self._arrow_page(stmt) if self._sqlite_path else None
                 if page is None:
                     with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
-                        page = self._query(stmt, conn)
+                        try:
+                            page = self._query(stmt, conn)
+                        except Exception as exc:
+                            if not undecodable(exc):
+                                raise
+                            with texts(conn, text_or_bytes):  # the page again, such text as its bytes: malformed
+                                page = self._query(stmt, conn)
             except Exception as exc:
                 raise self._error("reading results from", exc) from exc
             if text and page:
@@ -350,7 +356,7 @@ class SqlSource:
         ``everything`` for every result in the tables (day "" when there is no date_done)."""
         out: list[tuple[str, str | None, str | None, str, int, int]] = []
         try:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, texts(conn, shown_text):  # what is shown: text that is not UTF-8 too
                 for kind, t in self.tables.items():
                     sized = [c for c in self.sized_columns if c in t.c]
                     nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
@@ -369,6 +375,7 @@ class SqlSource:
                             # zero date): a run leaves these rows
                             self.counts["bad_date_done"] += int(n)
                             continue
+                        st, nm = (shown_text(v) if isinstance(v, bytes) else v for v in (st, nm))  # SQLite: bytes anywhere
                         out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
         except sa.exc.SQLAlchemyError as exc:
             raise self._error("counting results in", exc) from exc
@@ -385,22 +392,6 @@ def _sqlite_arrow() -> bool:
     from celery_archive.backends.sql import sqlite_arrow
 
     return sqlite_arrow.available()
-
-
-def timestamps(texts: Any) -> Any:
-    """MySQL's text of DATETIME values as an Arrow timestamp array, as ADBC gives them; values
-    Arrow cannot read (a zero date) as datetimes, or as the text, as the driver would give them."""
-    try:
-        return pa.array(texts, pa.string()).cast(pa.timestamp("us"))
-    except pa.ArrowInvalid:
-        return [_parsed(v) for v in texts]
-
-
-def _parsed(text: str | None) -> dt.datetime | str | None:
-    try:
-        return None if text is None else dt.datetime.fromisoformat(text)
-    except ValueError:
-        return text
 
 
 def from_config(cfg: RunConfig) -> SqlSource:

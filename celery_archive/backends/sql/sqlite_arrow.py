@@ -34,6 +34,17 @@ def available() -> bool:
     return True
 
 
+def uri(path: str) -> str:
+    """The SQLite URI of the very file SQLAlchemy opens for ``path`` (a file name, relative to
+    the working directory), read-only: ADBC's driver takes a name starting ``file:`` as a URI
+    of its own (``file:z.db`` is ./z.db to it, ./file:z.db to SQLAlchemy), and would create a
+    missing file."""
+    import os
+    from urllib.parse import quote
+
+    return "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+
+
 def storage_class(column: sa.ColumnElement[Any]) -> tuple[str, pa.DataType] | None:
     """The SQLite storage class a Celery column holds (and its Arrow type), by its declared type."""
     for sa_type, name, arrow in _CLASSES:
@@ -60,7 +71,7 @@ def read(path: str, sql: str, stmt: sa.Select[Any]) -> dict[str, Any] | None:
     import adbc_driver_sqlite
 
     try:
-        db = adbc_driver_sqlite.connect(path)
+        db = adbc_driver_sqlite.connect(uri(path))
         try:
             conn = m.AdbcConnection(db)
             try:
