@@ -63,8 +63,11 @@ def stats(cfg: RunConfig, warn_above: int | None = None) -> StatsReport:
     source = open_source(cfg)
     try:
         rows = source.stats(now, everything=True)
+        counts = dict(source.counts)
         due = sum(n for *_, n, _b in source.stats(now - cfg.older_than))
-        counts = dict(source.counts)  # what a run would leave alone (the count of what is due finds them)
+        # and what only the count of what is due finds (SQL: dates that cannot be read); Redis
+        # counts the same keys again, which stay counted once
+        counts.update({k: v for k, v in source.counts.items() if k not in counts})
         newest, newest_due = source.newest(None), source.newest(now - cfg.older_than)
         dates, notes = source.describe_dates(), date_notes(source)
     finally:
