@@ -229,3 +229,24 @@ def test_the_one_pass_decoding_takes_what_the_general_one_takes(prefix: str, mon
                 b'{"result": 1, "status": "SUCCESS", "name": 5}', b'{"result": "\xff", "status": "SUCCESS"}',
                 b'{"status": "SUCCESS"}', b'{"result": NaN, "status": "SUCCESS"}', b"\x80\x04K\x01."):
         assert fast.task(raw) is None, raw
+
+
+def test_a_result_nested_as_deep_as_celery_writes_is_archived_beside_others(prefix: str, tmp_path: Path) -> None:
+    """msgspec stops at ~985 levels of nesting with RecursionError, which Celery's own json
+    writes (a list 985 deep): the one-pass decoding leaves it to the general one, and every
+    run used to fail on it with a traceback, archiving nothing."""
+    app = redis_app(prefix)
+    for i in range(6):
+        app.backend.store_result(f"ok-{i}", i, "SUCCESS")
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"{prefix}celery-task-meta-ok-5"
+    nested = b"[" * 985 + b"]" * 985  # as Celery's json writes a list 985 deep (this process's stack is too deep to)
+    client.set(key, client.get(key).replace(b'"result": 5', b'"result": ' + nested), keepttl=True)
+    client.close()
+    stored = keys(prefix)
+    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(tmp_path / "a"), "--older-than", "0s", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["deleted"] == 6 and keys(prefix) == {}
+    record = read_archive(tmp_path / "a")["ok-5"]
+    assert record["raw_value"] == stored[record["source_table"]]  # the exact bytes; its copy is past orjson's 254 levels:
+    assert record["result"] is None and record["decode_error"].startswith("result:")  # named, not guessed

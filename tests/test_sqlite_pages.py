@@ -138,3 +138,21 @@ def test_a_date_done_that_is_no_text_is_left_and_a_file_uri_name_is_the_file(tmp
         assert c.execute("SELECT count(*) FROM celery_taskmeta").fetchone()[0] == 300 + len(ODD)  # untouched
     held = json.loads(cli("stats", "--source", url, "--json").stdout)
     assert held["results"] == 3 + gone and held["by_age"].get("(no date)") == 3
+
+
+def test_a_result_nested_as_deep_as_celery_writes_is_archived(tmp_path: Path) -> None:
+    """A JSON result 985 levels deep (Celery's json writes it) is past msgspec's nesting: its page
+    is decoded value by value instead of failing the run."""
+    url = f"db+sqlite:///{tmp_path / 'results.db'}"
+    app = celery_app(url)
+    for i in range(6):
+        app.backend.store_result(f"ok-{i}", i, "SUCCESS")
+    age_rows(url, 40)
+    nested = b"[" * 985 + b"]" * 985  # as Celery's json writes a list 985 deep (this process's stack is too deep to)
+    with sqlite3.connect(tmp_path / "results.db") as c:
+        c.execute("UPDATE celery_taskmeta SET result = ? WHERE task_id = 'ok-5'", (nested,))
+    out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["deleted"] == 6
+    by_id = {r["task_id"]: r for r in _records(tmp_path / "a").to_pylist()}
+    assert by_id["ok-5"]["raw_result"] == nested and by_id["ok-5"]["result"].replace(" ", "").encode() == nested

@@ -258,7 +258,7 @@ def json_text(stored: pa.Array) -> pa.Array | None:
     try:
         for _ in map(_JSON_SYNTAX.decode, stored.drop_null().to_pylist()):  # iterates in C
             pass
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec nests ~985 deep at most: such a value goes one by one
         return None
     data = stored.buffers()[2]  # the values' bytes, back to back: a marker found across two
     if data is not None and b'"__type__"' in data.to_pybytes():  # values only takes the exact path

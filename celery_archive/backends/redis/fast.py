@@ -48,7 +48,7 @@ def task(raw: bytes) -> tuple[Any, ...] | None:
     try:
         raw.decode("utf-8")  # msgspec checks the fields it decodes, not the text it keeps
         m = _DECODER.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # msgspec nests ~985 deep at most
         return None
     return (m.task_id, m.status, m.date_done, m.name, m.worker, m.retries, m.queue, m.traceback, m.group_id,
             m.parent_id, _text(m.result), _text(m.args), _text(m.kwargs), _text(m.children))
