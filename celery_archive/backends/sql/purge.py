@@ -124,7 +124,7 @@ def _locked_delete(src: SqlSource, batch: PurgeBatch, table: sa.Table) -> int | 
             with conn.begin() as tx:
                 if sqlite:  # no other writer from here to the commit (readers go on reading)
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
-                got = _sqlite_keys(src, conn, batch, table, conds) if sqlite else _mysql_keys(conn, batch, table, conds)
+                got = _sqlite_keys(conn, batch, table, conds) if sqlite else _mysql_keys(conn, batch, table, conds)
                 n = len(next(iter(got.values()))) if got else 0
                 if got is None or batch.outside(got) != 0:
                     tx.rollback()  # something not verified (new or changed) is in range
@@ -139,19 +139,9 @@ def _locked_delete(src: SqlSource, batch: PurgeBatch, table: sa.Table) -> int | 
                 driver.execute(f"PRAGMA cache_size = {int(cache)}")
 
 
-def _sqlite_keys(src: SqlSource, conn: sa.Connection, batch: PurgeBatch, table: sa.Table,
-                 conds: list[sa.ColumnElement[bool]]) -> dict[str, Any]:
-    """The keys of the range's rows: as Arrow columns (sqlite_arrow.py), read on a connection of
-    their own, which sees what ``conn`` sees (it holds the one writer's lock, BEGIN IMMEDIATE,
-    and has changed nothing yet); else as the driver's tuples."""
+def _sqlite_keys(conn: sa.Connection, batch: PurgeBatch, table: sa.Table, conds: list[sa.ColumnElement[bool]]) -> dict[str, Any]:
+    """The keys of the range's rows, as the driver's tuples (SQLite's are cheap to make)."""
     stmt = sa.select(*_key_columns(batch, table, False)).where(*conds)
-    if src._sqlite_path:
-        from celery_archive.backends.sql import sqlite_arrow
-
-        query = sqlite_arrow.checked(stmt)
-        got = None if query is None else sqlite_arrow.read(src._sqlite_path, src._literal(query), stmt)
-        if got is not None:
-            return {k: got[c.name] for k, c in zip(batch.keys, stmt.selected_columns)} if got else {}
     try:
         rows = driver_rows(conn, stmt)
     except Exception as exc:  # text that is not UTF-8 in the range (sqlite3 refuses it): as its bytes, then no match
