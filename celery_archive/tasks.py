@@ -27,7 +27,10 @@ from typing import Any
 
 from celery import shared_task
 
+from celery_archive.backends.sql import sqlite_arrow
 from celery_archive.pipeline.shards import commit_shards, purge_shard, write_shard
+
+sqlite_arrow.ALLOWED = False  # a worker's own result backend may hold locks on the same SQLite file (sqlite_arrow.py)
 
 QUEUE = "celery_archive"
 SHARD, COMMIT, PURGE = "celery_archive.shard", "celery_archive.commit", "celery_archive.purge"

@@ -106,11 +106,11 @@ class SqlSource:
 
     @property
     def engine(self) -> sa.Engine:
-        """SQLAlchemy's engine, made on first use (on PostgreSQL only dry runs and the exact
-        delete need it)."""
+        """SQLAlchemy's engine, made on first use (on PostgreSQL only dry runs and the exact delete need it)."""
         if self._engine is None:
             utc = UTC_SESSION if self._url.get_backend_name() == "postgresql" else {}
-            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=utc)
+            pool = {"poolclass": sa.pool.NullPool} if self._sqlite_path else {}  # no lock held at an ADBC close (sqlite_arrow.py)
+            self._engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=utc, **pool)
         return self._engine
 
     # -- setup ----------------------------------------------------------------------------

@@ -11,6 +11,14 @@ values of a page taken here are then exactly the driver's: bytes, text and integ
 
 No transaction is held between pages: each page is one statement on a connection of its own,
 closed at once, so the purge's ``BEGIN IMMEDIATE`` never waits on a reader.
+
+ADBC's driver links a copy of SQLite of its own, and closing a connection drops every POSIX lock
+its process holds on the file, those of Python's sqlite3 module too. So this reads only where no
+other connection of the process can hold a lock on the file meanwhile: a run's extraction, which
+ends before its purge begins, in a process of celery-archive's own, whose sqlite3 connections are
+not pooled (source.py: none stays open to hold WAL's shared wal-index lock either). A Celery worker (tasks.py)
+may write results to the same file on another thread: there ``ALLOWED`` is False and pages go
+through sqlite3. The purge always does.
 """
 
 from __future__ import annotations
@@ -26,7 +34,12 @@ _CLASSES = ((sa.LargeBinary, "blob", pa.binary()), (sa.Integer, "integer", pa.in
 OK = "celery_archive_types_ok"  # the query's extra column: 1 where every value is of its column's class
 
 
+ALLOWED = True  # False in a process whose other code may hold SQLite locks (a Celery worker: tasks.py)
+
+
 def available() -> bool:
+    if not ALLOWED:
+        return False
     try:
         import adbc_driver_sqlite  # noqa: F401
     except ImportError:
