@@ -156,3 +156,16 @@ def test_a_result_nested_as_deep_as_celery_writes_is_archived(tmp_path: Path) ->
     assert json.loads(out.stdout)["deleted"] == 6
     by_id = {r["task_id"]: r for r in _records(tmp_path / "a").to_pylist()}
     assert by_id["ok-5"]["raw_result"] == nested and by_id["ok-5"]["result"].replace(" ", "").encode() == nested
+
+
+def test_a_celery_worker_reads_sqlite_through_sqlite3_only() -> None:
+    """ADBC's driver links its own SQLite: closing its connection would drop the POSIX locks the
+    worker's own result backend holds on the same file. A process that loads the tasks (a worker)
+    reads pages through sqlite3; the CLI's own processes through ADBC."""
+    import subprocess
+    import sys
+
+    code = ("from celery_archive.backends.sql import sqlite_arrow as s; a = s.available(); "
+            "import celery_archive.tasks; print(a, s.available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False"], out.stderr
