@@ -56,7 +56,7 @@ def malformed(page: Mapping[str, Any], types: Mapping[str, pa.DataType] = RAW_TY
         target = types.get(name)
         if target is None or isinstance(values, (pa.Array, pa.ChunkedArray)) or name == "date_done":
             continue
-        allowed = _PY_TYPES[target.id] if target.id in _PY_TYPES else None
+        allowed = _PY_TYPES.get(target.id)
         if allowed is None:
             continue
         if set(map(type, values)) <= allowed:

@@ -121,8 +121,8 @@ class DjangoSource(SqlSource):
             "name": cols.get("task_name"), "worker": cols.get("worker"), "traceback": cols.get("traceback"),
             "args": texts.get("task_args"), "kwargs": texts.get("task_kwargs"), "result": texts["result"],
             "children": children if kind == "task" else None, "decode_error": decode_error,
-            "raw_result": _stored_bytes(page, cols, "result", n), "raw_args": _stored_bytes(page, cols, "task_args", n),
-            "raw_kwargs": _stored_bytes(page, cols, "task_kwargs", n), "raw_value": raw_value, "raw_date_done": cols["raw_date_done"],
+            "raw_result": _stored_bytes(page, cols, "result"), "raw_args": _stored_bytes(page, cols, "task_args"),
+            "raw_kwargs": _stored_bytes(page, cols, "task_kwargs"), "raw_value": raw_value, "raw_date_done": cols["raw_date_done"],
             "content_type": ctypes, "content_encoding": encs, "storage_format": STORAGE_FORMAT,
             "source": self.display_url, "source_table": table.fullname, "source_id": cols["id"],
             "run_id": run_id, "archived_at": archived_at,
@@ -171,21 +171,22 @@ def iso_texts(values: pa.Array | pa.ChunkedArray) -> list[str | None]:
     return out
 
 
+def _bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A text column (ADBC's) as one array of its UTF-8 bytes."""
+    return (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(pa.binary())
+
+
 def _plain_json(column: Any) -> pa.Array | None:
     """A text column as its own queryable copy (codec.json_text), when it is all plain JSON."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    arr = column if isinstance(column, pa.Array) else pa.array(column, pa.string())
-    return json_text(arr.cast(pa.binary()))
+    return json_text(_bytes(column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, pa.string())))
 
 
-def _stored_bytes(page: dict[str, Any], cols: dict[str, list[Any]], field: str, n: int) -> Any:
+def _stored_bytes(page: dict[str, Any], cols: dict[str, list[Any]], field: str) -> Any:
     """A text column's exact stored bytes (UTF-8)."""
     if field not in cols:
         return None
-    column = page[field]
-    if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        return (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(pa.binary())
+    if isinstance(page[field], (pa.Array, pa.ChunkedArray)):
+        return _bytes(page[field])
     return [None if v is None else v.encode() for v in cols[field]]
 
 

@@ -72,6 +72,11 @@ _BINARY_TYPES = (SERIALIZERS["pickle"][0], SERIALIZERS["msgpack"][0])
 _JSON = SERIALIZERS["json"][0]
 
 
+def _stored(raw: bytes, ctype: str, compression: str | None, key: bytes, ttl: int) -> tuple[Any, ...]:
+    """A row's last fields, what the key holds as stored: raw_value to raw_key in _ROW_FIELDS."""
+    return raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key.decode("utf-8", "replace"), ttl, key
+
+
 def _json(meta: dict[str, Any], field: str, errors: list[str]) -> bytes | None:
     if field not in meta or meta[field] is None:
         return None
@@ -279,8 +284,7 @@ class RedisSource:
                 return None
             date_done = self._date(kind, {"date_done": plain[2]}, key, ttl, now, expires_ms)
             return None if date_done is None else (
-                plain[0] or self._task_id(kind, key), kind, plain[1], date_done, *plain[3:], None, raw, _JSON, "utf-8", None,
-                key.decode("utf-8", "replace"), ttl, key)
+                plain[0] or self._task_id(kind, key), kind, plain[1], date_done, *plain[3:], None, *_stored(raw, _JSON, None, key, ttl))
         try:
             meta, compression, ctype, _refused = decode_value(raw, self.config.serializer)
         except TooLarge as exc:
@@ -307,7 +311,7 @@ class RedisSource:
         get = meta.get
         return (stored_id or self._task_id(kind, key), kind, status, date_done, get("name"), get("worker"), get("retries"),
                 get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
-                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", compression, key.decode("utf-8", "replace"), ttl, key)
+                *_stored(raw, ctype, compression, key, ttl))
 
     def _task_id(self, kind: str, key: bytes) -> str:
         """The id in a key of either prefix layout (Celery 5.5+'s, or 5.3/5.4's extra ``_``)."""
@@ -327,8 +331,7 @@ class RedisSource:
         self.counts["not_inflated"] += 1
         ctype = SERIALIZERS[self.config.serializer][0]
         return (self._task_id(kind, key), kind, None, date_done, *([None] * 11), f"value: {exc}; status unknown, dated from its TTL",
-                raw, ctype, "binary" if ctype in _BINARY_TYPES else "utf-8", split_compressed(raw)[0],
-                key.decode("utf-8", "replace"), ttl, key)
+                *_stored(raw, ctype, split_compressed(raw)[0], key, ttl))
 
     # -- dry run --------------------------------------------------------------------------
     def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
