@@ -94,6 +94,11 @@ def test_arrow_pages_archive_what_the_driver_gives(tmp_path: Path, monkeypatch: 
 
 def test_rows_of_the_wrong_type_are_named_and_stay(tmp_path: Path) -> None:
     url, db = _backend(tmp_path, 200)
+    dry = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run", "--json").stdout)
+    assert plan["selected"] == 200 + len(ODD) - 7 and plan["source_counts"] == {"malformed": 7}  # what the run takes and leaves
+    assert "left alone 7 record(s) that have a field of a type Celery never writes" in dry.stdout, dry.stdout
     out = cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--batch-size", "50")
     assert out.returncode == 0, out.stderr
     assert "left alone 7 record(s) that have a field of a type Celery never writes" in out.stdout, out.stdout
@@ -104,6 +109,8 @@ def test_rows_of_the_wrong_type_are_named_and_stay(tmp_path: Path) -> None:
     assert kept["odd-args-int"].startswith("integer/") and kept["odd-retries-big"].endswith("/99999999999")
     again = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json").stdout)
     assert again["ok"] and again["archived"] == 0 and again["source_counts"] == {"malformed": 7}
+    plan = json.loads(cli("run", "--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run", "--json").stdout)
+    assert plan["selected"] == 0 and plan["source_counts"] == {"malformed": 7} and len(plan["source_examples"]["malformed"]) == 5
 
 
 def test_a_date_done_that_is_no_text_is_left_and_a_file_uri_name_is_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

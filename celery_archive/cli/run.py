@@ -104,6 +104,7 @@ def run(config: Path | None, as_json: bool, no_wait: bool, **values: Any) -> Non
         for title, counts in (("by status", report.by_status), ("by task name", report.by_name), ("by day", report.by_day)):
             click.echo(f"  {title}: " + ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:12]))
         click.echo(newest_line(report.newest, report.now, "would be taken"))
+        _left_alone(report.source_counts, report.source_examples, "would be")
         click.echo("nothing was changed; run again without --dry-run to archive")
         return
     if report.resumed or report.orphans_removed:
@@ -113,13 +114,7 @@ def run(config: Path | None, as_json: bool, no_wait: bool, **values: Any) -> Non
                    + ", ".join(f"#{s['shard']} {s['archived']:,}" for s in report.shards))
     click.echo(f"run {report.run_id}: archived {report.archived:,} of {report.selected:,} results older than "
                f"{report.cutoff} in {report.files} file(s), {_human_bytes(report.bytes)}, to {report.sink}")
-    counts = report.source_counts
-    if counts.get("no_task_id") or counts.get("bad_date_done"):
-        shown = [e for reason in ("no_task_id", "bad_date_done") for e in report.source_examples.get(reason, [])]
-        click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
-                   "date_done that cannot be read; they were left in the backend (source_counts in --json)"
-                   + (f"; first: {', '.join(shown)}" if shown else ""))
-    _left_alone(counts, {k: v for k, v in report.source_examples.items() if k not in ("no_task_id", "bad_date_done")})
+    _left_alone(report.source_counts, report.source_examples)
     click.echo(f"verified {report.verified:,}; deleted {report.deleted:,} from the backend"
                + (f"; kept {report.skipped_changed:,} that changed since they were read" if report.skipped_changed else "")
                + (f"; deleted {report.deleted_by_rules:,} without an archive (delete rules)" if report.deleted_by_rules else "")
@@ -186,11 +181,17 @@ def _runner(cfg: Any) -> Any:
     return CeleryRunner(load_app(spec), cfg.queue)
 
 
-def _left_alone(counts: dict[str, int], examples: dict[str, list[str]]) -> None:
+def _left_alone(counts: dict[str, int], examples: dict[str, list[str]], were: str = "were") -> None:
     """Notes on what the source held but a run left where it was, naming the first few."""
     from celery_archive.backends.codec import MAX_INFLATED
     from celery_archive.backends.redis.source import LEFT_ALONE
 
+    if counts.get("no_task_id") or counts.get("bad_date_done"):
+        shown = [e for reason in ("no_task_id", "bad_date_done") for e in examples.get(reason, [])]
+        click.echo(f"note: {counts.get('no_task_id', 0):,} row(s) have no task id and {counts.get('bad_date_done', 0):,} a "
+                   f"date_done that cannot be read; they {were} left in the backend (source_counts in --json)"
+                   + (f"; first: {', '.join(shown)}" if shown else ""))
+        examples = {k: v for k, v in examples.items() if k not in ("no_task_id", "bad_date_done")}
     if counts.get("no_ttl"):
         click.echo(f"note: {counts['no_ttl']:,} result key(s) have no TTL (they never expire by themselves)")
     if counts.get("not_inflated"):

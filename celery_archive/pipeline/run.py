@@ -95,6 +95,8 @@ class DryRunReport:
     newest: dict[str, str] | None = None  # the newest result it would take: task_id, stored, utc
     dates: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    source_counts: dict[str, int] = field(default_factory=dict)  # as a run's: what it would leave alone, and why
+    source_examples: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "run", "dry_run": True, **asdict(self)}
@@ -119,7 +121,8 @@ def dry_run(source: Source, cutoff: dt.datetime, now: dt.datetime) -> DryRunRepo
     t = Tally.of(source.stats(cutoff))
     return DryRunReport(source.display_url, iso(cutoff), t.results, t.bytes, dict(t.by_kind),
                         dict(t.by_status.most_common()), dict(t.by_name.most_common()), dict(sorted(t.by_day.items())),
-                        iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source))
+                        iso(now), newest_json(source.newest(cutoff)), source.describe_dates(), date_notes(source),
+                        dict(source.counts), {k: list(v) for k, v in source.examples.items()})
 
 
 Warn = Callable[[str], None]  # called with what the run doubts, before it deletes anything

@@ -27,9 +27,10 @@ from celery_archive.backends.dates import Naive, celery_rule, parse_version
 from celery_archive.backends.records import RAW_TYPES, build_records, malformed
 from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql.dates import EXAMPLES, StoredDates, check_dates, keep_rows, newest
-from celery_archive.backends.sql.driver import driver_rows, shown_text, text_or_bytes, texts, timestamps, undecodable
+from celery_archive.backends.sql.driver import driver_rows, text_or_bytes, texts, timestamps, undecodable
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
 from celery_archive.backends.sql.purge import purge as purge_batch
+from celery_archive.backends.sql.stats import count_results
 from celery_archive.backends.sql.url import UTC_SESSION, adbc_uri, parse_source_url, session_zone
 from celery_archive.errors import SourceError, scrubbed
 
@@ -353,33 +354,8 @@ class SqlSource:
     # -- dry run ----------------------------------------------------------------------------
     def stats(self, cutoff: dt.datetime, everything: bool = False) -> list[tuple[str, str | None, str | None, str, int, int]]:
         """(kind, status, name, day, count, bytes) for what a run would take, or with
-        ``everything`` for every result in the tables (day "" when there is no date_done)."""
-        out: list[tuple[str, str | None, str | None, str, int, int]] = []
-        try:
-            with self.engine.connect() as conn, texts(conn, shown_text):  # what is shown: text that is not UTF-8 too
-                for kind, t in self.tables.items():
-                    sized = [c for c in self.sized_columns if c in t.c]
-                    nbytes = sum((sa.func.coalesce(sa.func.length(t.c[c]), 0) for c in sized), sa.literal(0))
-                    day = self.dates.day(kind, t.c.date_done)
-                    status = t.c.status if kind == "task" else None
-                    name = t.c[self.name_column] if self.name_column in t.c else None
-                    # PostgreSQL refuses a constant (NULL) in GROUP BY: group by real columns only
-                    keys = [k for k in (status, name, day) if k is not None]
-                    stmt = (sa.select(sa.null() if status is None else status, sa.null() if name is None else name, day,
-                                      sa.func.count(), sa.func.sum(nbytes))
-                            .where(*([] if everything else [*self._selected(kind, t, cutoff), self._id(kind, t).is_not(None)]))
-                            .group_by(*keys))
-                    for st, nm, d, n, b in conn.execute(stmt):
-                        if not everything and (d is None or (self.dialect.name != "sqlite" and isinstance(d, str))):
-                            # a date_done that is no date (SQLite text date() cannot read, MySQL's
-                            # zero date): a run leaves these rows
-                            self.counts["bad_date_done"] += int(n)
-                            continue
-                        st, nm = (shown_text(v) if isinstance(v, bytes) else v for v in (st, nm))  # SQLite: bytes anywhere
-                        out.append((kind, st, nm, "" if d is None else str(d)[:10], int(n), int(b or 0)))
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._error("counting results in", exc) from exc
-        return out
+        ``everything`` for every result in the tables (day "" when there is no date_done): stats.py."""
+        return count_results(self, cutoff, everything)
 
     # -- purge ----------------------------------------------------------------------------
     def purge(self, batch: PurgeBatch) -> tuple[int, int]:

@@ -23,6 +23,7 @@ through sqlite3. The purge always does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -75,6 +76,26 @@ def checked(stmt: sa.Select[Any]) -> sa.Select[Any] | None:
             return None
         conds.append(sa.func.typeof(col).in_([cls[0], "null"]))
     return stmt.add_columns(sa.case((sa.and_(*conds), 1), else_=0).label(OK))
+
+
+_STORAGE = {pa.string().id: "text", pa.binary().id: "blob", pa.int64().id: "integer", pa.int32().id: "integer"}
+
+
+def sound(table: sa.Table, names: list[str], types: Mapping[str, pa.DataType]) -> sa.ColumnElement[bool]:
+    """SQL true where a row's ``names`` columns each hold what ``types`` says Celery writes
+    there (the storage class, NULL, an int32 in its range), as a run's malformed check
+    (records.malformed) decides in Python; text that is not UTF-8 it cannot tell."""
+    conds: list[sa.ColumnElement[bool]] = []
+    for name in names:
+        target = types.get(name)
+        cls = None if target is None or name == "date_done" else _STORAGE.get(target.id)
+        if cls is None:
+            continue
+        col = table.c[name]
+        conds.append(sa.func.typeof(col).in_([cls, "null"]))
+        if target == pa.int32():
+            conds.append(sa.or_(col.is_(None), col.between(-(2**31), 2**31 - 1)))
+    return sa.and_(sa.true(), *conds)
 
 
 def read(path: str, sql: str, stmt: sa.Select[Any]) -> dict[str, Any] | None:
