@@ -340,5 +340,49 @@ def test_django_dates_written_in_arrow_are_isoformat() -> None:
     values = [dt.datetime(2026, 10, 1) + dt.timedelta(seconds=i * 7.3, microseconds=i % 3) for i in range(500)]
     values += [None, dt.datetime(1, 1, 1), dt.datetime(999, 2, 3, 4, 5, 6, 7), dt.datetime(9999, 12, 31, 23, 59, 59, 999999)]
     want = [None if v is None else v.isoformat() + "+00:00" for v in values]
-    assert iso_texts(pa.array(values, pa.timestamp("us"))) == want
-    assert iso_texts(pa.chunked_array([pa.array(values[:3], pa.timestamp("us")), pa.array(values[3:], pa.timestamp("us"))])) == want
+    assert iso_texts(pa.array(values, pa.timestamp("us"))).to_pylist() == want
+    assert iso_texts(pa.chunked_array([pa.array(values[:3], pa.timestamp("us")), pa.array(values[3:], pa.timestamp("us"))])).to_pylist() == want
+
+
+def test_json_objects_made_in_arrow_are_what_orjson_writes() -> None:
+    """json_objects.objects: byte for byte orjson.dumps(dict(zip(names, row))) of each row (the
+    verbatim copy of a django-celery-results row), for texts holding every character JSON
+    escapes, others beyond ASCII, integers and nulls."""
+    import random
+
+    import orjson
+
+    from celery_archive.backends.json_objects import objects
+
+    rnd = random.Random(20)
+    alphabet = [chr(c) for c in range(0x30)] + list('az"\\/é€😀\u2028\x7f\u0085')
+
+    def text(i: int) -> str | None:
+        if i % 5 == 0:
+            return None
+        return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 20)))
+
+    rows = [(text(i), f"plain-{i}", "Traceback (most recent call last):\n\t\"x\"\r\n" if i % 3 else None,
+             rnd.choice([None, 0, -7, 2**62]), None) for i in range(3000)]
+    names = ["task_id", "status", 'we"ird\n', "n", "none"]
+    columns = [pa.array([r[j] for r in rows]) for j in range(len(names))]
+    assert objects(names, columns).to_pylist() == [orjson.dumps(dict(zip(names, r))) for r in rows]
+    plain = [pa.array(["a", "b"]), pa.array([None, "x\ty"])]  # no escape in one column, one short escape in another
+    assert objects(["a", "b"], plain).to_pylist() == [b'{"a":"a","b":null}', b'{"a":"b","b":"x\\ty"}']
+    sliced = pa.array(['x"', "y", None, "\\"])[1:3]  # its buffer holds bytes of rows it does not
+    assert objects(["s"], [sliced]).to_pylist() == [b'{"s":"y"}', b'{"s":null}']
+    assert objects(["z"], [pa.nulls(2)]).to_pylist() == [b'{"z":null}'] * 2
+    with pytest.raises(TypeError):
+        objects(["d"], [pa.array([1.5])])
+
+
+def test_django_children_are_read_from_each_meta() -> None:
+    """django/source._children: the children a task's meta names, each distinct meta decoded once."""
+    from celery_archive.backends.django.source import _children
+
+    metas = [b'{"children": [["c-1", null]]}', b'{"children": []}', None, b"not json", b'{"other": 1}',
+             b'{"children": [["c-1", null]]}', b'{"children": null}']
+    want = ['[["c-1", null]]', "[]", None, None, None, '[["c-1", null]]', None]
+    assert _children(pa.array(metas, pa.binary()), len(metas)).to_pylist() == want
+    assert _children(metas, len(metas)).to_pylist() == want  # as a list (a decoded column)
+    assert _children(None, 3).to_pylist() == [None] * 3

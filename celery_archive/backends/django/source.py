@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from celery_archive.backends import StorageFormat
 from celery_archive.backends.codec import decode_column, json_text
 from celery_archive.backends.dates import Naive
+from celery_archive.backends.json_objects import objects
 from celery_archive.backends.records import as_array, assemble, utc_naive
 from celery_archive.backends.sql.source import SqlSource, SqlSourceConfig
 from celery_archive.errors import ConfigError
@@ -89,40 +91,43 @@ class DjangoSource(SqlSource):
     def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
         n = len(page["id"])
         naive = {d: a for d in DATES if d in page and (a := _naive_utc(page[d])) is not None}
-        cols = {k: v.to_pylist() if isinstance(v, (pa.Array, pa.ChunkedArray)) else list(v) for k, v in page.items() if k not in naive}
-        for d in DATES:  # naive UTC datetimes from Arrow are written as text in Arrow, not one by one
+        cols = {k: _arrow(v) for k, v in page.items() if k not in naive and k not in DATES}
+        for d in DATES:  # as ISO text in UTC; Arrow timestamps (ADBC) are written so in Arrow, not one by one
             if d in naive:
                 cols[d] = iso_texts(naive[d])
-            elif d in cols:
-                cols[d] = [iso(v) for v in cols[d]]
+            elif d in page:
+                values = page[d].to_pylist() if isinstance(page[d], (pa.Array, pa.ChunkedArray)) else page[d]
+                cols[d] = pa.array([iso(v) for v in values], pa.string())
         names = [c for c in STORED[kind] if c in cols]
-        raw_value = [orjson.dumps(dict(zip(names, row))) for row in zip(*(cols[c] for c in names))]
+        try:
+            raw_value = objects(names, [cols[c] for c in names])  # as orjson.dumps(dict) a row would (json_objects.py)
+        except (TypeError, pa.ArrowException):  # a column of another type (SQLite stores anything)
+            lists = [cols[c].to_pylist() for c in names]
+            raw_value = pa.array([orjson.dumps(dict(zip(names, row))) for row in zip(*lists)], pa.binary())
         ctypes, encs = cols["content_type"], cols["content_encoding"]
-        plain = set(ctypes) == {"application/json"} and set(encs) == {"utf-8"}  # the rule: one JSON text a column
+        plain = pc.unique(ctypes).to_pylist() == ["application/json"] and pc.unique(encs).to_pylist() == ["utf-8"]
         texts: dict[str, Any] = {}
         errors: list[list[str | None]] = []
         meta_field = "meta" if kind == "task" else None
         for field in ("result", "task_args", "task_kwargs", meta_field):
             if field and field in cols:
-                text = _plain_json(page[field]) if plain else None
+                text = json_text(_bytes(cols[field])) if plain else None  # the rule: one JSON text a column
                 if text is not None:
                     texts[field] = text
                     continue
-                texts[field], errs = self._decode(cols[field], ctypes, encs, field)
+                texts[field], errs = self._decode(cols[field].to_pylist(), ctypes.to_pylist(), encs.to_pylist(), field)
                 errors.append(errs)
         decode_error = ["; ".join(e for e in row if e) or None for row in zip(*errors)] if errors else None
-        meta = texts.get("meta")
-        children = [_children(m) for m in (meta.to_pylist() if isinstance(meta, pa.Array) else meta or [None] * n)]
         given: dict[str, Any] = {
             "task_id": cols["task_id" if kind == "task" else "group_id"], "kind": kind,
-            "status": cols.get("status", ["SUCCESS"] * n) if kind == "task" else None,
+            "status": cols.get("status", "SUCCESS") if kind == "task" else None,
             "date_done": as_array("date_done", naive["date_done"] if "date_done" in naive else
-                                  [utc_naive(dt.datetime.fromisoformat(v)) if v else None for v in cols["date_done"]]),
+                                  [utc_naive(dt.datetime.fromisoformat(v)) if v else None for v in cols["date_done"].to_pylist()]),
             "name": cols.get("task_name"), "worker": cols.get("worker"), "traceback": cols.get("traceback"),
             "args": texts.get("task_args"), "kwargs": texts.get("task_kwargs"), "result": texts["result"],
-            "children": children if kind == "task" else None, "decode_error": decode_error,
-            "raw_result": _stored_bytes(page, cols, "result"), "raw_args": _stored_bytes(page, cols, "task_args"),
-            "raw_kwargs": _stored_bytes(page, cols, "task_kwargs"), "raw_value": raw_value, "raw_date_done": cols["raw_date_done"],
+            "children": _children(texts.get("meta"), n) if kind == "task" else None, "decode_error": decode_error,
+            "raw_result": _stored_bytes(cols, "result"), "raw_args": _stored_bytes(cols, "task_args"),
+            "raw_kwargs": _stored_bytes(cols, "task_kwargs"), "raw_value": raw_value, "raw_date_done": cols["raw_date_done"],
             "content_type": ctypes, "content_encoding": encs, "storage_format": STORAGE_FORMAT,
             "source": self.display_url, "source_table": table.fullname, "source_id": cols["id"],
             "run_id": run_id, "archived_at": archived_at,
@@ -160,34 +165,30 @@ def _naive_utc(values: Any) -> pa.Array | pa.ChunkedArray | None:
     return values.cast(pa.timestamp("us"))
 
 
-def iso_texts(values: pa.Array | pa.ChunkedArray) -> list[str | None]:
+def iso_texts(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Naive UTC timestamps as ``datetime.isoformat() + "+00:00"`` writes them (no fraction when
     it is zero), made in Arrow."""
-    import pyarrow.compute as pc
-
-    text = pc.replace_substring(values.cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
+    text = pc.replace_substring(_arrow(values).cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
     text = pc.replace_substring_regex(text, r"\.000000$", "")
-    out: list[str | None] = pc.binary_join_element_wise(text, "+00:00", "").to_pylist()
+    out: pa.Array = pc.binary_join_element_wise(text, "+00:00", "")
     return out
 
 
-def _bytes(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A text column (ADBC's) as one array of its UTF-8 bytes."""
-    return (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(pa.binary())
+def _arrow(values: Any) -> pa.Array:
+    """A page's column (an Arrow array from ADBC, a list from a DB-API driver) as one Arrow array."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values if isinstance(values, pa.Array) else pa.array(values)
 
 
-def _plain_json(column: Any) -> pa.Array | None:
-    """A text column as its own queryable copy (codec.json_text), when it is all plain JSON."""
-    return json_text(_bytes(column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, pa.string())))
+def _bytes(column: pa.Array) -> pa.Array:
+    """A text column as its UTF-8 bytes."""
+    return column.cast(pa.binary())
 
 
-def _stored_bytes(page: dict[str, Any], cols: dict[str, list[Any]], field: str) -> Any:
+def _stored_bytes(cols: dict[str, pa.Array], field: str) -> pa.Array | None:
     """A text column's exact stored bytes (UTF-8)."""
-    if field not in cols:
-        return None
-    if isinstance(page[field], (pa.Array, pa.ChunkedArray)):
-        return _bytes(page[field])
-    return [None if v is None else v.encode() for v in cols[field]]
+    return _bytes(cols[field]) if field in cols else None
 
 
 class _Meta(msgspec.Struct):
@@ -197,8 +198,18 @@ class _Meta(msgspec.Struct):
 _META = msgspec.json.Decoder(_Meta)
 
 
-def _children(meta_text: str | bytes | None) -> str | None:
-    """The children a task's meta names, as their JSON text (None if none or not readable)."""
+def _children(meta: pa.Array | list[bytes | None] | None, n: int) -> pa.Array:
+    """The children each task's meta names, as their JSON text (null if none or not readable);
+    each distinct meta decoded once."""
+    if meta is None:
+        return pa.nulls(n, pa.string())
+    coded = pc.dictionary_encode(meta if isinstance(meta, pa.Array) else pa.array(meta, pa.binary()))
+    named = pa.array([_children_of(m) for m in coded.dictionary.to_pylist()], pa.string())
+    out: pa.Array = named.take(coded.indices)
+    return out
+
+
+def _children_of(meta_text: str | bytes | None) -> str | None:
     if meta_text is None:
         return None
     try:
