@@ -57,10 +57,11 @@ def texts(conn: sa.Connection, factory: Any) -> Iterator[None]:
 def timestamps(texts: Any) -> Any:
     """MySQL's text of DATETIME values as an Arrow timestamp array, as ADBC gives them; values
     Arrow cannot read (a zero date) as datetimes, or as the text, as the driver would give them."""
+    arrow = isinstance(texts, pa.Array)
     try:
-        return pa.array(texts, pa.string()).cast(pa.timestamp("us"))
+        return (texts if arrow else pa.array(texts, pa.string())).cast(pa.timestamp("us"))
     except pa.ArrowInvalid:
-        return [_parsed(v) for v in texts]
+        return [_parsed(v) for v in (texts.to_pylist() if arrow else texts)]
 
 
 def _parsed(text: str | None) -> dt.datetime | str | None:

@@ -91,6 +91,7 @@ class SqlSource:
         self._adbc_uri = adbc_uri(self._url)
         self._sqlite_path = self._url.database if self.arrow_pages and self.dialect.name == "sqlite" and not self._url.query \
             and self._url.database not in (None, "", ":memory:") and _sqlite_arrow() else None  # pages read by ADBC
+        self._mysql_uri = _mysql_uri(self._url) if self.arrow_pages else None  # pages read by ConnectorX (mysql_arrow.py)
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
@@ -269,7 +270,7 @@ class SqlSource:
         def fetch(last: tuple[Any, Any] | None) -> dict[str, Any]:
             stmt = base if last is None else base.where(after_key(self.dialect.name, table, last))
             try:
-                page = self._arrow_page(stmt) if self._sqlite_path else None
+                page = self._arrow_page(stmt) if self._sqlite_path else self._mysql_page(stmt) if self._mysql_uri else None
                 if page is None:
                     with self._adbc() if self._adbc_uri else self.engine.connect() as conn:
                         try:
@@ -305,6 +306,12 @@ class SqlSource:
         if page:
             page["date_done"] = page["date_done"].to_pylist()  # SQLite's text, read as the driver's (dates.py)
         return page
+
+    def _mysql_page(self, stmt: sa.Select[Any]) -> dict[str, Any] | None:
+        """A MySQL/MariaDB page as Arrow columns (mysql_arrow.py), or None: read it through the DB-API driver."""
+        from celery_archive.backends.sql import mysql_arrow
+
+        return mysql_arrow.read(self._mysql_uri or "", self._literal(stmt), stmt)
 
     def extract(self, cutoff: dt.datetime, batch_size: int, run_id: str, archived_at: dt.datetime) -> Iterator[pa.Table]:
         """Finished results whose date_done is an instant before ``cutoff`` (naive UTC), in
@@ -368,6 +375,12 @@ def _sqlite_arrow() -> bool:
     from celery_archive.backends.sql import sqlite_arrow
 
     return sqlite_arrow.available()
+
+
+def _mysql_uri(url: sa.URL) -> str | None:
+    from celery_archive.backends.sql import mysql_arrow
+
+    return mysql_arrow.uri(url) if url.get_backend_name() in ("mysql", "mariadb") else None
 
 
 def from_config(cfg: RunConfig) -> SqlSource:
