@@ -250,3 +250,27 @@ def test_a_result_nested_as_deep_as_celery_writes_is_archived_beside_others(pref
     record = read_archive(tmp_path / "a")["ok-5"]
     assert record["raw_value"] == stored[record["source_table"]]  # the exact bytes; its copy is past orjson's 254 levels:
     assert record["result"] is None and record["decode_error"].startswith("result:")  # named, not guessed
+
+
+def test_a_value_naming_another_tasks_id_is_left_alone(prefix: str, tmp_path: Path) -> None:
+    """A key whose value says it is another task's result (written there by hand) would be
+    archived as that task: restore by that id then found it instead of the real one, and put
+    it back under the wrong key. It is left alone, malformed, and named; the real one is kept."""
+    app = redis_app(prefix)
+    for i in range(5):
+        app.backend.store_result(f"good-{i}", i, "SUCCESS")
+    client = redis.Redis.from_url(REDIS_URL)
+    real = client.get(f"{prefix}celery-task-meta-good-1")
+    for name in ("impostor", "impostor-2"):  # the one-pass decoding's case, and the general one's (msgpack marker)
+        value = real.replace(b'"result": 1', b'"result": 99') if name == "impostor" else \
+            real.replace(b'"result": 1', b'"result": {"__type__": "bytes", "__value__": "eA=="}')
+        client.set(f"{prefix}celery-task-meta-{name}", value, ex=3600)
+    client.close()
+    out = cli("run", "--source", REDIS_URL, "--key-prefix", prefix, "--sink", str(tmp_path / "a"), "--older-than", "0s", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["deleted"] == 5 and report["source_counts"]["malformed"] == 2, report
+    assert any("impostor" in e and "is not the key's" in e for e in report["source_examples"]["malformed"])
+    assert set(keys(prefix)) == {f"{prefix}celery-task-meta-impostor", f"{prefix}celery-task-meta-impostor-2"}
+    restored = json.loads(cli("restore", "good-1", "--sink", str(tmp_path / "a"), "--json").stdout)
+    assert restored["result"] == 1

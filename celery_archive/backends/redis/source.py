@@ -18,6 +18,7 @@ from celery_archive.backends import PurgeBatch, StorageFormat
 from celery_archive.backends.codec import SERIALIZERS, TooLarge, UnsafePayload, decode_value, split_compressed, to_json_text
 from celery_archive.backends.records import assemble, utc_naive
 from celery_archive.backends.redis import fast
+from celery_archive.backends.redis.keys import key_prefixes, purged_keys
 from celery_archive.backends.redis.scripts import CAS, CAS_CHUNK, READ, READ_CHUNK, WRONG_TYPE
 from celery_archive.backends.redis.url import connect, redact
 from celery_archive.errors import ConfigError, SourceError, scrubbed
@@ -39,19 +40,6 @@ class RedisSourceConfig:
     expiring_within: dt.timedelta | None = None  # also take results whose TTL is below this
     result_expires: dt.timedelta = dt.timedelta(days=1)  # the app's; dates groups (Celery stores none)
     master_name: str | None = None  # sentinel: result_backend_transport_options["master_name"]
-
-
-def full_prefix(prefix: str) -> str:
-    """Celery's global_keyprefix as Celery >= 5.5 applies it: ``_`` added unless it ends in ``:_-.``."""
-    return prefix if not prefix or prefix[-1] in ":_-." else prefix + "_"
-
-
-def key_prefixes(prefix: str) -> list[str]:
-    """Where a global_keyprefix puts keys: Celery >= 5.5's layout, and Celery 5.3 and 5.4's,
-    which always insert ``_`` (``myapp:`` -> ``myapp:_celery-task-meta-...``) where it differs.
-    The two never match the same key (they differ in the character after the prefix)."""
-    new, old = full_prefix(prefix), prefix + "_" if prefix else ""
-    return [new] if old == new else [new, old]
 
 
 _ROW_FIELDS = ("task_id", "kind", "status", "date_done", "name", "worker", "retries", "queue", "traceback", "group_id",
@@ -282,9 +270,10 @@ class RedisSource:
             if plain[1] not in FINISHED:
                 self.counts["unfinished"] += 1
                 return None
-            date_done = self._date(kind, {"date_done": plain[2]}, key, ttl, now, expires_ms)
+            task_id = self._id_of(kind, key, plain[0])
+            date_done = None if task_id is None else self._date(kind, {"date_done": plain[2]}, key, ttl, now, expires_ms)
             return None if date_done is None else (
-                plain[0] or self._task_id(kind, key), kind, plain[1], date_done, *plain[3:], None, *_stored(raw, _JSON, None, key, ttl))
+                task_id, kind, plain[1], date_done, *plain[3:], None, *_stored(raw, _JSON, None, key, ttl))
         try:
             meta, compression, ctype, _refused = decode_value(raw, self.config.serializer)
         except TooLarge as exc:
@@ -299,19 +288,30 @@ class RedisSource:
         if kind == "task" and status not in FINISHED:
             self.counts["unfinished"] += 1
             return None
-        date_done = self._date(kind, meta, key, ttl, now, expires_ms)
-        if date_done is None:
-            return None
         stored_id = meta.get("task_id")
         if stored_id is not None and not isinstance(stored_id, str):
             self._skip("malformed", key, f"task_id is {type(stored_id).__name__} {stored_id!r:.40}")
             return None
+        task_id = self._id_of(kind, key, stored_id)
+        date_done = None if task_id is None else self._date(kind, meta, key, ttl, now, expires_ms)
+        if task_id is None or date_done is None:
+            return None
         errors: list[str] = []
         texts = [_json(meta, f, errors) for f in ("result", "args", "kwargs", "children")]
         get = meta.get
-        return (stored_id or self._task_id(kind, key), kind, status, date_done, get("name"), get("worker"), get("retries"),
+        return (task_id, kind, status, date_done, get("name"), get("worker"), get("retries"),
                 get("queue"), get("traceback"), get("group_id"), get("parent_id"), *texts, "; ".join(errors) or None,
                 *_stored(raw, ctype, compression, key, ttl))
+
+    def _id_of(self, kind: str, key: bytes, stored: str | None) -> str | None:
+        """The result's id: the one in its key, which the value's own task_id (where it has
+        one) must match; a value naming another id (written there by hand: it would be archived,
+        and found by restore, as that other result) is left alone, malformed."""
+        task_id = self._task_id(kind, key)
+        if stored and stored != task_id:
+            self._skip("malformed", key, f"task_id {stored!r:.40} is not the key's")
+            return None
+        return task_id
 
     def _task_id(self, kind: str, key: bytes) -> str:
         """The id in a key of either prefix layout (Celery 5.5+'s, or 5.3/5.4's extra ``_``)."""
@@ -364,7 +364,7 @@ class RedisSource:
             pipe = self.client.pipeline(transaction=False)
             for i in range(0, table.num_rows, CAS_CHUNK):
                 chunk = table.slice(i, CAS_CHUNK)  # Python objects for a chunk at a time only
-                script(keys=_keys(chunk).to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
+                script(keys=purged_keys(chunk).to_pylist(), args=chunk.column("raw_value").to_pylist(), client=pipe)
                 if len(pipe) >= 8:  # a few thousand keys in flight: client memory stays small
                     deleted += sum(int(n) for n in pipe.execute())
             deleted += sum(int(n) for n in pipe.execute())
@@ -380,16 +380,6 @@ def _stored_date(raw: bytes, serializer: str) -> str:
     except Exception:  # noqa: BLE001 - it was decoded once already; this is only for display
         return ""
     return str(meta.get("date_done") or "") if isinstance(meta, dict) else ""
-
-
-def _keys(table: pa.Table) -> pa.Array:
-    """The keys to delete: the exact key bytes (raw_key), or for records of record schema v1,
-    which have none, the key's text (source_table)."""
-    import pyarrow.compute as pc
-
-    raw = table.column("raw_key")
-    text = table.column("source_table").cast(pa.binary())
-    return raw if raw.null_count == 0 else pc.coalesce(raw, text)
 
 
 def from_config(cfg: RunConfig) -> RedisSource:

@@ -6,7 +6,8 @@ from typing import Any
 
 from celery_archive.backends import PutReport, StorageFormat, TargetConfig, check_policy
 from celery_archive.backends.convert import backend_error, convert, decoded_meta, dumps_value
-from celery_archive.backends.redis.source import GROUP_PREFIX, TASK_PREFIX, full_prefix
+from celery_archive.backends.redis.keys import full_prefix
+from celery_archive.backends.redis.source import GROUP_PREFIX, TASK_PREFIX
 from celery_archive.backends.redis.url import connect, redact
 from celery_archive.errors import ConflictError
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from celery_archive.backends import PurgeBatch
 from celery_archive.backends.redis import cluster
+from celery_archive.backends.redis.keys import purged_keys
 from celery_archive.backends.redis.scripts import CAS, CAS_CHUNK, READ
-from celery_archive.backends.redis.source import RedisSource, RedisSourceConfig, _keys
+from celery_archive.backends.redis.source import RedisSource, RedisSourceConfig
 from celery_archive.backends.shard import Shard
 from celery_archive.errors import SourceError
 
@@ -123,7 +124,7 @@ class RedisClusterSource(RedisSource):
         try:
             for i in range(0, table.num_rows, CAS_CHUNK):
                 chunk = table.slice(i, CAS_CHUNK)
-                calls = list(zip(_keys(chunk).to_pylist(), ([v] for v in chunk.column("raw_value").to_pylist())))
+                calls = list(zip(purged_keys(chunk).to_pylist(), ([v] for v in chunk.column("raw_value").to_pylist())))
                 deleted += sum(int(n) for n in cluster.run_script(self.client, CAS, calls, on_moved=moved))
         except (redis.RedisError, RedisClusterException) as exc:
             raise self._error("deleting archived results from", exc) from exc
