@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,15 +33,23 @@ def lock_name(what: str) -> str:
     return "celery-archive:" + hashlib.sha256(what.encode()).hexdigest()[:24]
 
 
+Check = Callable[[], None]  # raises LeaseLostError if the lock was lost
+
+
+def _kept() -> None:
+    """A lock the server holds for as long as its connection lives: not lost while the run is."""
+
+
 @contextmanager
-def held(source_url: str, what: str, holder: dict[str, Any], client: Any = None) -> Iterator[None]:
+def held(source_url: str, what: str, holder: dict[str, Any], client: Any = None, ttl_s: float = REDIS_TTL_MS / 1000) -> Iterator[Check]:
     """Hold the archiver lock of ``what`` (the tables or key patterns, as ``Source.describe``
     names them) on the backend at ``source_url``; ``client`` is the source's Redis client.
-    Raises LockError naming the holder where the backend can tell."""
+    Raises LockError naming the holder where the backend can tell. Yields the lock's check,
+    for the run's fence: a Redis lock expires if the run is paused longer than ``ttl_s``."""
     scheme = source_url.split("://", 1)[0]
     if client is not None:  # keys live per Redis database: the client's
-        with _redis(client, lock_name(what), holder):
-            yield
+        with _redis(client, lock_name(what), holder, int(ttl_s * 1000)) as check:
+            yield check
         return
     from celery_archive.backends.sql.url import parse_source_url
 
@@ -48,14 +57,14 @@ def held(source_url: str, what: str, holder: dict[str, Any], client: Any = None)
     backend = url.get_backend_name()
     if backend == "sqlite":
         with _flock(str(url.database)):
-            yield
+            yield _kept
         return
     from celery_archive.backends.sql.url import adbc_uri
 
     name = lock_name(f"{url.database}/{what}")  # MySQL's locks are server-wide
     uri = adbc_uri(url)
     with _adbc(url, uri, name) if uri else _sql(url, backend, name):
-        yield
+        yield _kept
 
 
 @contextmanager
@@ -141,31 +150,59 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 
 
 @contextmanager
-def _redis(client: Any, name: str, holder: dict[str, Any]) -> Iterator[None]:
+def _redis(client: Any, name: str, holder: dict[str, Any], ttl_ms: int) -> Iterator[Check]:
+    """A key set with NX and a TTL of ``ttl_ms``, renewed by a thread every sixth of it. A run
+    paused past the TTL (SIGSTOP, a frozen VM) may find another run holding it: its check then
+    raises, before the run commits or deletes anything more."""
     import redis
+
+    from celery_archive.errors import LeaseLostError
 
     value = orjson.dumps({**holder, "host": socket.gethostname(), "pid": os.getpid()})
     try:
-        if not client.set(name, value, nx=True, px=REDIS_TTL_MS):
+        if not client.set(name, value, nx=True, px=ttl_ms):
             other = client.get(name)
             raise LockError(f"another celery-archive run is archiving this Redis backend ({(other or b'?')[:300].decode(errors='replace')}); "
                             f"run one archiver per backend, or wait for it to finish (a dead one's lock {name} expires "
-                            f"{REDIS_TTL_MS // 1000} s after its last renewal)")
+                            f"{ttl_ms / 1000:g} s after its last renewal: --lease-ttl)")
     except redis.RedisError as exc:
         raise SourceError(f"taking the archiver lock in Redis failed: {exc}") from exc
     stop = threading.Event()
+    state = {"confirmed": time.monotonic(), "lost": False}
+    guard = threading.Lock()
 
     def renew() -> None:
-        while not stop.wait(REDIS_TTL_MS / 6000):
-            try:
-                client.eval(_RENEW, 1, name, value, REDIS_TTL_MS)
-            except redis.RedisError:
-                continue  # the next attempt may get through; the key lives a minute
+        with guard:
+            if state["lost"]:
+                return
+            if int(client.eval(_RENEW, 1, name, value, ttl_ms)) == 1:
+                state["confirmed"] = time.monotonic()
+            else:
+                state["lost"] = True  # expired, and perhaps another run's since
 
-    thread = threading.Thread(target=renew, name="celery-archive-source-lock", daemon=True)
+    def renewing() -> None:
+        while not stop.wait(ttl_ms / 6000):
+            try:
+                renew()
+            except redis.RedisError:
+                continue  # the next attempt may get through; the key lives for the TTL
+
+    def check() -> None:
+        if not state["lost"] and time.monotonic() - float(state["confirmed"]) >= ttl_ms / 3000:
+            try:
+                renew()
+            except redis.RedisError:
+                pass
+        waited = time.monotonic() - float(state["confirmed"])
+        if state["lost"] or waited >= ttl_ms / 2000:
+            raise LeaseLostError(f"this run lost the archiver lock {name} of the Redis backend (not renewed for {waited:.0f} s: "
+                                 "paused, or cut off from Redis; another run may have taken it since); it stopped before "
+                                 "committing or deleting anything more (nothing unverified was deleted): run again")
+
+    thread = threading.Thread(target=renewing, name="celery-archive-source-lock", daemon=True)
     thread.start()
     try:
-        yield
+        yield check
     finally:
         stop.set()
         thread.join()

@@ -108,6 +108,7 @@ class Lease:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.also: list[Callable[[], None]] = []  # more fences the run holds (the backend's archiver lock)
 
     # -- reading ---------------------------------------------------------------------------
     def _versions(self) -> list[int]:
@@ -258,6 +259,8 @@ class Lease:
         if self.version is None or waited >= self.ttl / 2:
             raise LeaseLostError(f"run {self.run_id} could not renew the lease on {self.sink.url} for {waited:.0f} s "
                                  f"({self._problem or 'no answer'}); it stopped before changing anything more: run again")
+        for check in self.also:
+            check()
 
     @contextmanager
     def holding(self) -> Iterator[None]:

@@ -178,8 +178,9 @@ def run(cfg: RunConfig, progress: Progress | None = None, stop: threading.Event 
             swept = fenced.sweep(2 * cfg.lease_ttl)  # before this run's own staging directory exists
             redis = source.client if cfg.source.split("://", 1)[0] in REDIS_SCHEMES else None  # type: ignore[attr-defined]
             tables = ",".join(f"{k}={v}" for k, v in sorted(source.describe().items()))
-            with source_lock.held(cfg.source, tables, {"run_id": run_id, "sink": archive.url}, redis), \
+            with source_lock.held(cfg.source, tables, {"run_id": run_id, "sink": archive.url}, redis, cfg.lease_ttl) as locked, \
                     spool_dir(cfg.spool_dir or archive.spool_root()) as tmp:
+                lease.also.append(locked)  # a Redis lock expires while a run is paused: fenced as the lease is
                 if runner is None and cfg.shards > 1:
                     from celery_archive.pipeline.sharded import LocalRunner
 
