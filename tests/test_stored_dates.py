@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import age_rows, celery_app, cli, reset_database, run_celery
+from conftest import age_rows, celery_app, cli, db_url, reset_database, run_celery
 from helpers import REDIS_URL, read_archive, utc
 from test_time import pg_new_york, stored_texts, write  # noqa: F401 - pg_new_york is a fixture
 
@@ -101,8 +101,10 @@ def test_a_row_without_a_task_id_is_counted_and_left(backend_url: str, tmp_path:
         elif engine.dialect.name == "mysql":  # MySQL's zero date, which a server without NO_ZERO_DATE keeps
             c.exec_driver_sql("SET SESSION sql_mode = ''")
             c.exec_driver_sql("UPDATE celery_taskmeta SET date_done = '0000-00-00 00:00:00' WHERE task_id = 'ok-4'")
+        else:  # PostgreSQL's -infinity, which no driver reads as a datetime (every run failed on it)
+            c.exec_driver_sql("UPDATE celery_taskmeta SET date_done = '-infinity' WHERE task_id = 'ok-4'")
     engine.dispose()
-    unreadable = {"ok-4"} if engine.dialect.name in ("sqlite", "mysql") else set()
+    unreadable = {"ok-4"}
     dry = json.loads(cli("run", "--source", backend_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--dry-run",
                          "--json").stdout)
     assert dry["selected"] == 4 - len(unreadable)  # what the run then takes
@@ -118,6 +120,37 @@ def test_a_row_without_a_task_id_is_counted_and_left(backend_url: str, tmp_path:
     again = json.loads(cli("run", "--source", backend_url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--json").stdout)
     assert again["ok"] and again["selected"] == 0 and again["source_counts"]["no_task_id"] == 1
     assert again["source_counts"].get("bad_date_done", 0) == len(unreadable)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_a_date_done_before_year_1_in_the_apps_zone_is_left(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Year 1 at midnight in Tokyo is an instant of year 0 in UTC, and a date BC none at all:
+    no datetime holds them. Such rows are counted as bad_date_done and stay; the rest go."""
+    url = db_url(request, kind, tmp_path)
+    app = celery_app(url)
+    for i in range(6):
+        app.backend.store_result(f"ok-{i}", i, "SUCCESS")
+    age_rows(url, 40)
+    engine = sa.create_engine(url[3:])
+    with engine.begin() as c:
+        c.exec_driver_sql("UPDATE celery_taskmeta SET date_done = '0001-01-01 00:00:00' WHERE task_id = 'ok-1'")
+        if kind == "postgresql":
+            c.exec_driver_sql("UPDATE celery_taskmeta SET date_done = '0044-03-15 00:00:00 BC' WHERE task_id = 'ok-2'")
+    engine.dispose()
+    bad = {"ok-1", "ok-2"} if kind == "postgresql" else {"ok-1"}
+    args = ("--source", url, "--sink", str(tmp_path / "a"), "--older-than", "30d", "--timezone", "Asia/Tokyo", "--json")
+    for extra in (("--dry-run",), ()):
+        out = cli("run", *args, *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["selected"] == 6 - len(bad) and report["source_counts"] == {"bad_date_done": len(bad)}, report
+    held = json.loads(cli("stats", *(a for a in args if a not in ("--sink", str(tmp_path / "a")))).stdout)
+    assert held["results"] == len(bad) and held["source_counts"] == {"bad_date_done": len(bad)}, held
+    engine = sa.create_engine(url[3:])
+    with engine.connect() as c:  # (psycopg itself cannot read such a date_done)
+        left = {t for (t,) in c.exec_driver_sql("SELECT task_id FROM celery_taskmeta")}
+    engine.dispose()
+    assert left == bad and set(read_archive(tmp_path / "a")) == {f"ok-{i}" for i in range(6)} - bad
 
 
 @pytest.mark.parametrize("where", ["postgresql_new_york", "odd_sqlite"])

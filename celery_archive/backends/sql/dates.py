@@ -36,6 +36,8 @@ _EPOCH_JD = 2440587.5  # the Julian day of 1970-01-01 00:00 UTC
 _JD_MARGIN = 2e-6  # days (~0.17 s): julianday's doubles are coarse; the Python check is exact
 _OFFSET_GLOB = "*[+-][0-9][0-9]:[0-9][0-9]"
 
+LOWEST = dt.datetime(1, 1, 2)  # the first stored date_done a run reads: in any zone, an instant Python can hold
+
 
 def julian(ts: dt.datetime) -> float:
     return (ts - dt.datetime(1970, 1, 1)).total_seconds() / 86400 + _EPOCH_JD
@@ -84,7 +86,7 @@ class StoredDates:
         """Conditions for ``date_done`` older than ``cutoff``."""
         local = self.bound(kind, cutoff)
         if self.dialect != "sqlite":
-            return [column < local]
+            return [column < local, column >= LOWEST]  # not before year 1 (below): no instant a run can take
         # an index-usable bound first: any form of a date older than the cutoff starts with a
         # day before this one (offsets are within +-14 h)
         upper = (max(cutoff + dt.timedelta(hours=14), local) + dt.timedelta(days=1)).date().isoformat()
@@ -105,7 +107,15 @@ class StoredDates:
             return sa.func.date(sa.func.timezone("UTC", sa.func.timezone(zone, column)))
         if self.dialect == "sqlite":
             return sa.case((sa.func.typeof(column) == "text", sa.func.date(column)), else_=sa.null())
+        if self.dialect == "postgresql":  # -infinity and dates BC are no date a driver reads
+            return sa.case((column >= LOWEST, sa.func.date(column)), else_=sa.null())
         return sa.func.date(column)
+
+    def too_old(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        """Where a stored date_done is before year 1 (or a day into it, which a zone can put
+        before it), the run leaves the row as bad_date_done: PostgreSQL's -infinity and dates
+        BC, MySQL's zero date; None on SQLite, whose dates are read in Python."""
+        return None if self.dialect == "sqlite" else sa.and_(column.is_not(None), column < LOWEST)
 
     def newest_order(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """An ORDER BY key that puts the newest stored date first."""
@@ -231,6 +241,8 @@ def newest(src: SqlSource, cutoff: dt.datetime | None, kinds: tuple[str, ...]) -
             conds: list[sa.ColumnElement[bool]] = src._selected(kind, t, cutoff) if cutoff else [t.c.date_done.is_not(None)]
             if kind == "task" and cutoff is None:
                 conds.append(t.c.status.in_(FINISHED))
+            if cutoff is None and src.dialect.name != "sqlite":
+                conds.append(t.c.date_done >= LOWEST)  # as _selected: no date before year 1
             if src.dialect.name == "sqlite":  # a number in date_done is no date (julianday would read one)
                 conds.append(sa.func.typeof(t.c.date_done) == "text")
             rows = conn.execute(sa.select(id_col, t.c.date_done).where(id_col.is_not(None), *conds)

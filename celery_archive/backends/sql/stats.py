@@ -13,10 +13,12 @@ import sqlalchemy as sa
 
 from celery_archive.backends.sql.dates import EXAMPLES
 from celery_archive.backends.sql.driver import shown_text, text_or_bytes, texts
+from celery_archive.backends.sql.keys import in_shard
 
 if TYPE_CHECKING:
     from celery_archive.backends.sql.source import SqlSource
 
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 Counted = list[tuple[str, str | None, str | None, str, int, int]]  # kind, status, name, day, count, bytes
 
 
@@ -64,9 +66,33 @@ def count_results(src: SqlSource, cutoff: dt.datetime, everything: bool = False)
                         named = [*(i for i in bad if i >= 0), *(i for (i,) in ids)]
                         shown.extend(f"{t.fullname} id={i}" for i in named[:max(0, EXAMPLES - len(shown))])
                 out += [(kind, st, nm, d, n, b) for (st, nm, d), (n, b) in groups.items() if n]
+                if not everything:
+                    too_old = before_year_1(src, kind, t)
+                    if too_old is not None:
+                        noted(src, t, conn.execute(too_old).one())
     except sa.exc.SQLAlchemyError as exc:
         raise src._error("counting results in", exc) from exc
     return out
+
+
+def before_year_1(src: SqlSource, kind: str, t: sa.Table) -> Any:
+    """(count, first id) of the finished rows a run leaves because their date_done is before
+    year 1 (dates.py, too_old), or None where there are none to count (SQLite)."""
+    cond = src.dates.too_old(t.c.date_done)
+    if cond is None:
+        return None
+    finished = [t.c.status.in_(FINISHED)] if kind == "task" else []
+    return sa.select(sa.func.count(), sa.func.min(t.c.id)).where(cond, *finished, *in_shard(src.shard, kind, t))
+
+
+def noted(src: SqlSource, t: sa.Table, row: Any) -> None:
+    """Count (bad_date_done) and name what before_year_1 found."""
+    n, first = (v.as_py() if hasattr(v, "as_py") else v for v in row)
+    if n:
+        src.counts["bad_date_done"] += int(n)
+        shown = src.examples.setdefault("bad_date_done", [])
+        if len(shown) < EXAMPLES:
+            shown.append(f"{t.fullname} id={first} and {int(n) - 1} more" if n > 1 else f"{t.fullname} id={first}")
 
 
 def _not_utf8(conn: sa.Connection, src: SqlSource, kind: str, t: sa.Table, where: list[sa.ColumnElement[bool]],
