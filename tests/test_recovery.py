@@ -238,6 +238,29 @@ def test_a_run_whose_manifest_and_commit_record_are_lost_keeps_its_files_and_is_
     assert json.loads(again.stdout)["rebuilt"] == []
 
 
+def test_a_run_the_hash_chain_names_keeps_its_files_whatever_else_of_it_is_lost(sqlite_url: str, tmp_path: Path) -> None:
+    """Field test: a purged run's manifest, commit record, run report and index entries all
+    removed by hand; only its chain position said it committed, and the next run deleted its
+    data files as a dead run's (60 results lost). The chain counts: they are kept and rebuilt."""
+    old = fill(sqlite_url)
+    sink = tmp_path / "archive"
+    first = archive(sqlite_url, sink)
+    files = data_files(sink)
+    gone = [sink / mf.manifest_key(first.run_id), sink / mf.outcome_key(first.run_id),
+            *(p for p in sink.rglob("*") if p.is_file() and first.run_id in p.name and "index" in p.parts or
+              p.is_file() and p.parent.name == "runs" and p.name.startswith(first.run_id))]
+    assert len(gone) == 4, gone  # the manifest, the outcome, the run report, the restore index log
+    for p in gone:
+        p.unlink()
+    out = cli("run", "--source", sqlite_url, "--sink", str(sink), "--older-than", "30d", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["orphans_removed"] == 0 and data_files(sink) == files
+    rebuilt = cli("manifest", "rebuild", "--sink", str(sink), "--run", first.run_id, "--json")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["rebuilt"][0]["rows"] == 60, rebuilt.stdout
+    assert set(read_archive(sink)) == old
+
+
 def test_a_v1_archive_with_a_lost_manifest_is_rebuilt(tmp_path: Path) -> None:
     import shutil
 

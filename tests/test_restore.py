@@ -205,6 +205,32 @@ def test_print_and_bulk_selection(sqlite_url: str, tmp_path: Path) -> None:
     assert cli("restore", "--sink", sink).returncode == 2
 
 
+def test_a_result_archived_twice_comes_back_in_bulk_as_its_newest_copy(sqlite_url: str, tmp_path: Path) -> None:
+    """Field test: results that failed, were restored, ran again and were archived again are in
+    the archive twice; a bulk restore put the old failures back (5 of 5) and printed each twice.
+    It gives the newest copy once, as a lookup by id does."""
+    app = celery_app(sqlite_url)
+    for i in range(5):
+        app.backend.mark_as_failure(f"x-{i}", KeyError("v1"))
+    app.backend.store_result("other", "kept once", "SUCCESS")
+    age_rows(sqlite_url, 40)
+    sink = str(tmp_path / "archive")
+    archive(sqlite_url, Path(sink))
+    for i in range(5):  # the same ids, run again
+        app.backend.store_result(f"x-{i}", {"v": 2}, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    archive(sqlite_url, Path(sink))
+    shown = [json.loads(line) for line in cli("restore", "--since", "60d", "--sink", sink, "--json").stdout.splitlines()]
+    assert sorted(r["task_id"] for r in shown) == ["other", "x-0", "x-1", "x-2", "x-3", "x-4"]
+    assert all(r["status"] == "SUCCESS" for r in shown)
+    into = f"db+sqlite:///{tmp_path / 'empty.db'}"
+    celery_app(into).backend.store_result("seed", 1, "SUCCESS")  # Celery's tables, none of these ids
+    out = cli("restore", "--since", "60d", "--sink", sink, "--into", into, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["restored"] == 6
+    assert celery_app(into).AsyncResult("x-3").get(timeout=5) == {"v": 2}
+
+
 def test_redis_conflict_policies(prefix: str, tmp_path: Path) -> None:
     app = redis_app(prefix)
     app.backend.store_result("c-0", "archived value", "SUCCESS")

@@ -93,6 +93,15 @@ def positions(sink: Sink) -> list[Position]:
     return [_position(sink, o.key) for o in sink.list(CHAIN) if o.key.endswith(".json")]
 
 
+def registered_runs(sink: Sink) -> set[str] | None:
+    """Runs the chain registers: each committed (its results may have left the source), whatever
+    else of it was removed; None if the chain cannot be read (then treat every run as registered)."""
+    try:
+        return {p.run_id for p in positions(sink)}
+    except SinkError:  # DamagedObjectError among them
+        return None
+
+
 def head(sink: Sink) -> Position | None:
     """The last registered position (one listing, one read)."""
     last = None

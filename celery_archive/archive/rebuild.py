@@ -150,7 +150,7 @@ def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> Reb
             out.skipped.append({"run_id": run_id, "why": "it has a manifest, or no data files"})
             return out
         uncommitted = {run_id: uncommitted[run_id]}
-    reports, indexed = mf.reports(sink), referenced_runs(sink)
+    reports, indexed, chained = mf.reports(sink), referenced_runs(sink), chain.registered_runs(sink)
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
         if outcome is not None and outcome.manifest is not None:  # committed: it holds the manifest
@@ -159,7 +159,8 @@ def rebuild_manifests(sink: Sink, spool: Path, run_id: str | None = None) -> Reb
             out.rebuilt.append({"run_id": rid, "source": "outcome", "files": len(outcome.manifest.files),
                                 "rows": outcome.manifest.totals.rows})
             continue
-        if (outcome is not None and outcome.state is mf.ABANDONED) or (rid not in reports and rid not in indexed):
+        named = rid in reports or rid in indexed or chained is None or rid in chained
+        if (outcome is not None and outcome.state is mf.ABANDONED) or not named:
             out.skipped.append({"run_id": rid, "why": "it never committed: its results are still in the source, "
                                                       "and the next run removes its files"})
             continue

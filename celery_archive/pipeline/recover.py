@@ -5,7 +5,7 @@ For a run with data files but no manifest, by its outcome (manifest.py):
 * committed: it died between its commit and its manifest, or the manifest was lost: the
   manifest is written again from the outcome, and the run is finished below;
 * abandoned: an earlier recovery decided it never commits and died removing its files: they go;
-* none, but a run report or restore index entries name it: it committed (before outcomes were
+* none, but a run report, restore index entries or the hash chain name it: it committed (before outcomes were
   written, or they were lost too) and its results may have left the source: nothing of it is
   removed; it is reported, and ``celery-archive manifest rebuild`` makes its manifest again;
 * none at all: it never committed (a crash before the commit): it is abandoned, the decision
@@ -60,12 +60,13 @@ def tidy(sink: Sink, run_id: str, fence: Callable[[], None]) -> Recovered:
         return out
     reported = set(mf.reports(sink, damaged=[]))  # damage: named by recover()
     indexed: set[str] | None = None
+    chained: set[str] | None = None
     for rid, keys in sorted(uncommitted.items()):
         outcome = mf.load_outcome(sink, rid)
         if outcome is None:
             if indexed is None:
-                indexed = referenced_runs(sink)
-            if rid in reported or rid in indexed:
+                indexed, chained = referenced_runs(sink), chain.registered_runs(sink)
+            if rid in reported or rid in indexed or chained is None or rid in chained:
                 out.lost.append(rid)
                 continue
             fence()

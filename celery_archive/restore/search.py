@@ -102,7 +102,9 @@ def find(sink: Sink | str, task_ids: Sequence[str], columns: Sequence[str] | Non
 def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.datetime | None = None,
            until: dt.datetime | None = None, names: Iterable[str] = ()) -> Iterator[list[dict[str, Any]]]:
     """Records in batches, from the committed data files: of one run, with ``since`` <=
-    date_done < ``until`` (naive UTC), and a task name matching one of ``names`` (globs)."""
+    date_done < ``until`` (naive UTC), and a task name matching one of ``names`` (globs). A
+    result archived more than once (restored, then archived again) comes once, its newest copy,
+    as a lookup by id gives it: the newest run's files are read first."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -111,7 +113,8 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
     patterns = list(names)
     from celery_archive.archive import manifest as mf  # not for a lookup by id: its import costs a CLI restore ~13 ms
 
-    for entry in mf.committed_files(sink, run_id):
+    seen: set[tuple[str, str]] = set()
+    for entry in sorted(mf.committed_files(sink, run_id), key=lambda e: run_id_of(e.key), reverse=True):  # stable: a run's order kept
         lo = dt.datetime.fromisoformat(entry.min_date_done.replace("Z", "+00:00")).replace(tzinfo=None)
         hi = dt.datetime.fromisoformat(entry.max_date_done.replace("Z", "+00:00")).replace(tzinfo=None)
         if (since and hi < since) or (until and lo >= until):
@@ -132,7 +135,8 @@ def select(sink: Sink, spool: Path, *, run_id: str | None = None, since: dt.date
                 mask = pc.and_(mask, pc.less(t.column("date_done"), pa.scalar(until, t.column("date_done").type)))
             if patterns:
                 mask = pc.and_(mask, glob_mask(t.column("name"), patterns))
-            rows = t.filter(mask).to_pylist()
+            rows = [r for r in t.filter(mask).to_pylist() if (r["task_id"], r["kind"]) not in seen]
+            seen.update((r["task_id"], r["kind"]) for r in rows)
             if rows:
                 yield [_plain(r, entry.key) for r in rows]
         path.unlink()
