@@ -247,8 +247,8 @@ def test_a_run_the_hash_chain_names_keeps_its_files_whatever_else_of_it_is_lost(
     first = archive(sqlite_url, sink)
     files = data_files(sink)
     gone = [sink / mf.manifest_key(first.run_id), sink / mf.outcome_key(first.run_id),
-            *(p for p in sink.rglob("*") if p.is_file() and first.run_id in p.name and "index" in p.parts or
-              p.is_file() and p.parent.name == "runs" and p.name.startswith(first.run_id))]
+            *(p for p in sink.rglob("*") if (p.is_file() and first.run_id in p.name and "index" in p.parts) or
+              (p.is_file() and p.parent.name == "runs" and p.name.startswith(first.run_id)))]
     assert len(gone) == 4, gone  # the manifest, the outcome, the run report, the restore index log
     for p in gone:
         p.unlink()
