@@ -247,3 +247,29 @@ def test_redis_conflict_policies(prefix: str, tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["overwritten"] == 1
     assert redis_app(prefix).AsyncResult("c-0").result == "archived value"
     assert redis.Redis.from_url(REDIS_URL).ttl(f"{prefix}celery-task-meta-c-0") == -1  # --ttl 0: kept
+
+
+def test_index_packs_written_with_another_schema_still_answer(sqlite_url: str, tmp_path: Path) -> None:
+    """Field test: a pack rewritten by another tool (pyarrow marks its columns nullable) beside
+    a run's index file made every lookup fail with a traceback; the two are read together."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    app = celery_app(sqlite_url)
+    for i in range(50):
+        app.backend.store_result(f"k-{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40)
+    sink = tmp_path / "archive"
+    archive(sqlite_url, sink)
+    assert cli("index", "compact", "--sink", str(sink)).returncode == 0
+    for p in (sink / "index").rglob("*.parquet"):
+        t = pq.read_table(p)
+        pq.write_table(t.cast(pa.schema([f.with_nullable(True) for f in t.schema])), p)
+    for i in range(50, 60):
+        app.backend.store_result(f"k-{i}", i, "SUCCESS")
+    age_rows(sqlite_url, 40, where="task_id >= 'k-50'")
+    archive(sqlite_url, sink)  # its index file beside the rewritten packs
+    for tid, value in (("k-7", 7), ("k-55", 55)):
+        out = cli("restore", tid, "--sink", str(sink), "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["result"] == value

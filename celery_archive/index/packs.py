@@ -106,7 +106,11 @@ def lookup(sink: Sink, task_ids: Iterable[str]) -> dict[str, list[dict[str, Any]
             continue  # a compaction replaced what was listed: list again
         found: dict[str, list[dict[str, Any]]] = {}
         if tables:
-            for row in _matching(pa.concat_tables(tables), wanted):
+            try:  # index objects of another writer's schema (a column not marked non-null, say) still read
+                merged = pa.concat_tables(tables, promote_options="default")
+            except (pa.ArrowException, TypeError) as exc:
+                raise damaged_index(sink, "index/", exc) from exc
+            for row in _matching(merged, wanted):
                 if row not in found.setdefault(row["task_id"], []):
                     found[row["task_id"]].append(row)
         return found
