@@ -66,7 +66,7 @@ def open_sink(url: str) -> Sink:
     if "@" in parts.netloc:  # the message must not repeat the URL: it would print the secret
         raise ConfigError(f"--sink {parts.scheme or 'file'}:// URL holds credentials (user:secret@ before the bucket or host): "
                           "celery-archive never takes a secret in a URL; give S3 credentials as boto3 finds them "
-                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, ?profile=NAME, an instance role)")
+                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials with AWS_PROFILE, an instance role)")
     if parts.scheme == "s3":
         from celery_archive.sinks.s3 import S3Sink
         from celery_archive.sinks.s3_options import S3Options
