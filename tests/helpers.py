@@ -285,3 +285,18 @@ def redis_cluster_started(where: Path, primaries: int = 3) -> Iterator[list[int]
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
+
+
+def counted_pages(monkeypatch: Any, module: Any) -> dict[str, int]:
+    """Pages ``module.read`` (sqlite_arrow, mysql_arrow) gave as Arrow columns ("arrow"), and
+    those it left to the DB-API driver ("driver"), counted while the test runs."""
+    pages = {"arrow": 0, "driver": 0}
+    read = module.read
+
+    def counted(*args: object) -> object:
+        got = read(*args)
+        pages["arrow" if got is not None else "driver"] += 1
+        return got
+
+    monkeypatch.setattr(module, "read", counted)
+    return pages

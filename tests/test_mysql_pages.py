@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
 from conftest import MYSQL_ADMIN, _fresh_database, age_rows, celery_app, reset_database
+from helpers import counted_pages
 
 from celery_archive.backends.sql import mysql_arrow
 from celery_archive.backends.sql.source import SqlSource
@@ -62,15 +63,7 @@ def test_connectorx_pages_archive_what_pymysql_gives(mysql_url: str, tmp_path: P
     assert mysql_arrow.available(), "ConnectorX is missing: `pip install -e '.[test]'` installs it"
     reset_database(mysql_url)
     _write(mysql_url)
-    pages = {"arrow": 0, "driver": 0}
-    read = mysql_arrow.read
-
-    def counted(*args: object) -> object:
-        got = read(*args)  # type: ignore[arg-type]
-        pages["arrow" if got is not None else "driver"] += 1
-        return got
-
-    monkeypatch.setattr(mysql_arrow, "read", counted)
+    pages = counted_pages(monkeypatch, mysql_arrow)
     now = dt.datetime.now(dt.timezone.utc)
     reports = []
     other = _fresh_database(MYSQL_ADMIN)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from conftest import age_rows, celery_app, cli
+from helpers import counted_pages
 
 from celery_archive.backends.sql import sqlite_arrow
 from celery_archive.backends.sql.source import SqlSource
@@ -58,15 +59,7 @@ def _records(sink: Path) -> pa.Table:
 
 
 def test_arrow_pages_archive_what_the_driver_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pages = {"arrow": 0, "driver": 0}
-    read = sqlite_arrow.read
-
-    def counted(*args: object) -> object:
-        got = read(*args)  # type: ignore[arg-type]
-        pages["arrow" if got is not None else "driver"] += 1
-        return got
-
-    monkeypatch.setattr(sqlite_arrow, "read", counted)
+    pages = counted_pages(monkeypatch, sqlite_arrow)
     now = dt.datetime.now(dt.timezone.utc)
     reports = []
     _url, made = _backend(tmp_path / "made", 2000)
