@@ -171,14 +171,19 @@ def _redis(client: Any, name: str, holder: dict[str, Any], ttl_ms: int) -> Itera
     state = {"confirmed": time.monotonic(), "lost": False}
     guard = threading.Lock()
 
-    def renew() -> None:
-        with guard:
+    def renew(wait: bool = True) -> None:
+        if not guard.acquire(timeout=-1 if wait else 0):
+            return  # the thread's renewal is under way (a slow reply): the check goes by the last one
+        try:
             if state["lost"]:
                 return
+            sent = time.monotonic()  # the TTL runs from when Redis got it, not from the reply
             if int(client.eval(_RENEW, 1, name, value, ttl_ms)) == 1:
-                state["confirmed"] = time.monotonic()
+                state["confirmed"] = sent
             else:
                 state["lost"] = True  # expired, and perhaps another run's since
+        finally:
+            guard.release()
 
     def renewing() -> None:
         while not stop.wait(ttl_ms / 6000):
@@ -190,7 +195,7 @@ def _redis(client: Any, name: str, holder: dict[str, Any], ttl_ms: int) -> Itera
     def check() -> None:
         if not state["lost"] and time.monotonic() - float(state["confirmed"]) >= ttl_ms / 3000:
             try:
-                renew()
+                renew(wait=False)
             except redis.RedisError:
                 pass
         waited = time.monotonic() - float(state["confirmed"])

@@ -58,12 +58,15 @@ def read(uri: str, sql: str, stmt: sa.Select[Any]) -> dict[str, Any] | None:
         cls = storage_class(col)
         if cls is None:
             return None
-        values, want = table.column(col.name).combine_chunks(), cls[1]
-        if values.null_count == len(values):
-            values = pa.nulls(len(values), want)
-        elif _FAMILY.get(values.type.id) != _FAMILY[want.id]:
-            return None  # another type than the column's (a DATETIME not read as text, say)
-        out[col.name] = values.cast(want)
+        try:
+            values, want = table.column(col.name).combine_chunks(), cls[1]
+            if values.null_count == len(values):
+                values = pa.nulls(len(values), want)
+            elif _FAMILY.get(values.type.id) != _FAMILY[want.id]:
+                return None  # another type than the column's (a DATETIME not read as text, say)
+            out[col.name] = values.cast(want)
+        except pa.ArrowException:  # a page's bytes beyond 2 GiB for one array, say
+            return None
     return out
 
 

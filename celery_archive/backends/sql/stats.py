@@ -56,8 +56,10 @@ def count_results(src: SqlSource, cutoff: dt.datetime, everything: bool = False)
                         group[0], group[1] = group[0] + int(n), group[1] + int(b or 0)
                 if sound is not None:  # SQLite: and text that is not UTF-8, which SQL cannot tell
                     for row_id, group_key, nb in _not_utf8(conn, src, kind, t, [*selected, sound], (status, name, day, nbytes)):
-                        groups[group_key][0] -= 1
-                        groups[group_key][1] -= nb
+                        counted = groups.get(group_key)
+                        if counted is None:  # its date_done is no date: counted as bad_date_done, as the run leaves it
+                            continue
+                        counted[0], counted[1] = counted[0] - 1, counted[1] - nb
                         bad.append(row_id)
                     if bad:
                         src.counts["malformed"] += len(bad)
