@@ -39,11 +39,17 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     client.setex(task + b"text-date", 86400, json.dumps({**ok0, "task_id": "text-date", "date_done": "yesterday"}))
     client.setex(task + b"bad-name", 86400, json.dumps({**ok0, "task_id": "bad-name", "name": 12}))
     client.setex(task + b"bad-id", 86400, json.dumps({**ok0, "task_id": {"id": 1}}))
-    # a key that is not UTF-8, holding exactly what Celery wrote for another result
-    binary_key = task + b"bin-\xff\xfe-0"
+    # a key that is not UTF-8 holding what Celery wrote for another result (its task_id is not the
+    # key's: left alone, malformed), and one holding a meta without a task_id: archived under the
+    # key's text, and put back under exactly its bytes
+    impostor_key = task + b"bin-\xff\xfe-0"
     celery_value = client.get(task + b"ok-5")
     assert celery_value is not None
-    client.setex(binary_key, 86400, celery_value.replace(b"ok-5", b"bin-0"))
+    client.setex(impostor_key, 86400, celery_value.replace(b"ok-5", b"bin-0"))
+    binary_key = task + b"bin-\xff\xfe-1"
+    binary_value = json.dumps({k: v for k, v in json.loads(celery_value).items() if k != "task_id"}).encode()
+    client.setex(binary_key, 86400, binary_value)
+    binary_id = binary_key[len(task):].decode("utf-8", "replace")
     hostile = {k for k in client.scan_iter(match=f"{prefix}*") if k != binary_key and b"-meta-ok-" not in k
                and not k.endswith((b"fail-0", b"revoked-0", b"group-0", b"started-0"))}
     sink = tmp_path / "archive"
@@ -53,17 +59,18 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     counts, examples = report["source_counts"], report["source_examples"]
-    assert (counts["wrong_type"], counts["bad_date"], counts["malformed"]) == (5, 2, 2)
+    assert (counts["wrong_type"], counts["bad_date"], counts["malformed"]) == (5, 2, 3)
     assert sorted(examples["wrong_type"]) == sorted(f"{prefix}celery-task-meta-a-{t} (a {t})" for t in ("hash", "list", "set", "zset", "stream"))
     assert sorted(examples["bad_date"]) == [f"{prefix}celery-task-meta-numeric-date (date_done 1700000000)",
                                             f"{prefix}celery-task-meta-text-date (date_done 'yesterday')"]
     assert sorted(examples["malformed"]) == [f"{prefix}celery-task-meta-bad-id (task_id is dict {{'id': 1}})",
-                                             f"{prefix}celery-task-meta-bad-name (name is int 12)"]
+                                             f"{prefix}celery-task-meta-bad-name (name is int 12)",
+                                             f"{prefix}celery-task-meta-bin-\\xff\\xfe-0 (task_id 'bin-0' is not the key's)"]
     records = read_archive(sink)
-    assert set(records) == GOOD | {"bin-0"}  # everything Celery wrote, and the binary key once
+    assert set(records) == GOOD | {binary_id}  # everything Celery wrote, and the binary key once
     assert report["deleted"] == report["verified"] == len(records) and report["skipped_changed"] == 0
-    rec = records["bin-0"]
-    assert rec["raw_key"] == binary_key and rec["raw_value"] == celery_value.replace(b"ok-5", b"bin-0")
+    rec = records[binary_id]
+    assert rec["raw_key"] == binary_key and rec["raw_value"] == binary_value
     assert rec["source_table"] == binary_key.decode("utf-8", "replace")  # the text form, for people
     left = set(client.scan_iter(match=f"{prefix}*"))
     assert hostile <= left and binary_key not in left  # left alone, except what was archived and purged
@@ -76,11 +83,11 @@ def test_wrong_types_bad_dates_and_binary_keys_beside_good_results(prefix: str, 
     assert f"{prefix}celery-task-meta-a-hash (a hash)" in again.stdout and "[bad_date]" in again.stdout
 
     # restore puts the binary key back under exactly its own bytes
-    put = cli("restore", "bin-0", "--sink", str(sink), "--into", REDIS_URL, "--json")
+    put = cli("restore", binary_id, "--sink", str(sink), "--into", REDIS_URL, "--json")
     assert put.returncode == 0, put.stderr
     assert json.loads(put.stdout)["restored"] == 1
     assert client.get(binary_key) == rec["raw_value"]
-    assert not [k for k in client.scan_iter(match=f"{prefix}*bin-*") if k != binary_key]
+    assert not [k for k in client.scan_iter(match=f"{prefix}*bin-*") if k not in (binary_key, impostor_key)]
     client.close()
 
 
