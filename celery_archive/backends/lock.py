@@ -172,7 +172,7 @@ def _redis(client: Any, name: str, holder: dict[str, Any], ttl_ms: int) -> Itera
     guard = threading.Lock()
 
     def renew(wait: bool = True) -> None:
-        if not guard.acquire(timeout=-1 if wait else 0):
+        if not guard.acquire(blocking=wait):
             return  # the thread's renewal is under way (a slow reply): the check goes by the last one
         try:
             if state["lost"]:

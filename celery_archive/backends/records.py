@@ -37,14 +37,19 @@ def utc_naive(value: Any) -> Any:
     return ts.astimezone(dt.timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
 
 
-def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
-    """A stored column as an Arrow array of its RAW_TYPES type."""
-    target = RAW_TYPES[name]
+def one_array(values: pa.Array | pa.ChunkedArray | Sequence[Any], type_: pa.DataType | None = None) -> pa.Array:
+    """A page's column (Arrow arrays from ADBC, a list from a DB-API driver) as one Arrow array
+    (of ``type_`` where given; a list's type inferred otherwise)."""
     if isinstance(values, pa.ChunkedArray):  # one chunk is the rule: then no copy
         values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
     if isinstance(values, pa.Array):
-        return values if values.type == target else values.cast(target)
-    return pa.array(values, target)
+        return values if type_ is None or values.type == type_ else values.cast(type_)
+    return pa.array(values, type_)
+
+
+def as_array(name: str, values: pa.Array | pa.ChunkedArray | Sequence[Any]) -> pa.Array:
+    """A stored column as an Arrow array of its RAW_TYPES type."""
+    return one_array(values, RAW_TYPES[name])
 
 
 def malformed(page: Mapping[str, Any], types: Mapping[str, pa.DataType] = RAW_TYPES) -> dict[int, str]:

@@ -23,7 +23,7 @@ from celery_archive.backends import StorageFormat
 from celery_archive.backends.codec import decode_column, json_text
 from celery_archive.backends.dates import Naive
 from celery_archive.backends.json_objects import objects
-from celery_archive.backends.records import as_array, assemble, utc_naive
+from celery_archive.backends.records import as_array, assemble, one_array, utc_naive
 from celery_archive.backends.sql.source import SqlSource, SqlSourceConfig
 from celery_archive.errors import ConfigError
 
@@ -91,7 +91,7 @@ class DjangoSource(SqlSource):
     def build(self, kind: str, page: dict[str, Any], table: sa.Table, run_id: str, archived_at: dt.datetime) -> pa.Table:
         n = len(page["id"])
         naive = {d: a for d in DATES if d in page and (a := _naive_utc(page[d])) is not None}
-        cols = {k: _arrow(v) for k, v in page.items() if k not in naive and k not in DATES}
+        cols = {k: one_array(v) for k, v in page.items() if k not in naive and k not in DATES}
         for d in DATES:  # as ISO text in UTC; Arrow timestamps (ADBC) are written so in Arrow, not one by one
             if d in naive:
                 cols[d] = iso_texts(naive[d])
@@ -168,17 +168,10 @@ def _naive_utc(values: Any) -> pa.Array | pa.ChunkedArray | None:
 def iso_texts(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Naive UTC timestamps as ``datetime.isoformat() + "+00:00"`` writes them (no fraction when
     it is zero), made in Arrow."""
-    text = pc.replace_substring(_arrow(values).cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
+    text = pc.replace_substring(one_array(values).cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
     text = pc.replace_substring_regex(text, r"\.000000$", "")
     out: pa.Array = pc.binary_join_element_wise(text, "+00:00", "")
     return out
-
-
-def _arrow(values: Any) -> pa.Array:
-    """A page's column (an Arrow array from ADBC, a list from a DB-API driver) as one Arrow array."""
-    if isinstance(values, pa.ChunkedArray):
-        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-    return values if isinstance(values, pa.Array) else pa.array(values)
 
 
 def _bytes(column: pa.Array) -> pa.Array:

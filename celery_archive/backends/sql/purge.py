@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from celery_archive.backends import PurgeBatch
+from celery_archive.backends.sql.dates import FINISHED
 from celery_archive.backends.sql.driver import driver_rows, text_or_bytes, texts, undecodable
 from celery_archive.backends.sql.keys import in_shard
 from celery_archive.errors import SourceError
@@ -30,7 +31,6 @@ from celery_archive.errors import SourceError
 if TYPE_CHECKING:
     from celery_archive.backends.sql.source import SqlSource
 
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 EXACT_CHUNK = 1000  # rows per exact DELETE ... WHERE (id, status, date_done) IN (...)
 SQLITE_CACHE_KIB = 32 * 1024  # SQLite's page cache while it deletes (its default, 2 MiB, makes a 50,000-row DELETE ~1.6x slower)
 

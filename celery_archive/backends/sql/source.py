@@ -27,7 +27,7 @@ from celery_archive.backends.dates import Naive, celery_rule, parse_version
 from celery_archive.backends.records import RAW_TYPES, build_records, malformed
 from celery_archive.backends.shard import Shard
 from celery_archive.backends.sql import mysql_arrow
-from celery_archive.backends.sql.dates import EXAMPLES, StoredDates, check_dates, keep_rows, newest
+from celery_archive.backends.sql.dates import EXAMPLES, FINISHED, StoredDates, check_dates, keep_rows, newest
 from celery_archive.backends.sql.driver import driver_rows, text_or_bytes, texts, timestamps, undecodable
 from celery_archive.backends.sql.keys import after_key, in_shard, last_value, split_ids
 from celery_archive.backends.sql.purge import purge as purge_batch
@@ -38,7 +38,6 @@ from celery_archive.errors import SourceError, scrubbed
 if TYPE_CHECKING:
     from celery_archive.config import RunConfig
 
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 _TASK_COLUMNS = ("id", "task_id", "status", "result", "date_done", "traceback", "children",
                  "name", "args", "kwargs", "worker", "retries", "queue", "stamps")
 
@@ -92,7 +91,7 @@ class SqlSource:
         self._adbc_uri = adbc_uri(self._url)
         self._sqlite_path = self._url.database if self.arrow_pages and self.dialect.name == "sqlite" and not self._url.query \
             and self._url.database not in (None, "", ":memory:") and _sqlite_arrow() else None  # pages read by ADBC
-        self._mysql_uri = _mysql_uri(self._url) if self.arrow_pages else None  # pages read by ConnectorX (mysql_arrow.py)
+        self._mysql_uri = mysql_arrow.uri(self._url) if self.arrow_pages else None  # pages read by ConnectorX (mysql_arrow.py)
         self._adbc_idle: list[Any] = []  # ADBC connections not in use (PostgreSQL)
         self._adbc_all: list[Any] = []
         self.tables: dict[str, sa.Table] = {}
@@ -387,10 +386,6 @@ def _sqlite_arrow() -> bool:
     from celery_archive.backends.sql import sqlite_arrow
 
     return sqlite_arrow.available()
-
-
-def _mysql_uri(url: sa.URL) -> str | None:
-    return mysql_arrow.uri(url) if url.get_backend_name() in ("mysql", "mariadb") else None
 
 
 def from_config(cfg: RunConfig) -> SqlSource:

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from celery_archive.backends.sql.dates import EXAMPLES
+from celery_archive.backends.sql.dates import EXAMPLES, FINISHED
 from celery_archive.backends.sql.driver import shown_text, text_or_bytes, texts
 from celery_archive.backends.sql.keys import in_shard
 
 if TYPE_CHECKING:
     from celery_archive.backends.sql.source import SqlSource
 
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 Counted = list[tuple[str, str | None, str | None, str, int, int]]  # kind, status, name, day, count, bytes
 
 
@@ -42,14 +41,14 @@ def count_results(src: SqlSource, cutoff: dt.datetime, everything: bool = False)
                                   sa.func.count(), sa.func.sum(nbytes), sa.true() if sound is None else sound)
                         .where(*selected).group_by(*keys))
                 groups: dict[tuple[str | None, str | None, str], list[int]] = {}
-                bad: list[int] = []  # ids of rows a run leaves as malformed
+                malformed, not_utf8 = 0, []  # rows a run leaves as malformed: by SQL's check, and ids by the text check
                 for st, nm, d, n, b, ok in conn.execute(stmt):
                     if not everything and (d is None or (src.dialect.name != "sqlite" and isinstance(d, str))):
                         # a date_done that is no date (SQLite text date() cannot read, MySQL's
                         # zero date): a run leaves these rows
                         src.counts["bad_date_done"] += int(n)
                     elif not ok:  # a value of a type Celery never writes there: a run leaves these rows
-                        bad += [-1] * int(n)
+                        malformed += int(n)
                     else:
                         st, nm = (shown_text(v) if isinstance(v, bytes) else v for v in (st, nm))  # SQLite: bytes anywhere
                         group = groups.setdefault((st, nm, "" if d is None else str(d)[:10]), [0, 0])
@@ -60,12 +59,12 @@ def count_results(src: SqlSource, cutoff: dt.datetime, everything: bool = False)
                         if counted is None:  # its date_done is no date: counted as bad_date_done, as the run leaves it
                             continue
                         counted[0], counted[1] = counted[0] - 1, counted[1] - nb
-                        bad.append(row_id)
-                    if bad:
-                        src.counts["malformed"] += len(bad)
+                        not_utf8.append(row_id)
+                    if malformed or not_utf8:
+                        src.counts["malformed"] += malformed + len(not_utf8)
                         ids = conn.execute(sa.select(t.c.id).where(*selected, sa.not_(sound)).order_by(t.c.id).limit(EXAMPLES))
                         shown = src.examples.setdefault("malformed", [])
-                        named = [*(i for i in bad if i >= 0), *(i for (i,) in ids)]
+                        named = [*not_utf8, *(i for (i,) in ids)]
                         shown.extend(f"{t.fullname} id={i}" for i in named[:max(0, EXAMPLES - len(shown))])
                 out += [(kind, st, nm, d, n, b) for (st, nm, d), (n, b) in groups.items() if n]
                 if not everything:
